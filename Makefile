@@ -1,0 +1,33 @@
+# openvox-code — the commands a person (and CI) runs. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help test deps lint fmt crds unit cluster-up cluster-down clean-cache
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+test: deps lint ## Install what the tests need, then run every test tier
+	$(CARGO) test --workspace --all-targets --locked
+
+deps: ## Install test dependencies (idempotent; heavy builds cached in ~/.cache/openvox-code)
+	bash tests/scripts/install-deps.sh
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+crds: ## Regenerate crds/*.yaml from the Rust types
+	$(CARGO) run -q -p openvox-crds --bin crdgen
+
+cluster-up: deps ## Start a local control plane; prints the kubeconfig path last
+	@bash tests/scripts/cluster.sh up
+
+cluster-down: ## Stop the local control plane started by cluster-up
+	@bash tests/scripts/cluster.sh down
+
+clean-cache: ## Remove cached control-plane builds and tools
+	rm -rf $${OPENVOX_CODE_CACHE:-$$HOME/.cache/openvox-code}

@@ -1,0 +1,419 @@
+//! `CodeSource`: a control repository, the branches to deploy, when to look at them,
+//! and where the built Puppet environments go.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired state of a CodeSource: which branches of which repository become Puppet
+/// environments, how often to check them, and where the result is published.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "openvox.voxpupuli.org",
+    version = "v1alpha1",
+    kind = "CodeSource",
+    doc = "A control repository whose branches openvox-code builds into a digest-pinned OCI image (or a PVC) of Puppet environments, and pins into an openvox-operator Config.",
+    namespaced,
+    status = "CodeSourceStatus",
+    shortname = "cs",
+    category = "openvox",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","description":"Short digest of the last image built","jsonPath":".status.lastBuild.shortDigest"}"#,
+    printcolumn = r#"{"name":"Job","type":"string","description":"Worker Job running now","jsonPath":".status.activeJob"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeSourceSpec {
+    /// Name of the openvox-operator Config (same namespace) whose `spec.code` receives
+    /// the digest-pinned image after every successful build. Unset: the image is built
+    /// and reported in status, and nothing else is changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_ref: Option<String>,
+
+    /// The control repository and the branches to deploy.
+    pub git: GitSpec,
+
+    /// When to look at the remote heads: a standard 5-field cron expression (minute hour
+    /// day-of-month month day-of-week) or a macro such as `@hourly`, `@daily`, `@weekly`.
+    /// A look lists the heads only; a build runs only when something changed.
+    #[x_kube(validation = Rule::new(
+        "self.matches('^@(yearly|annually|monthly|weekly|daily|midnight|hourly)$') || self.matches('^\\\\S+( +\\\\S+){4}$')"
+    ).message("schedule must have 5 cron fields (minute hour day-of-month month day-of-week) or be a macro like @hourly"))]
+    #[schemars(length(max = 200))]
+    pub schedule: String,
+
+    /// IANA time zone the schedule is read in, like CronJob's `timeZone`
+    /// (for example `Europe/Berlin`). Unset: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub time_zone: Option<String>,
+
+    /// Stops scheduled checks and builds while true. The last image stays in place;
+    /// the manual trigger annotation is ignored until resumed.
+    #[serde(default)]
+    pub suspend: bool,
+
+    /// How the Puppetfile of each branch is resolved.
+    #[serde(default)]
+    pub modules: ModulesSpec,
+
+    /// Where the environments go: an OCI image repository or a PersistentVolumeClaim.
+    pub output: OutputSpec,
+
+    /// Settings of the worker Job that runs each build.
+    #[serde(default)]
+    pub job: JobSpec,
+
+    /// How many finished successful worker Jobs to keep.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: i32,
+
+    /// How many finished failed worker Jobs to keep.
+    #[serde(default = "default_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: i32,
+}
+
+fn default_history_limit() -> i32 {
+    3
+}
+
+/// The control repository: where it is, which branches become environments, and how
+/// to authenticate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSpec {
+    /// Repository URL: `https://`, `http://`, `ssh://`, scp-like `git@host:path`,
+    /// `git://` or `file://`. Credentials never belong in the URL; use `secretRef`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+
+    /// Branches to deploy, each becoming one Puppet environment: exact names or globs
+    /// (`feature_*`, `release/*`).
+    #[x_kube(validation = Rule::new("size(self) > 0").message("at least one branch is required"))]
+    #[x_kube(validation = Rule::new("self.all(b, size(b) > 0)").message("branch names must not be empty"))]
+    #[schemars(length(max = 100), inner(length(max = 255)))]
+    pub branches: Vec<String>,
+
+    /// Globs of branches to leave out even when `branches` matches them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(max = 255)))]
+    pub exclude_branches: Vec<String>,
+
+    /// What to do with a branch whose name is not a valid Puppet environment name
+    /// (`[a-z0-9_]`): `Correct` maps it like r10k (other characters become `_`,
+    /// letters lower-cased); `Error` refuses the branch.
+    #[serde(default)]
+    pub invalid_branches: InvalidBranches,
+
+    /// Secret with the credentials, by key: `username` + `password` or `bearerToken`
+    /// (https), `identity` + `known_hosts` (ssh), `ca.crt` (custom CA for https).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalObjectReference>,
+
+    /// Time limit of one git operation (a head check, one fetch), as a duration such
+    /// as `60s` or `2m`.
+    #[serde(default = "default_git_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: String,
+}
+
+fn default_git_timeout() -> String {
+    "60s".into()
+}
+
+/// Treatment of branch names that are not valid Puppet environment names.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InvalidBranches {
+    /// Map the name like r10k: every character outside `[A-Za-z0-9_]` becomes `_`,
+    /// then the name is lower-cased.
+    #[default]
+    Correct,
+    /// Refuse the branch with an error naming it.
+    Error,
+}
+
+/// Puppetfile resolution.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModulesSpec {
+    /// Base URL of the Forge v3 API used for Forge modules, unless the Puppetfile names
+    /// its own with `forge`.
+    #[serde(default = "default_forge_url")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub forge_url: String,
+}
+
+impl Default for ModulesSpec {
+    fn default() -> Self {
+        Self { forge_url: default_forge_url() }
+    }
+}
+
+fn default_forge_url() -> String {
+    "https://forgeapi.puppet.com".into()
+}
+
+/// Where a build's environments are published. Exactly one of `image` and `claimName`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(has(self.image) && size(self.image) > 0) != (has(self.claimName) && size(self.claimName) > 0)"
+).message("exactly one of output.image and output.claimName must be set"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.image) && size(self.image) > 0) || ((!has(self.tags) || size(self.tags) == 0) && !has(self.pushSecretRef))"
+).message("tags and pushSecretRef need output.image"))]
+pub struct OutputSpec {
+    /// OCI image repository without tag or digest (for example
+    /// `ghcr.io/example/puppet-code`). Every build is pushed by digest; the Config
+    /// receives `<image>@sha256:<digest>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.contains('@')").message("output.image is a repository; the digest is added by the build"))]
+    #[schemars(length(max = 1024))]
+    pub image: Option<String>,
+
+    /// Extra tags pushed for every build (for example `latest`). The Config is always
+    /// pinned by digest, never by these tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20), inner(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")))]
+    pub tags: Vec<String>,
+
+    /// Secret of type `kubernetes.io/dockerconfigjson` with push credentials for the
+    /// registry of `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_secret_ref: Option<LocalObjectReference>,
+
+    /// Talk plain HTTP to the registry. Only for registries on loopback or a trusted
+    /// network; never for a registry on the internet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+
+    /// PersistentVolumeClaim (same namespace) that receives the environments: each one
+    /// is written to a new directory and switched in atomically, so servers mounting
+    /// the claim never see a half-written environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub claim_name: Option<String>,
+}
+
+/// The worker Job that runs a build. Builds usually run on autoscaled nodes, so these
+/// are the knobs for placing them there.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSpec {
+    /// Worker image for this CodeSource. Unset: the controller's default worker image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub image: Option<String>,
+
+    /// CPU and memory of the worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the worker pod must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the worker pod (for example for a tainted build node pool).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity rules of the worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// PriorityClass of the worker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// Seconds a build may run before Kubernetes stops it.
+    #[serde(default = "default_active_deadline")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: i64,
+
+    /// Retries of a failed build pod before the Job fails. Pods removed by node
+    /// scale-down or eviction do not count.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0, max = 10))]
+    pub backoff_limit: i32,
+
+    /// Seconds a finished Job is kept before Kubernetes deletes it.
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: i32,
+}
+
+impl Default for JobSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            priority_class_name: None,
+            active_deadline_seconds: default_active_deadline(),
+            backoff_limit: default_backoff_limit(),
+            ttl_seconds_after_finished: default_ttl(),
+        }
+    }
+}
+
+fn default_active_deadline() -> i64 {
+    1800
+}
+fn default_backoff_limit() -> i32 {
+    2
+}
+fn default_ttl() -> i32 {
+    86400
+}
+
+/// Observed state of a CodeSource.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeSourceStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Current state: `Ready`, `Reconciling`, `Stalled` (kstatus) and the specific
+    /// types `FetchFailed`, `BuildFailed`, `ConfigUpdated`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// When the schedule last fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+
+    /// When the schedule fires next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+
+    /// When the remote heads were last listed successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Time>,
+
+    /// Heads of the wanted branches seen at the last check, by branch:
+    /// `<branch>@sha1:<commit>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub heads: BTreeMap<String, String>,
+
+    /// Name of the worker Job running now; `kubectl logs job/<name>` shows the build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_job: Option<String>,
+
+    /// The last build launched, recorded right after the Job was created so that a
+    /// restarted controller, or a Job removed by its TTL, never launches it twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_launch: Option<LaunchRecord>,
+
+    /// The last successful build, written by the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build: Option<BuildRecord>,
+
+    /// Value of the `openvox.voxpupuli.org/requestedAt` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_requested_at: Option<String>,
+
+    /// What was last written into the Config's `spec.code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigRecord>,
+}
+
+/// A worker Job launched for a set of inputs.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchRecord {
+    /// Name of the Job.
+    pub job_name: String,
+    /// Hash over everything that shapes the output (heads, output spec, modules spec);
+    /// the Job is named after it.
+    pub inputs_hash: String,
+    /// Heads the Job was launched for, by branch: `<branch>@sha1:<commit>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub heads: BTreeMap<String, String>,
+    /// When the Job was created.
+    pub time: Time,
+}
+
+/// A successful build: the published image and what went into it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildRecord {
+    /// Digest-pinned reference of the image: `<repository>@sha256:<digest>`. For PVC
+    /// output, the version directory written into the claim.
+    pub image: String,
+    /// First 12 hex digits of the manifest digest, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_digest: Option<String>,
+    /// Hash of the inputs this build was launched for (see `lastLaunch.inputsHash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_hash: Option<String>,
+    /// One entry per environment, in name order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<EnvironmentRecord>,
+    /// Worker Job that made the build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// When the build started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the image was published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+}
+
+/// One Puppet environment of a build.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvironmentRecord {
+    /// Environment name (directory at the image root).
+    pub name: String,
+    /// Branch it was built from.
+    pub branch: String,
+    /// Commit of the branch: `<branch>@sha1:<commit>`.
+    pub revision: String,
+    /// Digest of the environment's image layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_digest: Option<String>,
+    /// Modules installed from the Puppetfile, in install-path order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<ModuleRecord>,
+}
+
+/// A module resolved from a Puppetfile.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleRecord {
+    /// Module name as installed (directory under the module dir).
+    pub name: String,
+    /// Where it came from: a Forge slug (`puppetlabs-stdlib`) or a git URL without
+    /// credentials.
+    pub source: String,
+    /// Resolved version: a Forge release version or a git commit.
+    pub version: String,
+    /// `sha256:` of the Forge release tarball; unset for git modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// What the controller wrote into the Config.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigRecord {
+    /// Name of the Config.
+    pub name: String,
+    /// The image reference written into its `spec.code`.
+    pub image: String,
+    /// When it was written.
+    pub updated_at: Time,
+}

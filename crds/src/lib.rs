@@ -1,0 +1,12 @@
+//! The openvox-code API: our kinds (`CodeSource`, `Pool`), the parts of
+//! openvox-operator's kinds we read or patch, and the names shared by the controller,
+//! the worker, the chart and the tests.
+
+pub mod codesource;
+pub mod crd;
+pub mod names;
+pub mod operator;
+pub mod pool;
+
+pub use codesource::{CodeSource, CodeSourceSpec, CodeSourceStatus};
+pub use pool::{Pool, PoolSpec, PoolStatus};

