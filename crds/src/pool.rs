@@ -106,6 +106,11 @@ impl ServiceType {
             Self::LoadBalancer => "LoadBalancer",
         }
     }
+
+    /// Whether Services of this type get node ports.
+    pub fn has_node_ports(self) -> bool {
+        matches!(self, Self::NodePort | Self::LoadBalancer)
+    }
 }
 
 /// Gateway API route of a Pool.

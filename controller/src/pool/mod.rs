@@ -1,0 +1,11 @@
+//! The Pool controller: a Service per Pool, a Gateway API TLSRoute when the route is
+//! enabled (and the CRD is installed), hostname conflicts between Pools, ready endpoint
+//! counts, and route hostnames injected into the Servers' Certificates.
+//!
+//! Pure builders and decisions live in the submodules; the reconciler applies them.
+
+pub mod alt_names;
+pub mod endpoints;
+pub mod hostname;
+pub mod route;
+pub mod service;
