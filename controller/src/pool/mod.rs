@@ -5,7 +5,12 @@
 //! Pure builders and decisions live in the submodules; the reconciler applies them.
 
 pub mod alt_names;
+pub mod controller;
 pub mod endpoints;
 pub mod hostname;
+pub mod reconcile;
 pub mod route;
 pub mod service;
+pub mod status;
+
+pub use controller::{Settings, run};

@@ -1,0 +1,429 @@
+//! One Pool reconcile: Service → route → endpoints → DNS alt names → status.
+//! Desired objects come from the pure builders; this file only talks to the API.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use openvox_crds::names::{CONTROLLER_MANAGER, annotations};
+use openvox_crds::operator::{Certificate, Server};
+use openvox_crds::{Pool, PoolStatus};
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use super::alt_names::{self, Injections};
+use super::endpoints::{SERVICE_NAME_LABEL, ready_endpoints};
+use super::hostname::{claimed_hostname, hostname_owner};
+use super::route::{desired_route, is_controlled_by, tlsroute_resource};
+use super::service::desired_service;
+use super::status::{Observed, RouteState, in_conflict, pool_conditions};
+use crate::conditions::merge_conditions;
+
+/// Label on Certificates we injected names into, so cleanup finds them.
+pub const INJECTED_LABEL: &str = "openvox.voxpupuli.org/dns-alt-names-injected";
+/// Name of openvox-operator's Certificate CRD, read to learn how `dnsAltNames` merges.
+const CERTIFICATE_CRD: &str = "certificates.openvox.voxpupuli.org";
+/// How often a healthy Pool is looked at again without any event.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What the Pool reconciler shares across reconciles.
+pub struct Context {
+    /// API client with the controller's identity.
+    pub client: Client,
+    /// Event recorder for Pools.
+    pub recorder: Recorder,
+    /// All Pools the controller sees (for hostname ownership and alt names).
+    pub pools: Store<Pool>,
+    /// Whether the TLSRoute kind is served; flipped by the discovery poller.
+    pub gateway_api: Arc<AtomicBool>,
+    /// Whether `Certificate.spec.dnsAltNames` is a set (per-name ownership) rather than
+    /// an atomic list; read once from the CRD.
+    pub alt_names_are_a_set: OnceCell<bool>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("pool::Context").finish_non_exhaustive()
+    }
+}
+
+/// Why a Pool reconcile failed. All of these are transient: the next attempt may work.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done.
+        action: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Pool lacks a name or namespace (never for objects from the API).
+    #[error("Pool has no name or namespace")]
+    Unnamed,
+}
+
+impl Error {
+    /// Stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Kube { action, .. } => action,
+            Self::Unnamed => "unnamed",
+        }
+    }
+}
+
+fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(CONTROLLER_MANAGER).force()
+}
+
+/// Reconciles one Pool.
+pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let (Some(name), Some(ns)) = (pool.metadata.name.clone(), pool.namespace()) else {
+        return Err(Error::Unnamed);
+    };
+    if pool.metadata.deletion_timestamp.is_some() {
+        // Owner references remove the Service and route; only the injected alt names
+        // live outside them.
+        sync_alt_names(&ctx, &ns).await?;
+        return Ok(Action::await_change());
+    }
+
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    services
+        .patch(
+            &name,
+            &apply_params(),
+            &Patch::Apply(desired_service(&pool)),
+        )
+        .await
+        .map_err(kube("apply Service"))?;
+
+    let route = sync_route(&ctx, &pool, &name, &ns).await?;
+
+    let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
+    let listed = slices
+        .list(&ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")))
+        .await
+        .map_err(kube("list EndpointSlices"))?;
+    let endpoints = ready_endpoints(&listed.items);
+
+    sync_alt_names(&ctx, &ns).await?;
+
+    let observed = Observed { endpoints, route };
+    write_status(&ctx, &pool, &name, &ns, &observed).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Applies or removes the TLSRoute and says where the route stands.
+async fn sync_route(ctx: &Context, pool: &Pool, name: &str, ns: &str) -> Result<RouteState, Error> {
+    let wanted = desired_route(pool);
+    if !ctx.gateway_api.load(Ordering::Relaxed) {
+        return Ok(if wanted.is_some() {
+            RouteState::GatewayApiMissing
+        } else {
+            RouteState::Disabled
+        });
+    }
+    let routes: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &tlsroute_resource());
+
+    let siblings = ctx.pools.state();
+    let siblings = siblings
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .map(|p| &**p);
+    let conflict = claimed_hostname(pool).and_then(|hostname| {
+        let owner = hostname_owner(siblings, hostname)?;
+        (owner != name).then(|| RouteState::Conflict {
+            hostname: hostname.to_string(),
+            owner: owner.to_string(),
+        })
+    });
+
+    match (wanted, conflict) {
+        (Some(route), None) => {
+            let existed = routes
+                .get_opt(name)
+                .await
+                .map_err(kube("get TLSRoute"))?
+                .is_some();
+            routes
+                .patch(name, &apply_params(), &Patch::Apply(&route))
+                .await
+                .map_err(kube("apply TLSRoute"))?;
+            if !existed {
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Normal,
+                    "TLSRouteCreated",
+                    "CreateRoute",
+                    format!(
+                        "TLSRoute {name} routes {} to Service {name}",
+                        claimed_hostname(pool).unwrap_or_default()
+                    ),
+                )
+                .await;
+            }
+            Ok(RouteState::Applied)
+        }
+        (wanted, conflict) => {
+            delete_owned_route(ctx, &routes, pool, name).await?;
+            if let Some(RouteState::Conflict { hostname, owner }) = &conflict
+                && !in_conflict(pool.status.as_ref().map_or(&[][..], |s| &s.conditions))
+            {
+                publish(
+                    ctx,
+                    pool,
+                    EventType::Warning,
+                    "HostnameConflict",
+                    "ClaimHostname",
+                    format!("hostname {hostname} is already routed by the older Pool {owner}"),
+                )
+                .await;
+            }
+            // Only a conflict stops a wanted route here, so no conflict means "disabled".
+            let _ = wanted;
+            Ok(conflict.unwrap_or(RouteState::Disabled))
+        }
+    }
+}
+
+/// Deletes the route named like the Pool, but only if this Pool controls it.
+async fn delete_owned_route(
+    ctx: &Context,
+    routes: &Api<DynamicObject>,
+    pool: &Pool,
+    name: &str,
+) -> Result<(), Error> {
+    let Some(existing) = routes.get_opt(name).await.map_err(kube("get TLSRoute"))? else {
+        return Ok(());
+    };
+    if !is_controlled_by(&existing, pool) {
+        return Ok(());
+    }
+    routes
+        .delete(name, &DeleteParams::default())
+        .await
+        .map_err(kube("delete TLSRoute"))?;
+    publish(
+        ctx,
+        pool,
+        EventType::Normal,
+        "TLSRouteDeleted",
+        "DeleteRoute",
+        format!("TLSRoute {name} removed"),
+    )
+    .await;
+    Ok(())
+}
+
+/// Brings every Certificate of the namespace to the alt names the Pools want: adds
+/// wanted names, removes names we injected before and no longer want.
+async fn sync_alt_names(ctx: &Context, ns: &str) -> Result<(), Error> {
+    let pools: Vec<Pool> = ctx
+        .pools
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .map(|p| (**p).clone())
+        .collect();
+    let any_wants = pools
+        .iter()
+        .any(|p| p.spec.route.as_ref().is_some_and(|r| r.inject_dns_alt_name));
+
+    let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), ns);
+    let touched = match certificates
+        .list(&ListParams::default().labels(&format!("{INJECTED_LABEL}=true")))
+        .await
+    {
+        Ok(list) => list.items,
+        // No Certificate kind installed: nothing to inject into.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) => return Err(kube("list Certificates")(e)),
+    };
+    if !any_wants && touched.is_empty() {
+        return Ok(());
+    }
+    let wanted: Injections = if any_wants {
+        let servers: Api<Server> = Api::namespaced(ctx.client.clone(), ns);
+        let servers = servers
+            .list(&ListParams::default())
+            .await
+            .map_err(kube("list Servers"))?;
+        alt_names::wanted_injections(&pools, &servers.items)
+    } else {
+        Injections::new()
+    };
+
+    let names: BTreeSet<&String> = wanted
+        .keys()
+        .chain(touched.iter().filter_map(|c| c.metadata.name.as_ref()))
+        .collect();
+    for cert_name in names {
+        let Some(cert) = certificates
+            .get_opt(cert_name)
+            .await
+            .map_err(kube("get Certificate"))?
+        else {
+            continue;
+        };
+        let before = alt_names::parse_record(
+            cert.annotations()
+                .get(annotations::INJECTED_DNS_ALT_NAMES)
+                .map(String::as_str),
+        );
+        let want = wanted.get(cert_name).cloned().unwrap_or_default();
+        if before == want && (want.is_empty() || cert.labels().contains_key(INJECTED_LABEL)) {
+            continue;
+        }
+        apply_alt_names(ctx, &certificates, &cert, &before, &want).await?;
+    }
+    Ok(())
+}
+
+async fn apply_alt_names(
+    ctx: &Context,
+    certificates: &Api<Certificate>,
+    cert: &Certificate,
+    before: &BTreeSet<String>,
+    want: &BTreeSet<String>,
+) -> Result<(), Error> {
+    let name = cert.name_any();
+    let is_set = *ctx
+        .alt_names_are_a_set
+        .get_or_try_init(|| alt_names_list_is_set(&ctx.client))
+        .await?;
+    // With a set, our apply owns exactly our names and others' stay theirs; with an
+    // atomic list the whole list must be sent, keeping every name we did not add.
+    let list: Vec<String> = if is_set {
+        want.iter().cloned().collect()
+    } else {
+        alt_names::merged_alt_names(&cert.spec.dns_alt_names, before, want)
+    };
+    let patch = json!({
+        "apiVersion": Certificate::api_version(&()),
+        "kind": Certificate::kind(&()),
+        "metadata": {
+            "name": name,
+            "labels": {INJECTED_LABEL: "true"},
+            "annotations": {annotations::INJECTED_DNS_ALT_NAMES: alt_names::record(want)},
+        },
+        "spec": {"dnsAltNames": list},
+    });
+    certificates
+        .patch(&name, &apply_params(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube("apply Certificate dnsAltNames"))?;
+    info!(certificate = %name, names = ?want, "updated injected DNS alt names");
+
+    // openvox-operator signs a Certificate once; a Signed one must go back to Pending
+    // to be re-issued with the new names (as the operator's own Pool controller does).
+    let signed = certificates
+        .get_status(&name)
+        .await
+        .ok()
+        .and_then(|c| serde_json::to_value(c).ok())
+        .is_some_and(|v| v["status"]["phase"] == "Signed");
+    if signed && want != before {
+        let reset = json!({"status": {"phase": "Pending"}});
+        if let Err(e) = certificates
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&reset))
+            .await
+        {
+            warn!(certificate = %name, error = %e, "could not ask for re-signing");
+        }
+    }
+    Ok(())
+}
+
+/// Reads the Certificate CRD to learn whether `spec.dnsAltNames` is a set. Without
+/// the CRD (or the right to read it) the safe answer is "atomic": the merge path never
+/// drops names it did not add.
+async fn alt_names_list_is_set(client: &Client) -> Result<bool, Error> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let Ok(Some(crd)) = crds.get_opt(CERTIFICATE_CRD).await else {
+        return Ok(false);
+    };
+    let crd = serde_json::to_value(crd).unwrap_or_default();
+    Ok(crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|v| {
+            v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["dnsAltNames"]
+                ["x-kubernetes-list-type"]
+                == "set"
+        }))
+}
+
+async fn write_status(
+    ctx: &Context,
+    pool: &Pool,
+    name: &str,
+    ns: &str,
+    observed: &Observed,
+) -> Result<(), Error> {
+    let old = pool.status.clone().unwrap_or_default();
+    let conditions = merge_conditions(
+        &old.conditions,
+        &pool_conditions(observed),
+        pool.metadata.generation,
+    );
+    let status = PoolStatus {
+        observed_generation: pool.metadata.generation,
+        service_name: Some(name.to_string()),
+        endpoints: observed.endpoints,
+        conditions,
+    };
+    if pool.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": Pool::api_version(&()),
+        "kind": Pool::kind(&()),
+        "status": status,
+    });
+    let pools: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
+    pools
+        .patch_status(name, &apply_params(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube("apply Pool status"))?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    pool: &Pool,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
