@@ -10,6 +10,11 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![("codesources.yaml", CodeSource::crd()), ("pools.yaml", Pool::crd())]
 }
 
+/// Where the Helm chart keeps its copy of the CRDs, given this crate's directory.
+pub fn chart_crd_dir(crate_dir: &std::path::Path) -> std::path::PathBuf {
+    crate_dir.join("../charts/openvox-code/files/crds")
+}
+
 /// A CRD as YAML, with a header saying where it comes from.
 pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
     Ok(format!(

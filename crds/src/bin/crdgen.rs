@@ -1,17 +1,21 @@
-//! Writes the CRD YAML of our kinds into a directory (default: `crds/` of the
-//! workspace). `crds/tests/generated.rs` fails when the committed files drift.
+//! Writes the CRD YAML of our kinds into `crds/` and into the Helm chart's
+//! `files/crds/` (or into one directory given as the only argument).
+//! `crds/tests/generated.rs` fails when the committed files drift.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    for (file, crd) in openvox_crds::crd::all() {
-        let path = dir.join(file);
-        std::fs::write(&path, openvox_crds::crd::to_yaml(&crd)?)?;
-        println!("wrote {}", path.display());
+    let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dirs = match std::env::args_os().nth(1) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![crate_dir.clone(), openvox_crds::crd::chart_crd_dir(&crate_dir)],
+    };
+    for dir in dirs {
+        for (file, crd) in openvox_crds::crd::all() {
+            let path = dir.join(file);
+            std::fs::write(&path, openvox_crds::crd::to_yaml(&crd)?)?;
+            println!("wrote {}", path.display());
+        }
     }
     Ok(())
 }
