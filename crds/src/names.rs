@@ -12,6 +12,11 @@ pub const CONTROLLER_MANAGER: &str = "openvox-code-controller";
 /// Field manager of the worker; it owns only `status.lastBuild` of its CodeSource.
 pub const WORKER_MANAGER: &str = "openvox-code-worker";
 
+/// Exit code of the worker for a failure that retrying cannot fix (bad credentials, a
+/// Puppetfile that does not parse, an environment name collision). The worker Job's pod
+/// failure policy fails the Job at once on it instead of retrying the pod.
+pub const WORKER_PERMANENT_FAILURE_EXIT_CODE: i32 = 78;
+
 /// Labels put on every object we create.
 pub mod labels {
     /// `app.kubernetes.io/name` of our objects.
@@ -94,6 +99,8 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A Secret the spec names does not exist or lacks a key.
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// No remote branch matches `git.branches`.
+    pub const NO_MATCHING_BRANCHES: &str = "NoMatchingBranches";
     /// The CodeSource is suspended.
     pub const SUSPENDED: &str = "Suspended";
     /// The Config named by `configRef` does not exist.

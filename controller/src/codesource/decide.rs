@@ -1,0 +1,399 @@
+//! The build decision: a pure function of the spec's output-shaping part, the heads,
+//! the status and the worker Jobs that exist. No client, no clock.
+//!
+//! A build is wanted when the inputs (wanted heads + everything in the spec that shapes
+//! the output) differ from those of the last launch, or when the manual-trigger
+//! annotation carries a value not yet handled. It is never launched while another Job
+//! of the CodeSource is active, nor twice for the same inputs: the launch is recorded in
+//! `status.lastLaunch` right after the Job is created. A launch whose Job failed is
+//! retried once per scheduled tick.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use openvox_crds::CodeSourceSpec;
+use openvox_crds::codesource::LaunchRecord;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+/// Where a worker Job of this CodeSource stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    /// Not finished yet (pending or running).
+    Active,
+    /// Completed successfully.
+    Succeeded,
+    /// Failed for good (backoff limit, deadline, or a permanent worker error).
+    Failed,
+}
+
+/// What the decision needs to know about one worker Job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSummary {
+    /// Job name.
+    pub name: String,
+    /// The inputs hash from the Job's label.
+    pub inputs_hash: Option<String>,
+    /// Where it stands.
+    pub state: JobState,
+}
+
+/// Everything the decision looks at.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    /// `spec.suspend`.
+    pub suspended: bool,
+    /// Wanted heads (`<branch>` → `<branch>@sha1:<commit>`), from this reconcile's
+    /// check or from `status.heads`; `None` when the heads were never listed.
+    pub heads: Option<&'a BTreeMap<String, String>>,
+    /// Hash of the output-shaping spec, from [`spec_hash`].
+    pub spec_hash: &'a str,
+    /// Value of the requestedAt annotation.
+    pub requested_at: Option<&'a str>,
+    /// `status.lastHandledRequestedAt`.
+    pub last_handled_requested_at: Option<&'a str>,
+    /// `status.lastLaunch`.
+    pub last_launch: Option<&'a LaunchRecord>,
+    /// `status.lastBuild.inputsHash`.
+    pub last_build_inputs: Option<&'a str>,
+    /// Worker Jobs of this CodeSource that exist now.
+    pub jobs: &'a [JobSummary],
+    /// The scheduled time that came due in this reconcile, if any.
+    pub tick: Option<Timestamp>,
+}
+
+/// Why a build is launched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LaunchReason {
+    /// Nothing was ever launched.
+    FirstBuild,
+    /// A wanted branch moved, appeared or disappeared.
+    NewHeads,
+    /// The output-shaping spec changed.
+    SpecChanged,
+    /// The manual-trigger annotation has a new value.
+    Requested(String),
+    /// The last launch for these inputs failed; this is the next tick's retry.
+    Retry,
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Suspended: nothing happens.
+    Suspended,
+    /// The heads were never listed; nothing to decide on yet.
+    NoHeads,
+    /// No branch matches `git.branches`: there is nothing to build.
+    NoMatchingBranches,
+    /// A Job is running; wait for it.
+    WaitForJob(String),
+    /// Launch a Job.
+    Launch {
+        /// Hash of the inputs (recorded in `lastLaunch.inputsHash`, passed to the worker).
+        inputs_hash: String,
+        /// Name suffix source: the inputs hash, plus the trigger for manual and retry
+        /// launches so they never collide with the earlier Job of the same inputs.
+        name_seed: String,
+        /// Why.
+        reason: LaunchReason,
+    },
+    /// The last build is of exactly these inputs.
+    UpToDate,
+    /// The last launch for these inputs failed; the next tick retries.
+    FailedWaitingForRetry {
+        /// The failed Job, when it still exists.
+        job: Option<String>,
+    },
+    /// The Job for these inputs finished but no build record of them exists yet
+    /// (the worker writes it before it exits, so this is a short race or a worker fault).
+    AwaitingBuildRecord,
+}
+
+/// Hash of the spec fields that shape the output. Changing any of them rebuilds;
+/// changing a schedule, a Secret name or Job placement does not.
+pub fn spec_hash(spec: &CodeSourceSpec) -> String {
+    let shaping = json!({
+        "v": 1,
+        "branches": spec.git.branches,
+        "excludeBranches": spec.git.exclude_branches,
+        "invalidBranches": spec.git.invalid_branches,
+        "url": spec.git.url,
+        "modules": spec.modules,
+        "output": {
+            "image": spec.output.image,
+            "tags": spec.output.tags,
+            "claimName": spec.output.claim_name,
+            "insecure": spec.output.insecure,
+        },
+    });
+    sha256_hex(shaping.to_string().as_bytes())
+}
+
+/// Hash of the build inputs: the spec hash and the wanted heads.
+pub fn inputs_hash(spec_hash: &str, heads: &BTreeMap<String, String>) -> String {
+    // serde_json keeps BTreeMap order, so equal heads give equal text.
+    let inputs = json!({ "spec": spec_hash, "heads": heads });
+    // 128 bits: short enough for a label value, far from any chance of collision.
+    let mut hash = sha256_hex(inputs.to_string().as_bytes());
+    hash.truncate(32);
+    hash
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Decides what to do. See the module documentation for the rules.
+pub fn decide(facts: &Facts<'_>) -> Decision {
+    if facts.suspended {
+        return Decision::Suspended;
+    }
+    if let Some(active) = facts.jobs.iter().find(|j| j.state == JobState::Active) {
+        return Decision::WaitForJob(active.name.clone());
+    }
+    let Some(heads) = facts.heads else { return Decision::NoHeads };
+    if heads.is_empty() {
+        return Decision::NoMatchingBranches;
+    }
+    let inputs = inputs_hash(facts.spec_hash, heads);
+
+    if let Some(requested) = facts.requested_at.filter(|r| Some(*r) != facts.last_handled_requested_at) {
+        return Decision::Launch {
+            name_seed: format!("{inputs}/requested/{requested}"),
+            inputs_hash: inputs,
+            reason: LaunchReason::Requested(requested.to_string()),
+        };
+    }
+
+    let launched_these = facts.last_launch.is_some_and(|l| l.inputs_hash == inputs);
+    let built_these = facts.last_build_inputs == Some(inputs.as_str());
+    if built_these {
+        return Decision::UpToDate;
+    }
+    if !launched_these {
+        let reason = match facts.last_launch {
+            None => LaunchReason::FirstBuild,
+            Some(last) if last.heads != *heads => LaunchReason::NewHeads,
+            Some(_) => LaunchReason::SpecChanged,
+        };
+        return Decision::Launch { name_seed: inputs.clone(), inputs_hash: inputs, reason };
+    }
+
+    // Launched for these inputs and not built: did that launch fail?
+    let last_job = facts.last_launch.map(|l| l.job_name.as_str());
+    let job = facts.jobs.iter().find(|j| Some(j.name.as_str()) == last_job);
+    match job.map(|j| j.state) {
+        Some(JobState::Succeeded) => Decision::AwaitingBuildRecord,
+        // Failed, or gone (TTL) without a build record: a failure either way.
+        Some(JobState::Failed) | None => match facts.tick {
+            Some(tick) => Decision::Launch {
+                name_seed: format!("{inputs}/retry/{tick}"),
+                inputs_hash: inputs,
+                reason: LaunchReason::Retry,
+            },
+            None => Decision::FailedWaitingForRetry { job: job.map(|j| j.name.clone()) },
+        },
+        // Active Jobs returned early above; this arm only keeps the match total.
+        Some(JobState::Active) => Decision::WaitForJob(last_job.unwrap_or_default().to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn heads(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(b, c)| (b.to_string(), format!("{b}@sha1:{c}"))).collect()
+    }
+
+    fn launch(inputs: &str, job: &str, heads: &BTreeMap<String, String>) -> LaunchRecord {
+        LaunchRecord {
+            job_name: job.into(),
+            inputs_hash: inputs.into(),
+            heads: heads.clone(),
+            time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn job(name: &str, state: JobState) -> JobSummary {
+        JobSummary { name: name.into(), inputs_hash: None, state }
+    }
+
+    fn facts<'a>(h: &'a BTreeMap<String, String>) -> Facts<'a> {
+        Facts {
+            suspended: false,
+            heads: Some(h),
+            spec_hash: "spec1",
+            requested_at: None,
+            last_handled_requested_at: None,
+            last_launch: None,
+            last_build_inputs: None,
+            jobs: &[],
+            tick: None,
+        }
+    }
+
+    #[test]
+    fn given_nothing_launched_yet_the_first_build_is_launched() {
+        let h = heads(&[("production", "aaa")]);
+        let d = decide(&facts(&h));
+        assert!(matches!(d, Decision::Launch { reason: LaunchReason::FirstBuild, .. }), "{d:?}");
+    }
+
+    #[test]
+    fn given_unchanged_heads_no_job_is_created() {
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let last = launch(&inputs, "cs-1", &h);
+        let f = Facts {
+            last_launch: Some(&last),
+            last_build_inputs: Some(&inputs),
+            tick: Some(Timestamp::UNIX_EPOCH),
+            ..facts(&h)
+        };
+        assert_eq!(decide(&f), Decision::UpToDate);
+    }
+
+    #[test]
+    fn given_a_moved_branch_a_build_is_launched_for_new_heads() {
+        let old = heads(&[("production", "aaa")]);
+        let new = heads(&[("production", "bbb")]);
+        let old_inputs = inputs_hash("spec1", &old);
+        let last = launch(&old_inputs, "cs-1", &old);
+        let f = Facts { last_launch: Some(&last), last_build_inputs: Some(&old_inputs), ..facts(&new) };
+        let Decision::Launch { inputs_hash: got, reason, name_seed } = decide(&f) else {
+            panic!("no launch")
+        };
+        assert_eq!(reason, LaunchReason::NewHeads);
+        assert_eq!(got, inputs_hash("spec1", &new));
+        assert_eq!(name_seed, got);
+    }
+
+    #[test]
+    fn given_a_changed_output_spec_a_build_is_launched() {
+        let h = heads(&[("production", "aaa")]);
+        let old_inputs = inputs_hash("spec1", &h);
+        let last = launch(&old_inputs, "cs-1", &h);
+        let f = Facts {
+            spec_hash: "spec2",
+            last_launch: Some(&last),
+            last_build_inputs: Some(&old_inputs),
+            ..facts(&h)
+        };
+        assert!(matches!(decide(&f), Decision::Launch { reason: LaunchReason::SpecChanged, .. }));
+    }
+
+    #[test]
+    fn given_a_launch_already_recorded_for_these_inputs_no_second_job_is_created() {
+        // The controller restarted after creating the Job and the Job ran to success
+        // (or was removed by its TTL): no new Job for the same inputs.
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let last = launch(&inputs, "cs-1", &h);
+        let jobs = [job("cs-1", JobState::Succeeded)];
+        let f = Facts { last_launch: Some(&last), jobs: &jobs, ..facts(&h) };
+        assert_eq!(decide(&f), Decision::AwaitingBuildRecord);
+    }
+
+    #[test]
+    fn given_an_active_job_nothing_else_is_launched() {
+        let h = heads(&[("production", "bbb")]);
+        let jobs = [job("cs-old", JobState::Active)];
+        let f = Facts { jobs: &jobs, requested_at: Some("now"), ..facts(&h) };
+        assert_eq!(decide(&f), Decision::WaitForJob("cs-old".into()));
+    }
+
+    #[test]
+    fn given_suspend_nothing_happens_even_when_requested() {
+        let h = heads(&[("production", "bbb")]);
+        let f = Facts { suspended: true, requested_at: Some("now"), ..facts(&h) };
+        assert_eq!(decide(&f), Decision::Suspended);
+    }
+
+    #[test]
+    fn given_a_new_requested_at_a_build_is_launched_under_a_fresh_name() {
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let last = launch(&inputs, "cs-1", &h);
+        let f = Facts {
+            last_launch: Some(&last),
+            last_build_inputs: Some(&inputs),
+            requested_at: Some("2026-03-01T10:00:00Z"),
+            last_handled_requested_at: Some("earlier"),
+            ..facts(&h)
+        };
+        let Decision::Launch { inputs_hash: got, name_seed, reason } = decide(&f) else {
+            panic!("no launch")
+        };
+        assert_eq!(got, inputs);
+        assert_ne!(name_seed, inputs);
+        assert_eq!(reason, LaunchReason::Requested("2026-03-01T10:00:00Z".into()));
+    }
+
+    #[test]
+    fn given_an_already_handled_requested_at_nothing_is_launched() {
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let last = launch(&inputs, "cs-1", &h);
+        let f = Facts {
+            last_launch: Some(&last),
+            last_build_inputs: Some(&inputs),
+            requested_at: Some("r1"),
+            last_handled_requested_at: Some("r1"),
+            ..facts(&h)
+        };
+        assert_eq!(decide(&f), Decision::UpToDate);
+    }
+
+    #[test]
+    fn given_a_failed_job_the_retry_waits_for_the_next_tick() {
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let last = launch(&inputs, "cs-1", &h);
+        let jobs = [job("cs-1", JobState::Failed)];
+        let f = Facts { last_launch: Some(&last), jobs: &jobs, ..facts(&h) };
+        assert_eq!(decide(&f), Decision::FailedWaitingForRetry { job: Some("cs-1".into()) });
+
+        let tick = Timestamp::from_second(600).unwrap();
+        let f = Facts { tick: Some(tick), ..f };
+        let Decision::Launch { reason, name_seed, .. } = decide(&f) else { panic!("no retry") };
+        assert_eq!(reason, LaunchReason::Retry);
+        assert!(name_seed.contains("retry"));
+    }
+
+    #[test]
+    fn given_no_matching_branch_nothing_is_built() {
+        let h = BTreeMap::new();
+        assert_eq!(decide(&facts(&h)), Decision::NoMatchingBranches);
+    }
+
+    #[test]
+    fn given_heads_never_listed_nothing_is_decided() {
+        let h = BTreeMap::new();
+        let f = Facts { heads: None, ..facts(&h) };
+        assert_eq!(decide(&f), Decision::NoHeads);
+    }
+
+    #[test]
+    fn the_spec_hash_ignores_schedule_and_job_placement_but_not_output() {
+        let spec: CodeSourceSpec = serde_json::from_value(serde_json::json!({
+            "git": {"url": "https://g/r.git", "branches": ["production"]},
+            "schedule": "@hourly",
+            "output": {"image": "registry/code"}
+        }))
+        .unwrap();
+        let mut other_schedule = spec.clone();
+        other_schedule.schedule = "*/5 * * * *".into();
+        other_schedule.job.backoff_limit = 5;
+        assert_eq!(spec_hash(&spec), spec_hash(&other_schedule));
+        let mut other_image = spec.clone();
+        other_image.output.image = Some("registry/other".into());
+        assert_ne!(spec_hash(&spec), spec_hash(&other_image));
+        let mut other_branches = spec.clone();
+        other_branches.git.exclude_branches = vec!["x".into()];
+        assert_ne!(spec_hash(&spec), spec_hash(&other_branches));
+    }
+}

@@ -1,0 +1,474 @@
+//! The desired worker Job of a launch: a pure builder, no client.
+//!
+//! The pod is hardened (non-root, read-only root filesystem with an emptyDir at /tmp,
+//! seccomp RuntimeDefault, all capabilities dropped, no privilege escalation). It keeps
+//! its ServiceAccount token because the worker writes `status.lastBuild` of its own
+//! CodeSource, and nothing else (see `rbac.rs`). Pod failures caused by node scale-down
+//! or eviction (`DisruptionTarget`) are not counted against the backoff limit; the
+//! worker's permanent-failure exit code fails the Job at once.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec as K8sJobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use openvox_crds::CodeSource;
+use openvox_crds::names::{WORKER_PERMANENT_FAILURE_EXIT_CODE, annotations, labels};
+
+use super::names::{codesource_label, worker_identity};
+
+/// Name of the worker container (the pod failure policy refers to it).
+pub const CONTAINER: &str = "worker";
+/// Where the git Secret is mounted.
+pub const GIT_SECRET_DIR: &str = "/var/run/secrets/openvox-code/git";
+/// Where the registry push Secret is mounted, as `config.json` (the `DOCKER_CONFIG` dir).
+pub const REGISTRY_SECRET_DIR: &str = "/var/run/secrets/openvox-code/registry";
+/// Where the output PVC is mounted in claim mode.
+pub const CLAIM_DIR: &str = "/var/lib/openvox-code/claim";
+/// UID and GID the worker runs as (distroless `nonroot`).
+pub const WORKER_UID: i64 = 65532;
+/// Value of `app.kubernetes.io/component` on worker objects.
+pub const COMPONENT: &str = "worker";
+
+/// What varies between launches.
+#[derive(Clone, Debug)]
+pub struct LaunchParams<'a> {
+    /// Job name (see `names::job_name`).
+    pub job_name: &'a str,
+    /// Inputs hash the Job is launched for.
+    pub inputs_hash: &'a str,
+    /// Worker image: `spec.job.image` or the controller default.
+    pub worker_image: &'a str,
+}
+
+/// Labels on the worker Job, its pod, ServiceAccount, Role and RoleBinding.
+pub fn worker_labels(codesource: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (labels::NAME.to_string(), labels::MANAGED_BY_VALUE.to_string()),
+        (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
+        (labels::COMPONENT.to_string(), COMPONENT.to_string()),
+        (labels::CODESOURCE.to_string(), codesource_label(codesource)),
+    ])
+}
+
+/// The worker's command line.
+pub fn worker_args(cs: &CodeSource, inputs_hash: &str) -> Vec<String> {
+    let spec = &cs.spec;
+    let mut args: Vec<String> = vec!["build".into(), "--url".into(), spec.git.url.clone()];
+    for branch in &spec.git.branches {
+        args.extend(["--branch".into(), branch.clone()]);
+    }
+    for branch in &spec.git.exclude_branches {
+        args.extend(["--exclude-branch".into(), branch.clone()]);
+    }
+    args.extend([
+        "--invalid-branches".into(),
+        format!("{:?}", spec.git.invalid_branches),
+        "--forge-url".into(),
+        spec.modules.forge_url.clone(),
+        "--timeout".into(),
+        spec.git.timeout.clone(),
+    ]);
+    if spec.git.secret_ref.is_some() {
+        args.extend(["--git-secret-dir".into(), GIT_SECRET_DIR.into()]);
+    }
+    match (&spec.output.image, &spec.output.claim_name) {
+        (Some(image), _) if !image.is_empty() => {
+            args.extend(["--image".into(), image.clone()]);
+            for tag in &spec.output.tags {
+                args.extend(["--tag".into(), tag.clone()]);
+            }
+            if spec.output.insecure {
+                args.push("--insecure".into());
+            }
+        }
+        (_, Some(claim)) => {
+            args.extend(["--claim".into(), claim.clone(), "--claim-dir".into(), CLAIM_DIR.into()]);
+        }
+        _ => {}
+    }
+    args.extend([
+        "--codesource".into(),
+        format!("{}/{}", cs.namespace().unwrap_or_default(), cs.name_any()),
+        "--inputs-hash".into(),
+        inputs_hash.into(),
+    ]);
+    args
+}
+
+/// The worker Job for one launch of `cs`.
+pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
+    let spec = &cs.spec;
+    let name = cs.name_any();
+    let mut labels = worker_labels(&name);
+    labels.insert(labels::INPUTS.to_string(), params.inputs_hash.to_string());
+
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut mounts =
+        vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
+    let mut env = vec![
+        EnvVar { name: "HOME".into(), value: Some("/tmp".into()), ..Default::default() },
+        EnvVar { name: "TMPDIR".into(), value: Some("/tmp".into()), ..Default::default() },
+    ];
+    if let Some(secret) = &spec.git.secret_ref {
+        volumes.push(Volume {
+            name: "git-auth".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                // Group-readable: the pod's fsGroup is the worker's group.
+                default_mode: Some(0o440),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "git-auth".into(),
+            mount_path: GIT_SECRET_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if let Some(secret) = &spec.output.push_secret_ref {
+        volumes.push(Volume {
+            name: "registry-auth".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.name.clone()),
+                default_mode: Some(0o440),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: "config.json".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "registry-auth".into(),
+            mount_path: REGISTRY_SECRET_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        env.push(EnvVar {
+            name: "DOCKER_CONFIG".into(),
+            value: Some(REGISTRY_SECRET_DIR.into()),
+            ..Default::default()
+        });
+    }
+    if let Some(claim) = spec.output.claim_name.as_ref().filter(|c| !c.is_empty()) {
+        volumes.push(Volume {
+            name: "claim".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(false),
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "claim".into(),
+            mount_path: CLAIM_DIR.into(),
+            ..Default::default()
+        });
+    }
+
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(params.worker_image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(worker_args(cs, params.inputs_hash)),
+        env: Some(env),
+        resources: spec.job.resources.clone(),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let pod = PodSpec {
+        restart_policy: Some("Never".into()),
+        service_account_name: Some(worker_identity(&name)),
+        automount_service_account_token: Some(true),
+        containers: vec![container],
+        volumes: Some(volumes),
+        node_selector: (!spec.job.node_selector.is_empty()).then(|| spec.job.node_selector.clone()),
+        tolerations: (!spec.job.tolerations.is_empty()).then(|| spec.job.tolerations.clone()),
+        affinity: spec.job.affinity.clone(),
+        priority_class_name: spec.job.priority_class_name.clone().filter(|p| !p.is_empty()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(WORKER_UID),
+            run_as_group: Some(WORKER_UID),
+            fs_group: Some(WORKER_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Job {
+        metadata: ObjectMeta {
+            name: Some(params.job_name.to_string()),
+            namespace: cs.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: cs.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        },
+        spec: Some(K8sJobSpec {
+            backoff_limit: Some(spec.job.backoff_limit),
+            active_deadline_seconds: Some(spec.job.active_deadline_seconds),
+            ttl_seconds_after_finished: Some(spec.job.ttl_seconds_after_finished),
+            pod_failure_policy: Some(pod_failure_policy()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        annotations::SAFE_TO_EVICT.to_string(),
+                        "false".to_string(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Node scale-down and eviction mark the pod `DisruptionTarget`: such pods are retried
+/// without counting. The worker's permanent-failure exit code fails the Job at once.
+pub fn pod_failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: Some("True".into()),
+                }]),
+                on_exit_codes: None,
+            },
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some(CONTAINER.into()),
+                    operator: "In".into(),
+                    values: vec![WORKER_PERMANENT_FAILURE_EXIT_CODE],
+                }),
+                on_pod_conditions: None,
+            },
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodSpec, Toleration};
+
+    use super::*;
+
+    fn codesource(extra: serde_json::Value) -> CodeSource {
+        let mut spec = serde_json::json!({
+            "git": {"url": "https://git.example/control.git", "branches": ["production", "feature_*"],
+                    "secretRef": {"name": "git-creds"}},
+            "schedule": "*/5 * * * *",
+            "output": {"image": "registry.example/puppet-code", "pushSecretRef": {"name": "regcred"}},
+        });
+        merge(&mut spec, extra);
+        let mut cs = CodeSource::new("production", serde_json::from_value(spec).unwrap());
+        cs.metadata.namespace = Some("puppet".into());
+        cs.metadata.uid = Some("uid-1".into());
+        cs
+    }
+
+    fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+        if let (Some(b), serde_json::Value::Object(e)) = (base.as_object_mut(), extra) {
+            for (k, v) in e {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v),
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+
+    fn build(cs: &CodeSource) -> Job {
+        desired_job(
+            cs,
+            &LaunchParams {
+                job_name: "production-0123abcd",
+                inputs_hash: "0123abcd0123abcd0123abcd0123abcd",
+                worker_image: "ghcr.io/voxpupuli/openvox-code-worker:1",
+            },
+        )
+    }
+
+    fn pod(job: &Job) -> &PodSpec {
+        job.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+    }
+
+    fn container(job: &Job) -> &Container {
+        &pod(job).containers[0]
+    }
+
+    #[test]
+    fn the_job_has_the_given_name_and_an_owner_reference_to_its_codesource() {
+        let job = build(&codesource(serde_json::json!({})));
+        assert_eq!(job.metadata.name.as_deref(), Some("production-0123abcd"));
+        assert_eq!(job.metadata.namespace.as_deref(), Some("puppet"));
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("CodeSource", "production", "uid-1"));
+        assert_eq!(owner.controller, Some(true));
+    }
+
+    #[test]
+    fn the_job_and_pod_carry_the_standard_labels_and_the_inputs() {
+        let job = build(&codesource(serde_json::json!({})));
+        for l in [job.metadata.labels.as_ref().unwrap(), job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap()] {
+            assert_eq!(l[labels::MANAGED_BY], "openvox-code");
+            assert_eq!(l[labels::COMPONENT], "worker");
+            assert_eq!(l[labels::CODESOURCE], "production");
+            assert_eq!(l[labels::INPUTS], "0123abcd0123abcd0123abcd0123abcd");
+        }
+    }
+
+    #[test]
+    fn the_worker_gets_the_build_arguments() {
+        let job = build(&codesource(serde_json::json!({"output": {"tags": ["latest"]}})));
+        let args = container(&job).args.clone().unwrap().join(" ");
+        assert_eq!(
+            args,
+            "build --url https://git.example/control.git --branch production --branch feature_* \
+             --invalid-branches Correct --forge-url https://forgeapi.puppet.com --timeout 60s \
+             --git-secret-dir /var/run/secrets/openvox-code/git \
+             --image registry.example/puppet-code --tag latest \
+             --codesource puppet/production --inputs-hash 0123abcd0123abcd0123abcd0123abcd"
+        );
+        assert_eq!(container(&job).image.as_deref(), Some("ghcr.io/voxpupuli/openvox-code-worker:1"));
+    }
+
+    #[test]
+    fn claim_output_mounts_the_claim_and_passes_claim_args() {
+        let job = build(&codesource(serde_json::json!({"output": {"image": null, "pushSecretRef": null, "claimName": "code"}})));
+        let args = container(&job).args.clone().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--claim", "code"]));
+        assert!(!args.contains(&"--image".to_string()));
+        let volumes = pod(&job).volumes.as_ref().unwrap();
+        assert!(volumes.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == "code")));
+    }
+
+    #[test]
+    fn secrets_are_mounted_at_the_documented_paths() {
+        let job = build(&codesource(serde_json::json!({})));
+        let mounts = container(&job).volume_mounts.clone().unwrap();
+        let path = |name: &str| mounts.iter().find(|m| m.name == name).map(|m| m.mount_path.clone());
+        assert_eq!(path("git-auth").as_deref(), Some(GIT_SECRET_DIR));
+        assert_eq!(path("registry-auth").as_deref(), Some(REGISTRY_SECRET_DIR));
+        let volumes = pod(&job).volumes.clone().unwrap();
+        let git = volumes.iter().find(|v| v.name == "git-auth").unwrap().secret.clone().unwrap();
+        assert_eq!(git.secret_name.as_deref(), Some("git-creds"));
+        let reg = volumes.iter().find(|v| v.name == "registry-auth").unwrap().secret.clone().unwrap();
+        assert_eq!(reg.items.unwrap()[0].path, "config.json");
+        let env = container(&job).env.clone().unwrap();
+        assert!(env.iter().any(|e| e.name == "DOCKER_CONFIG" && e.value.as_deref() == Some(REGISTRY_SECRET_DIR)));
+    }
+
+    #[test]
+    fn without_secrets_nothing_is_mounted_but_tmp() {
+        let job = build(&codesource(serde_json::json!({"git": {"secretRef": null}, "output": {"pushSecretRef": null}})));
+        let mounts = container(&job).volume_mounts.clone().unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].mount_path, "/tmp");
+    }
+
+    #[test]
+    fn the_pod_is_hardened() {
+        let job = build(&codesource(serde_json::json!({})));
+        let psc = pod(&job).security_context.clone().unwrap();
+        assert_eq!(psc.run_as_non_root, Some(true));
+        assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+        let sc = container(&job).security_context.clone().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(container(&job).termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
+        assert!(pod(&job).volumes.as_ref().unwrap().iter().any(|v| v.name == "tmp" && v.empty_dir.is_some()));
+    }
+
+    #[test]
+    fn the_pod_uses_the_per_codesource_service_account_with_its_token() {
+        let job = build(&codesource(serde_json::json!({})));
+        assert_eq!(pod(&job).service_account_name.as_deref(), Some("openvox-code-worker-production"));
+        assert_eq!(pod(&job).automount_service_account_token, Some(true));
+        assert_eq!(pod(&job).restart_policy.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn placement_and_resources_come_from_spec_job() {
+        let job = build(&codesource(serde_json::json!({"job": {
+            "image": "ignored-here",
+            "resources": {"requests": {"cpu": "500m"}},
+            "nodeSelector": {"pool": "builds"},
+            "tolerations": [{"key": "builds", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {}},
+            "priorityClassName": "low"
+        }})));
+        let pod = pod(&job);
+        assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "builds");
+        assert_eq!(pod.tolerations.as_ref().unwrap()[0], Toleration { key: Some("builds".into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() });
+        assert!(pod.affinity.is_some());
+        assert_eq!(pod.priority_class_name.as_deref(), Some("low"));
+        assert!(container(&job).resources.as_ref().unwrap().requests.as_ref().unwrap().contains_key("cpu"));
+    }
+
+    #[test]
+    fn deadlines_retries_and_ttl_come_from_spec_job() {
+        let job = build(&codesource(serde_json::json!({"job": {"activeDeadlineSeconds": 600, "backoffLimit": 1, "ttlSecondsAfterFinished": 60}})));
+        let spec = job.spec.unwrap();
+        assert_eq!(spec.active_deadline_seconds, Some(600));
+        assert_eq!(spec.backoff_limit, Some(1));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(60));
+    }
+
+    #[test]
+    fn disruptions_are_ignored_and_permanent_failures_fail_the_job() {
+        let job = build(&codesource(serde_json::json!({})));
+        let rules = job.spec.unwrap().pod_failure_policy.unwrap().rules;
+        assert_eq!(rules[0].action, "Ignore");
+        assert_eq!(rules[0].on_pod_conditions.as_ref().unwrap()[0].type_, "DisruptionTarget");
+        assert_eq!(rules[1].action, "FailJob");
+        let codes = rules[1].on_exit_codes.as_ref().unwrap();
+        assert_eq!(codes.values, vec![WORKER_PERMANENT_FAILURE_EXIT_CODE]);
+        assert_eq!(codes.container_name.as_deref(), Some(CONTAINER));
+    }
+
+    #[test]
+    fn the_pod_may_not_be_evicted_by_the_autoscaler() {
+        let job = build(&codesource(serde_json::json!({})));
+        let template = job.spec.unwrap().template.metadata.unwrap();
+        assert_eq!(template.annotations.unwrap()[annotations::SAFE_TO_EVICT], "false");
+    }
+}

@@ -1,0 +1,108 @@
+//! Errors of the CodeSource reconciler, one variant per way a reconcile can fail.
+//!
+//! Each variant has a stable [`Error::reason`] (metrics label, Event reason) and is
+//! either permanent (nothing changes until the spec changes: the object is marked
+//! `Stalled` and not retried) or transient (retried with backoff). Messages never carry
+//! credentials: git URLs are shown without user info, Secret data never appears.
+
+use crate::codesource::heads::HeadError;
+
+/// Why a CodeSource reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the API server failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What was being done, for example `create Job`.
+        action: &'static str,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The spec cannot work as written (schedule, time zone, timeout, output).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// A Secret named by the spec is missing or lacks the keys needed.
+    #[error("secret {name:?}: {problem}")]
+    Secret {
+        /// Name of the Secret.
+        name: String,
+        /// What is wrong with it (never its content).
+        problem: String,
+    },
+    /// Listing the remote heads failed.
+    #[error("listing the remote heads failed: {0}")]
+    HeadCheck(#[from] HeadError),
+    /// The Config named by `configRef` does not exist.
+    #[error("Config {0:?} does not exist")]
+    ConfigNotFound(String),
+    /// The installed Config CRD has neither shape of `spec.code` we know.
+    #[error("cannot tell the shape of Config.spec.code: {0}")]
+    ConfigShape(String),
+    /// The object lacks a name or namespace (never for objects read from the API).
+    #[error("object has no name or namespace")]
+    Unnamed,
+}
+
+impl Error {
+    /// Stable, low-cardinality label for metrics and the Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "KubeApiError",
+            Self::InvalidSpec(_) => openvox_crds::names::reasons::INVALID_SPEC,
+            Self::Secret { .. } => openvox_crds::names::reasons::SECRET_NOT_FOUND,
+            Self::HeadCheck(_) => openvox_crds::names::reasons::GIT_OPERATION_FAILED,
+            Self::ConfigNotFound(_) => openvox_crds::names::reasons::CONFIG_NOT_FOUND,
+            Self::ConfigShape(_) => "ConfigShapeUnknown",
+            Self::Unnamed => "Unnamed",
+        }
+    }
+
+    /// Whether retrying without a spec change is pointless. Permanent errors stall the
+    /// object until its generation changes; everything else is retried with backoff.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::InvalidSpec(_) | Self::Unnamed)
+    }
+}
+
+/// Maps a `kube::Error` to [`Error::Kube`] with a description of the action.
+pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube { action, source }
+}
+
+/// Whether a `kube::Error` is the API server's 404.
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Whether a `kube::Error` is the API server's 409 AlreadyExists/Conflict.
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_specs_are_permanent_and_head_checks_are_not() {
+        assert!(Error::InvalidSpec("bad".into()).is_permanent());
+        assert!(!Error::HeadCheck(HeadError::Timeout(5)).is_permanent());
+        assert!(!Error::ConfigNotFound("x".into()).is_permanent());
+    }
+
+    #[test]
+    fn reasons_are_pascal_case_words() {
+        for e in [
+            Error::InvalidSpec("x".into()),
+            Error::Secret { name: "s".into(), problem: "p".into() },
+            Error::HeadCheck(HeadError::Timeout(1)),
+            Error::ConfigNotFound("c".into()),
+            Error::Unnamed,
+        ] {
+            let reason = e.reason();
+            assert!(reason.chars().next().unwrap().is_ascii_uppercase(), "{reason}");
+            assert!(reason.chars().all(|c| c.is_ascii_alphanumeric()), "{reason}");
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! openvox-code controller: the CodeSource controller (schedules, head checks, worker
+//! Jobs, digest into Config) and the Pool controller, plus the process plumbing they
+//! share. `main.rs` only wires these together.
+
+pub mod codesource;
+pub mod conditions;
+pub mod error;
+pub mod pool;
+pub mod tls;
