@@ -5,3 +5,5 @@ pub mod heads;
 pub mod job;
 pub mod names;
 pub mod schedule;
+pub mod config;
+pub mod rbac;
