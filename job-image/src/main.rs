@@ -1,1 +1,73 @@
-fn main() {}
+//! `openvox-code-worker`: see `openvox-code-worker --help`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use openvox_code_worker::cli::{Cli, Command};
+use openvox_code_worker::git::mask_text;
+use openvox_code_worker::progress::count;
+use openvox_code_worker::sync::sync;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    match cli.command {
+        Command::Sync(args) => {
+            let options = match args.to_options() {
+                Ok(o) => o,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let report = match runtime.block_on(sync(&options)) {
+                Ok(r) => r,
+                Err(e) => return fail(&e.to_string()),
+            };
+            let names: Vec<String> = report
+                .installed
+                .iter()
+                .map(|(done, inputs)| {
+                    format!(
+                        "{}@{}",
+                        done.name,
+                        &inputs.commit[..inputs.commit.len().min(12)]
+                    )
+                })
+                .collect();
+            println!(
+                "synced {} environments into {}: {}",
+                count(report.installed.len() as u64),
+                options.dir.display(),
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(" ")
+                }
+            );
+            if let Some(summary) = report.failure_summary() {
+                return fail(&summary);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Prints the one-line reason and returns the failure exit code.
+fn fail(reason: &str) -> ExitCode {
+    eprintln!("error: {}", mask_text(&reason.replace('\n', " ")));
+    ExitCode::FAILURE
+}

@@ -1,0 +1,356 @@
+//! Which branches become environments, and under which names. Pure: no I/O.
+//!
+//! Selection: a branch is wanted when it equals one of the `include` entries or matches
+//! one of them as a glob, and matches none of the `exclude` globs. Globs follow git's
+//! wildmatch (`*`, `?`, `[a-z]`, `[!x]`); `*` also matches `/`, so `feature*` selects
+//! `feature/login` as well as `feature_login`.
+//!
+//! Naming: Puppet accepts environment names matching `\A[a-z0-9_]+\z`. With
+//! [`InvalidBranches::Correct`] every other character becomes `_` and letters are
+//! lower-cased (r10k's rule plus lower-casing); with [`InvalidBranches::Error`] such a
+//! branch is refused. Two branches that end up with one name are both refused, naming
+//! each other: an environment is never silently overwritten by another branch.
+
+use std::collections::BTreeMap;
+
+use gix::bstr::BStr;
+use gix::glob::wildmatch;
+pub use openvox_crds::codesource::InvalidBranches;
+
+/// Why a branch did not become an environment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BranchError {
+    #[error(
+        "branch {branch:?} is not a valid Puppet environment name (allowed: a-z, 0-9, _); \
+         with invalidBranches=Correct it would become {corrected:?}"
+    )]
+    InvalidName { branch: String, corrected: String },
+    #[error(
+        "branches {} all map to environment {environment:?}; rename or exclude all but one",
+        quote_list(branches)
+    )]
+    Collision {
+        environment: String,
+        branches: Vec<String>,
+    },
+    #[error("branch pattern list is empty: give at least one --branch")]
+    NoPatterns,
+    #[error("branch pattern {0:?} is empty")]
+    EmptyPattern(String),
+}
+
+fn quote_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|b| format!("{b:?}")).collect();
+    match quoted.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+/// The include and exclude patterns of a CodeSource (`git.branches`, `git.excludeBranches`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchSelection {
+    include: Vec<String>,
+    exclude: Vec<String>,
+}
+
+impl BranchSelection {
+    /// Checks the patterns: at least one include, none empty.
+    pub fn new(include: Vec<String>, exclude: Vec<String>) -> Result<Self, BranchError> {
+        if include.is_empty() {
+            return Err(BranchError::NoPatterns);
+        }
+        if let Some(empty) = include.iter().chain(&exclude).find(|p| p.trim().is_empty()) {
+            return Err(BranchError::EmptyPattern(empty.clone()));
+        }
+        Ok(Self { include, exclude })
+    }
+
+    /// Whether `branch` (a short name, without `refs/heads/`) is wanted.
+    pub fn matches(&self, branch: &str) -> bool {
+        let included = self.include.iter().any(|p| pattern_matches(p, branch));
+        included && !self.exclude.iter().any(|p| pattern_matches(p, branch))
+    }
+
+    /// The wanted branches among `branches`, sorted and without duplicates.
+    pub fn select<'a>(&self, branches: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let mut wanted: Vec<String> = branches
+            .into_iter()
+            .filter(|b| self.matches(b))
+            .map(str::to_owned)
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        wanted
+    }
+
+    /// The include patterns, as given.
+    pub fn include(&self) -> &[String] {
+        &self.include
+    }
+}
+
+fn pattern_matches(pattern: &str, branch: &str) -> bool {
+    pattern == branch
+        || wildmatch(
+            BStr::new(pattern),
+            BStr::new(branch),
+            wildmatch::Mode::empty(),
+        )
+}
+
+/// Whether `name` is a valid Puppet environment name.
+pub fn is_valid_environment_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// r10k's correction, lower-cased: every character outside `[A-Za-z0-9_]` becomes `_`.
+pub fn corrected_name(branch: &str) -> String {
+    branch
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The environment name of `branch` under `policy`.
+pub fn environment_name(branch: &str, policy: InvalidBranches) -> Result<String, BranchError> {
+    if is_valid_environment_name(branch) {
+        return Ok(branch.to_owned());
+    }
+    let corrected = corrected_name(branch);
+    match policy {
+        InvalidBranches::Correct => Ok(corrected),
+        InvalidBranches::Error => Err(BranchError::InvalidName {
+            branch: branch.to_owned(),
+            corrected,
+        }),
+    }
+}
+
+/// One branch and the environment it becomes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EnvironmentPlan {
+    /// Environment name (directory name).
+    pub name: String,
+    /// Branch short name.
+    pub branch: String,
+}
+
+/// A branch that was selected but does not become an environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedBranch {
+    pub branch: String,
+    /// The name it would have had, when there is one. An environment of that name is
+    /// neither written nor purged in this run (the previous one stays).
+    pub environment: Option<String>,
+    pub reason: BranchError,
+}
+
+/// Environments for the selected `branches`, in name order, and the refused branches.
+pub fn plan_environments(
+    branches: &[String],
+    policy: InvalidBranches,
+) -> (Vec<EnvironmentPlan>, Vec<RefusedBranch>) {
+    let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for branch in branches {
+        match environment_name(branch, policy) {
+            Ok(name) => by_name.entry(name).or_default().push(branch.clone()),
+            Err(reason) => refused.push(RefusedBranch {
+                branch: branch.clone(),
+                environment: None,
+                reason,
+            }),
+        }
+    }
+    let mut plans = Vec::new();
+    for (name, mut group) in by_name {
+        group.sort();
+        group.dedup();
+        if let [branch] = group.as_slice() {
+            plans.push(EnvironmentPlan {
+                name,
+                branch: branch.clone(),
+            });
+            continue;
+        }
+        for branch in &group {
+            refused.push(RefusedBranch {
+                branch: branch.clone(),
+                environment: Some(name.clone()),
+                reason: BranchError::Collision {
+                    environment: name.clone(),
+                    branches: group.clone(),
+                },
+            });
+        }
+    }
+    refused.sort_by(|a, b| a.branch.cmp(&b.branch));
+    (plans, refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn selection(include: &[&str], exclude: &[&str]) -> BranchSelection {
+        BranchSelection::new(
+            include.iter().map(|s| s.to_string()).collect(),
+            exclude.iter().map(|s| s.to_string()).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn branches_are_selected_by_exact_name_glob_and_exclude() {
+        let heads = [
+            "production",
+            "staging",
+            "feature_login",
+            "feature/api",
+            "feature_wip",
+            "release/1.0",
+            "release/1.0/hotfix",
+            "main",
+        ];
+        let cases: &[(&[&str], &[&str], &[&str])] = &[
+            (&["production"], &[], &["production"]),
+            (&["production", "staging"], &[], &["production", "staging"]),
+            (
+                &["feature*"],
+                &[],
+                &["feature/api", "feature_login", "feature_wip"],
+            ),
+            (&["feature_*"], &["*_wip"], &["feature_login"]),
+            (&["release/*"], &[], &["release/1.0", "release/1.0/hotfix"]),
+            (&["release/?.?"], &[], &["release/1.0"]),
+            (&["[ps]*"], &["staging"], &["production"]),
+            (
+                &["*"],
+                &["feature*", "release*"],
+                &["main", "production", "staging"],
+            ),
+            (&["nope"], &[], &[]),
+            (&["production", "prod*"], &[], &["production"]),
+        ];
+        for (include, exclude, want) in cases {
+            let got = selection(include, exclude).select(heads.iter().copied());
+            assert_eq!(
+                got,
+                want.to_vec(),
+                "include {include:?} exclude {exclude:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_patterns_are_refused() {
+        assert_eq!(
+            BranchSelection::new(vec![], vec![]),
+            Err(BranchError::NoPatterns)
+        );
+        assert!(matches!(
+            BranchSelection::new(vec!["a".into()], vec![" ".into()]),
+            Err(BranchError::EmptyPattern(_))
+        ));
+    }
+
+    #[test]
+    fn names_follow_r10k_correction_lower_cased() {
+        let cases = [
+            ("production", "production"),
+            ("feature/login", "feature_login"),
+            ("Feature-Login", "feature_login"),
+            ("release-1.2.3", "release_1_2_3"),
+            ("JIRA-123_fix", "jira_123_fix"),
+            ("caf\u{e9}", "caf_"),
+            ("a b", "a_b"),
+            ("already_ok_42", "already_ok_42"),
+        ];
+        for (branch, want) in cases {
+            assert_eq!(
+                environment_name(branch, InvalidBranches::Correct).unwrap(),
+                want,
+                "{branch}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_names_are_refused_under_error_policy() {
+        assert_eq!(
+            environment_name("production", InvalidBranches::Error).unwrap(),
+            "production"
+        );
+        let err = environment_name("feature/x", InvalidBranches::Error).unwrap_err();
+        assert_eq!(
+            err,
+            BranchError::InvalidName {
+                branch: "feature/x".into(),
+                corrected: "feature_x".into()
+            }
+        );
+        assert!(err.to_string().contains("\"feature/x\""));
+        assert!(environment_name("Upper", InvalidBranches::Error).is_err());
+    }
+
+    #[test]
+    fn colliding_branches_are_both_refused_naming_each_other() {
+        let branches: Vec<String> = ["feature/a", "feature-a", "Feature_A", "production"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (plans, refused) = plan_environments(&branches, InvalidBranches::Correct);
+        assert_eq!(
+            plans,
+            vec![EnvironmentPlan {
+                name: "production".into(),
+                branch: "production".into()
+            }]
+        );
+        assert_eq!(refused.len(), 3);
+        for r in &refused {
+            assert_eq!(r.environment.as_deref(), Some("feature_a"));
+            let message = r.reason.to_string();
+            for b in ["\"Feature_A\"", "\"feature-a\"", "\"feature/a\""] {
+                assert!(message.contains(b), "{message}");
+            }
+            assert!(message.contains("\"feature_a\""), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_valid_branch_collides_with_a_corrected_one() {
+        let branches = vec!["feature_a".to_string(), "feature/a".to_string()];
+        let (plans, refused) = plan_environments(&branches, InvalidBranches::Correct);
+        assert!(plans.is_empty());
+        assert_eq!(refused.len(), 2);
+        let (plans, refused) = plan_environments(&branches, InvalidBranches::Error);
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].branch, "feature_a");
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].branch, "feature/a");
+    }
+
+    #[test]
+    fn plans_are_in_name_order() {
+        let branches: Vec<String> = ["zeta", "alpha", "Mid"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (plans, refused) = plan_environments(&branches, InvalidBranches::Correct);
+        assert!(refused.is_empty());
+        let names: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "mid", "zeta"]);
+    }
+}

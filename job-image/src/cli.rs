@@ -1,0 +1,251 @@
+//! Command line of the worker.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::branches::{BranchSelection, InvalidBranches};
+use crate::environments::SourceOptions;
+use crate::git::{Credentials, CredentialsError};
+use crate::limits::{Limits, parse_bytes};
+use crate::sync::SyncOptions;
+
+/// openvox-code worker: turns a control repository into Puppet environments.
+#[derive(Debug, Parser)]
+#[command(name = "openvox-code-worker", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the environments of the selected branches and write them into a directory
+    /// (PVC layout: one symlink per environment, switched atomically).
+    Sync(SyncArgs),
+}
+
+/// What to do with branch names that are not valid environment names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InvalidBranchesArg {
+    /// Non-word characters become `_`, letters are lower-cased (r10k).
+    Correct,
+    /// Refuse such branches.
+    Error,
+}
+
+impl From<InvalidBranchesArg> for InvalidBranches {
+    fn from(value: InvalidBranchesArg) -> Self {
+        match value {
+            InvalidBranchesArg::Correct => InvalidBranches::Correct,
+            InvalidBranchesArg::Error => InvalidBranches::Error,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Control repository: https://, http://, ssh://, user@host:path, git:// or file://.
+    #[arg(long, env = "OPENVOX_CODE_URL")]
+    pub url: String,
+    /// Branch to deploy: an exact name or a glob (`feature_*`). Repeat for more.
+    #[arg(long = "branch", required = true, value_name = "NAME_OR_GLOB")]
+    pub branches: Vec<String>,
+    /// Glob of branches to leave out. Repeat for more.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub excludes: Vec<String>,
+    /// Branch names that are not valid environment names: correct them or refuse them.
+    #[arg(long, value_enum, default_value = "correct")]
+    pub invalid_branches: InvalidBranchesArg,
+    /// Directory with the git credentials, one file per key: username, password,
+    /// bearerToken, identity, known_hosts, ca.crt (a mounted Secret).
+    #[arg(long, env = "OPENVOX_CODE_SECRET_DIR")]
+    pub secret_dir: Option<PathBuf>,
+    /// Forge v3 API base URL for Forge modules.
+    #[arg(long, default_value = "https://forgeapi.puppet.com")]
+    pub forge_url: String,
+    /// Time limit of one git operation or Forge request (`60s`, `2m`, `1m30s`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Output directory: environments appear as `<dir>/<environment>`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Old versions kept per environment besides the current one (servers may still
+    /// be reading them).
+    #[arg(long, default_value_t = 1)]
+    pub keep_previous: usize,
+    /// Network operations (ref listings, fetches, Forge requests) at a time.
+    #[arg(long, default_value_t = 8)]
+    pub jobs: usize,
+    /// Directory for temporary files (Forge downloads). Default: the system's.
+    #[arg(long, env = "OPENVOX_CODE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// Most files, directories and symlinks in one environment.
+    #[arg(long)]
+    pub max_files: Option<u64>,
+    /// Largest file (`100M`).
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_file_size: Option<u64>,
+    /// Largest environment, all files added up (`4G`).
+    #[arg(long, value_parser = parse_bytes)]
+    pub max_environment_size: Option<u64>,
+}
+
+impl SyncArgs {
+    /// The options of a sync, reading the secret directory.
+    pub fn to_options(&self) -> Result<SyncOptions, CliError> {
+        let credentials = match &self.secret_dir {
+            Some(dir) => Credentials::from_secret_dir(dir)?,
+            None => Credentials::none(),
+        };
+        let mut limits = Limits::default();
+        if let Some(n) = self.max_files {
+            limits.max_files_per_environment = n;
+        }
+        if let Some(n) = self.max_file_size {
+            limits.max_file_bytes = n;
+        }
+        if let Some(n) = self.max_environment_size {
+            limits.max_environment_bytes = n;
+        }
+        let selection = BranchSelection::new(self.branches.clone(), self.excludes.clone())
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        if !(self.forge_url.starts_with("https://") || self.forge_url.starts_with("http://")) {
+            return Err(CliError::Usage(format!(
+                "--forge-url {:?} must be an http(s) URL",
+                self.forge_url
+            )));
+        }
+        Ok(SyncOptions {
+            source: SourceOptions {
+                url: self.url.clone(),
+                selection,
+                invalid_branches: self.invalid_branches.into(),
+                credentials,
+                forge_url: self.forge_url.clone(),
+                timeout: self.timeout,
+                limits,
+                jobs: self.jobs.max(1),
+                work_dir: self.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+            },
+            dir: self.dir.clone(),
+            keep_previous: self.keep_previous,
+            write_jobs: std::thread::available_parallelism().map_or(2, usize::from),
+        })
+    }
+}
+
+/// Arguments that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Parses a duration as written in the CodeSource (`git.timeout`): one or more
+/// `<number><unit>` with units `ms`, `s`, `m`, `h` (`60s`, `1m30s`, `1.5s`, `500ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration (examples: 60s, 2m, 1m30s, 500ms)");
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        if number_end == 0 {
+            return Err(invalid());
+        }
+        let number: f64 = rest[..number_end].parse().map_err(|_| invalid())?;
+        rest = &rest[number_end..];
+        let (unit, seconds) = if let Some(r) = rest.strip_prefix("ms") {
+            (r, 0.001)
+        } else if let Some(r) = rest.strip_prefix('s') {
+            (r, 1.0)
+        } else if let Some(r) = rest.strip_prefix('m') {
+            (r, 60.0)
+        } else if let Some(r) = rest.strip_prefix('h') {
+            (r, 3600.0)
+        } else {
+            return Err(invalid());
+        };
+        total += number * seconds;
+        rest = unit;
+    }
+    if !(total > 0.0 && total < 1e9) {
+        return Err(format!("{text:?} must be more than zero"));
+    }
+    Ok(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_parsed_like_the_codesource_field() {
+        let cases = [
+            ("60s", Some(60_000)),
+            ("2m", Some(120_000)),
+            ("1m30s", Some(90_000)),
+            ("1.5s", Some(1_500)),
+            ("500ms", Some(500)),
+            ("1h", Some(3_600_000)),
+            ("", None),
+            ("60", None),
+            ("s", None),
+            ("0s", None),
+            ("5x", None),
+            ("1m-3s", None),
+        ];
+        for (text, want) in cases {
+            let got = parse_duration(text).ok().map(|d| d.as_millis() as u64);
+            assert_eq!(got, want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn sync_arguments_are_read() {
+        let cli = Cli::try_parse_from([
+            "openvox-code-worker",
+            "sync",
+            "--url",
+            "git://127.0.0.1/control.git",
+            "--branch",
+            "production",
+            "--branch",
+            "feature_*",
+            "--exclude",
+            "*_wip",
+            "--dir",
+            "/tmp/envs",
+            "--timeout",
+            "2m",
+            "--invalid-branches",
+            "error",
+            "--max-file-size",
+            "10M",
+        ])
+        .unwrap();
+        let Command::Sync(args) = cli.command;
+        let options = args.to_options().unwrap();
+        assert_eq!(options.source.timeout, Duration::from_secs(120));
+        assert_eq!(options.source.invalid_branches, InvalidBranches::Error);
+        assert_eq!(options.source.limits.max_file_bytes, 10 << 20);
+        assert!(options.source.selection.matches("feature_x"));
+        assert!(!options.source.selection.matches("feature_wip"));
+        assert!(options.source.credentials.http.is_none());
+    }
+
+    #[test]
+    fn a_branch_is_required() {
+        let e = Cli::try_parse_from(["openvox-code-worker", "sync", "--url", "x", "--dir", "d"])
+            .unwrap_err();
+        assert!(e.to_string().contains("--branch"), "{e}");
+    }
+}

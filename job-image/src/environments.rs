@@ -1,0 +1,544 @@
+//! From a control repository to Puppet environments: list the heads, pick the branches,
+//! fetch them shallow in one go, parse each branch's Puppetfile, resolve its modules
+//! (shared across environments), and assemble each environment's tree.
+//!
+//! The result is, per environment, an [`EnvironmentTree`] and its [`EnvironmentInputs`]
+//! (branch, commit, modules with versions and checksums). A branch whose name is refused,
+//! whose Puppetfile is malformed, whose module fails or whose tree is unsafe fails alone;
+//! the other environments are still built.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openvox_crds::codesource::{EnvironmentRecord, ModuleRecord};
+use sha2::{Digest, Sha256};
+
+use crate::branches::{
+    BranchError, BranchSelection, EnvironmentPlan, InvalidBranches, plan_environments,
+};
+use crate::forge::{ForgeClient, ForgeError, hex};
+use crate::git::fetch::Depth;
+use crate::git::{Credentials, FetchWant, FetchedRepo, GitAccess, GitError, RepoUrl, error_chain};
+use crate::limits::{Bytes, Limits};
+use crate::progress::{Step, count};
+use crate::puppetfile::resolve::{ModuleContent, ResolvedModule, Resolver};
+use crate::puppetfile::{ModuleDecl, Puppetfile, parse_puppetfile};
+use crate::tree::{EnvironmentTree, TreeStats};
+
+/// Version of the way trees are assembled. Part of every environment's input digest, so
+/// a change here never reuses output built the old way.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What to build: the repository, the branches and how to reach everything.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    pub url: String,
+    pub selection: BranchSelection,
+    pub invalid_branches: InvalidBranches,
+    pub credentials: Credentials,
+    /// Forge v3 API base URL.
+    pub forge_url: String,
+    /// Time limit of one git operation or one Forge request.
+    pub timeout: Duration,
+    pub limits: Limits,
+    /// Network operations at a time.
+    pub jobs: usize,
+    /// Where Forge downloads are unpacked (a temporary directory inside it is removed
+    /// when the build is dropped).
+    pub work_dir: PathBuf,
+}
+
+/// An error that stops the whole build (as opposed to one environment).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Git(#[from] GitError),
+    #[error(transparent)]
+    Forge(#[from] ForgeError),
+    #[error(transparent)]
+    Branches(#[from] BranchError),
+    #[error("no branch of {url} matches {patterns} (the repository has {available} branches)")]
+    NoBranches {
+        url: String,
+        patterns: String,
+        available: usize,
+    },
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Everything that went into one environment. Its digest decides whether an existing
+/// output can be reused.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EnvironmentInputs {
+    /// Environment name.
+    pub name: String,
+    pub branch: String,
+    /// Commit of the branch.
+    pub commit: String,
+    /// Modules in install-path order.
+    pub modules: Vec<ModuleRecord>,
+}
+
+impl EnvironmentInputs {
+    /// `<branch>@sha1:<commit>`.
+    pub fn revision(&self) -> String {
+        format!("{}@sha1:{}", self.branch, self.commit)
+    }
+
+    /// SHA-256 (hex) over the format version and these inputs.
+    pub fn digest(&self) -> String {
+        let mut hasher = Sha256::new();
+        hasher.update(format!(
+            "openvox-code environment format {FORMAT_VERSION}\n"
+        ));
+        hasher.update(serde_json::to_vec(self).unwrap_or_default());
+        hex(&hasher.finalize())
+    }
+
+    /// The record for `status.lastBuild.environments` (modules in install-path order).
+    pub fn to_record(&self, layer_digest: Option<String>) -> EnvironmentRecord {
+        EnvironmentRecord {
+            name: self.name.clone(),
+            branch: self.branch.clone(),
+            revision: self.revision(),
+            layer_digest,
+            modules: self.modules.clone(),
+        }
+    }
+}
+
+/// A built environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub inputs: EnvironmentInputs,
+    pub tree: EnvironmentTree,
+    pub stats: TreeStats,
+}
+
+/// A selected branch that did not become an environment, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironmentFailure {
+    /// The environment name, when the branch has one.
+    pub name: Option<String>,
+    pub branch: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for EnvironmentFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) if name != &self.branch => {
+                write!(f, "{name} (branch {}): {}", self.branch, self.reason)
+            }
+            Some(name) => write!(f, "{name}: {}", self.reason),
+            None => write!(f, "branch {}: {}", self.branch, self.reason),
+        }
+    }
+}
+
+/// The outcome of a build.
+#[derive(Debug)]
+pub struct Environments {
+    /// Built environments in name order.
+    pub built: Vec<Environment>,
+    /// Selected branches that failed, in branch order.
+    pub failed: Vec<EnvironmentFailure>,
+    /// Names of all environments the selected branches map to, built or failed. An
+    /// output must not purge these: a failed environment keeps its previous version.
+    pub selected_names: BTreeSet<String>,
+    /// The control repository (kept while trees refer to it).
+    pub control: Option<Arc<FetchedRepo>>,
+    _work: Option<tempfile::TempDir>,
+}
+
+/// Builds the environments described by `options`.
+pub async fn build_environments(options: &SourceOptions) -> Result<Environments, BuildError> {
+    let url = RepoUrl::parse(&options.url).map_err(GitError::from)?;
+    let access = GitAccess::new(options.credentials.clone(), url.clone(), options.timeout)?;
+    let origin = access.origin()?;
+
+    // 1. Heads.
+    let step = Step::start("list", &url);
+    let remote = origin.clone();
+    let heads = tokio::task::spawn_blocking(move || remote.list_heads())
+        .await
+        .map_err(|e| BuildError::Local(format!("listing heads stopped: {e}")))?;
+    let heads = match heads {
+        Ok(h) => h,
+        Err(e) => {
+            step.failed(&e);
+            return Err(e.into());
+        }
+    };
+    let selected = options
+        .selection
+        .select(heads.iter().map(|h| h.branch.as_str()));
+    step.done(format!(
+        "{} branches, {} selected",
+        heads.len(),
+        selected.len()
+    ));
+    if selected.is_empty() {
+        return Err(BuildError::NoBranches {
+            url: url.to_string(),
+            patterns: options
+                .selection
+                .include()
+                .iter()
+                .map(|p| format!("{p:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            available: heads.len(),
+        });
+    }
+
+    // 2. Names.
+    let (plans, refused) = plan_environments(&selected, options.invalid_branches);
+    let mut failed: Vec<EnvironmentFailure> = refused
+        .iter()
+        .map(|r| EnvironmentFailure {
+            name: r.environment.clone(),
+            branch: r.branch.clone(),
+            reason: r.reason.to_string(),
+        })
+        .collect();
+    for f in &failed {
+        tracing::warn!(
+            "{}",
+            crate::progress::line(
+                "branch",
+                &f.branch,
+                &format!("FAILED: {}", f.reason),
+                Duration::ZERO
+            )
+        );
+    }
+    let mut selected_names: BTreeSet<String> = plans.iter().map(|p| p.name.clone()).collect();
+    selected_names.extend(refused.iter().filter_map(|r| r.environment.clone()));
+    if plans.is_empty() {
+        return Ok(Environments {
+            built: Vec::new(),
+            failed,
+            selected_names,
+            control: None,
+            _work: None,
+        });
+    }
+
+    // 3. One shallow fetch of all wanted branches.
+    let step = Step::start("fetch", &url);
+    let wants: Vec<FetchWant> = plans
+        .iter()
+        .map(|p| FetchWant::Ref(format!("refs/heads/{}", p.branch)))
+        .collect();
+    let remote = origin.clone();
+    let fetch_wants = wants.clone();
+    let fetched = tokio::task::spawn_blocking(move || remote.fetch(&fetch_wants, Depth::Shallow))
+        .await
+        .map_err(|e| BuildError::Local(format!("fetch stopped: {e}")))?;
+    let control = match fetched {
+        Ok(repo) => Arc::new(repo),
+        Err(e) => {
+            step.failed(&e);
+            return Err(e.into());
+        }
+    };
+    step.done(format!(
+        "{} branches, {} received",
+        plans.len(),
+        Bytes(control.received_bytes())
+    ));
+
+    // 4. Environments, concurrently; modules are shared through the resolver.
+    let work = tempfile::Builder::new()
+        .prefix("openvox-code-work-")
+        .tempdir_in(&options.work_dir)
+        .map_err(|e| {
+            BuildError::Local(format!(
+                "work directory in {}: {e}",
+                options.work_dir.display()
+            ))
+        })?;
+    let forge = ForgeClient::new(
+        options.timeout,
+        options.credentials.ca_pem.as_deref(),
+        options.limits,
+        work.path(),
+    )?;
+    let resolver = Arc::new(Resolver::new(
+        access,
+        forge,
+        &options.forge_url,
+        options.jobs,
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (plan, want) in plans.into_iter().zip(wants) {
+        let resolver = resolver.clone();
+        let control = control.clone();
+        let limits = options.limits;
+        tasks.spawn(async move {
+            let step = Step::start("env", &plan.name);
+            let result = build_one(&plan, &want, &control, &resolver, limits).await;
+            match &result {
+                Ok(env) => step.done(format!(
+                    "{} files, {}, {} modules, {}",
+                    count(env.stats.files),
+                    Bytes(env.stats.bytes),
+                    env.inputs.modules.len(),
+                    env.inputs.revision()
+                )),
+                Err(reason) => step.failed(reason),
+            }
+            (plan, result)
+        });
+    }
+    let mut built = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (plan, result) =
+            joined.map_err(|e| BuildError::Local(format!("an environment task stopped: {e}")))?;
+        match result {
+            Ok(env) => built.push(env),
+            Err(reason) => failed.push(EnvironmentFailure {
+                name: Some(plan.name),
+                branch: plan.branch,
+                reason,
+            }),
+        }
+    }
+    built.sort_by(|a, b| a.inputs.name.cmp(&b.inputs.name));
+    failed.sort_by(|a, b| a.branch.cmp(&b.branch));
+    Ok(Environments {
+        built,
+        failed,
+        selected_names,
+        control: Some(control),
+        _work: Some(work),
+    })
+}
+
+/// Reads and parses the Puppetfile at the root of `tree`, if there is one.
+fn read_puppetfile(
+    control: &FetchedRepo,
+    tree: gix::ObjectId,
+    limits: Limits,
+) -> Result<Option<Puppetfile>, String> {
+    let repo = control.repo();
+    let tree = repo.find_tree(tree).map_err(|e| error_chain(&e))?;
+    let Some(entry) = tree.find_entry("Puppetfile") else {
+        return Ok(None);
+    };
+    if !entry.mode().is_blob() {
+        return Err("Puppetfile is not a regular file".into());
+    }
+    let id = entry.object_id();
+    let size = repo.find_header(id).map_err(|e| error_chain(&e))?.size();
+    if size > limits.max_puppetfile_bytes {
+        return Err(format!(
+            "Puppetfile has {} (limit {})",
+            Bytes(size),
+            Bytes(limits.max_puppetfile_bytes)
+        ));
+    }
+    let blob = repo.find_object(id).map_err(|e| error_chain(&e))?;
+    let text = std::str::from_utf8(&blob.data).map_err(|_| "Puppetfile is not UTF-8".to_owned())?;
+    parse_puppetfile(text).map(Some).map_err(|e| e.to_string())
+}
+
+async fn build_one(
+    plan: &EnvironmentPlan,
+    want: &FetchWant,
+    control: &Arc<FetchedRepo>,
+    resolver: &Resolver,
+    limits: Limits,
+) -> Result<Environment, String> {
+    let commit = control
+        .commit_of(want)
+        .ok_or_else(|| format!("branch {} was not fetched", plan.branch))?;
+    let tree_id = control.tree_of(commit).map_err(|e| e.to_string())?;
+    let puppetfile = {
+        let control = control.clone();
+        tokio::task::spawn_blocking(move || read_puppetfile(&control, tree_id, limits))
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    let (decls, forge_line): (Vec<ModuleDecl>, Option<String>) = match puppetfile {
+        Some(p) => (p.modules, p.forge),
+        None => (Vec::new(), None),
+    };
+    check_module_paths(&decls)?;
+
+    let resolutions = futures_join_all(
+        decls
+            .iter()
+            .map(|decl| resolver.resolve(decl, &plan.branch, forge_line.as_deref())),
+    )
+    .await;
+    let mut modules: Vec<(ModuleDecl, ResolvedModule)> = Vec::new();
+    let mut errors = Vec::new();
+    for (decl, result) in decls.into_iter().zip(resolutions) {
+        match result {
+            Ok(resolved) => modules.push((decl, resolved)),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    modules.sort_by(|(a, _), (b, _)| a.path.cmp(&b.path));
+
+    let inputs = EnvironmentInputs {
+        name: plan.name.clone(),
+        branch: plan.branch.clone(),
+        commit: commit.to_string(),
+        modules: modules.iter().map(|(_, m)| m.record.clone()).collect(),
+    };
+    let control = control.clone();
+    let tree = tokio::task::spawn_blocking(move || assemble(&control, tree_id, &modules, limits))
+        .await
+        .map_err(|e| e.to_string())??;
+    let stats = tree.stats();
+    Ok(Environment {
+        inputs,
+        tree,
+        stats,
+    })
+}
+
+/// The control repository's tree with every module mounted at its path.
+fn assemble(
+    control: &Arc<FetchedRepo>,
+    tree_id: gix::ObjectId,
+    modules: &[(ModuleDecl, ResolvedModule)],
+    limits: Limits,
+) -> Result<EnvironmentTree, String> {
+    let mut tree = EnvironmentTree::new(limits);
+    tree.add_git_tree("", control, tree_id, &[])
+        .map_err(|e| e.to_string())?;
+    for (decl, module) in modules {
+        let what = format!("module {}", decl.name);
+        let exclude: &[&str] = if decl.exclude_spec { &["spec"] } else { &[] };
+        let located = |e: crate::tree::TreeError| {
+            format!("module {} (Puppetfile line {}): {e}", decl.name, decl.line)
+        };
+        tree.replace_with_directory(&decl.path, &what)
+            .map_err(located)?;
+        match &module.content {
+            ModuleContent::Git {
+                repo,
+                tree: module_tree,
+            } => {
+                tree.add_git_tree(&decl.path, repo, *module_tree, exclude)
+                    .map_err(located)?;
+            }
+            ModuleContent::Forge(unpacked) => {
+                tree.add_local_tree(&decl.path, &unpacked.dir, &unpacked.entries, exclude)
+                    .map_err(located)?;
+            }
+        }
+    }
+    tree.check().map_err(|e| e.to_string())?;
+    Ok(tree)
+}
+
+/// Module paths must not nest (one module inside another's directory).
+fn check_module_paths(decls: &[ModuleDecl]) -> Result<(), String> {
+    let mut paths: Vec<(&str, &ModuleDecl)> = decls.iter().map(|d| (d.path.as_str(), d)).collect();
+    paths.sort_by(|a, b| a.0.cmp(b.0));
+    for pair in paths.windows(2) {
+        let (outer, a) = pair[0];
+        let (inner, b) = pair[1];
+        if inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/') {
+            return Err(format!(
+                "module {} (Puppetfile line {}) at {inner:?} lies inside module {} (line {}) at {outer:?}",
+                b.name, b.line, a.name, a.line
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Awaits all futures concurrently (on this task), keeping their order.
+async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::puppetfile::parse_puppetfile;
+
+    #[test]
+    fn nested_module_paths_are_refused() {
+        let p = parse_puppetfile(
+            "mod 'a-apache', '1.0.0'\nmod 'b-inner', '1.0.0', :install_path => 'modules/apache'\nmod 'c-apache2', '1.0.0'",
+        )
+        .unwrap();
+        let err = check_module_paths(&p.modules).unwrap_err();
+        assert!(err.contains("module inner (Puppetfile line 2)"), "{err}");
+        assert!(err.contains("inside module apache (line 1)"), "{err}");
+        let p = parse_puppetfile("mod 'a-apache', '1.0.0'\nmod 'c-apache2', '1.0.0'").unwrap();
+        check_module_paths(&p.modules).unwrap();
+    }
+
+    #[test]
+    fn input_digests_change_with_any_input() {
+        let base = EnvironmentInputs {
+            name: "production".into(),
+            branch: "production".into(),
+            commit: "a".repeat(40),
+            modules: vec![ModuleRecord {
+                name: "stdlib".into(),
+                source: "puppetlabs-stdlib".into(),
+                version: "9.6.0".into(),
+                checksum: Some("sha256:00".into()),
+            }],
+        };
+        let same = base.clone();
+        assert_eq!(base.digest(), same.digest());
+        let mut other_commit = base.clone();
+        other_commit.commit = "b".repeat(40);
+        let mut other_module = base.clone();
+        other_module.modules[0].version = "9.7.0".into();
+        assert_ne!(base.digest(), other_commit.digest());
+        assert_ne!(base.digest(), other_module.digest());
+        assert_eq!(
+            base.revision(),
+            format!("production@sha1:{}", "a".repeat(40))
+        );
+        let record = base.to_record(None);
+        assert_eq!(record.modules.len(), 1);
+        assert_eq!(record.revision, base.revision());
+    }
+
+    #[tokio::test]
+    async fn join_all_keeps_order() {
+        let out = futures_join_all((0..5u64).map(|i| async move {
+            tokio::time::sleep(Duration::from_millis(50 - i * 10)).await;
+            i
+        }))
+        .await;
+        assert_eq!(out, [0, 1, 2, 3, 4]);
+    }
+}

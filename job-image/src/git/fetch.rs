@@ -1,0 +1,244 @@
+//! Fetching wanted refs or commits into a bare temporary repository, shallow (depth 1)
+//! by default, and checking that the result really is shallow.
+//!
+//! Nothing is checked out: trees and blobs are read from the object database by the
+//! environment builder.
+
+use std::sync::atomic::AtomicBool;
+
+use super::remote::{Remote, ScratchRepo};
+use super::{GitError, error_chain, run_with_deadline};
+
+/// Something to fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FetchWant {
+    /// A full ref name, such as `refs/heads/main` or `refs/tags/v1.0.0`.
+    Ref(String),
+    /// A commit by id. Servers with protocol v2 allow this for reachable commits.
+    Commit(gix::ObjectId),
+}
+
+impl std::fmt::Display for FetchWant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchWant::Ref(name) => f.write_str(name),
+            FetchWant::Commit(id) => write!(f, "commit {id}"),
+        }
+    }
+}
+
+/// How much history to fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Only the wanted commits (depth 1). The result is checked to be shallow.
+    Shallow,
+    /// Full history of the wanted refs (for abbreviated commit ids).
+    Full,
+}
+
+/// A bare repository holding fetched commits; removed from disk when dropped.
+#[derive(Debug)]
+pub struct FetchedRepo {
+    scratch: ScratchRepo,
+    url: String,
+    tips: Vec<(FetchWant, gix::ObjectId)>,
+    received_bytes: u64,
+}
+
+impl FetchedRepo {
+    /// The commit fetched for `want`.
+    pub fn commit_of(&self, want: &FetchWant) -> Option<gix::ObjectId> {
+        self.tips.iter().find(|(w, _)| w == want).map(|(_, c)| *c)
+    }
+
+    /// Every wanted item with its commit, in the order asked for.
+    pub fn tips(&self) -> &[(FetchWant, gix::ObjectId)] {
+        &self.tips
+    }
+
+    /// A handle on this thread to read objects.
+    pub fn repo(&self) -> gix::Repository {
+        self.scratch.repo.to_thread_local()
+    }
+
+    /// The URL fetched from, masked.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Bytes of pack data received.
+    pub fn received_bytes(&self) -> u64 {
+        self.received_bytes
+    }
+
+    /// Path of the bare repository (for diagnostics and tests).
+    pub fn path(&self) -> &std::path::Path {
+        self.scratch.dir.path()
+    }
+
+    /// The tree of `commit`.
+    pub fn tree_of(&self, commit: gix::ObjectId) -> Result<gix::ObjectId, GitError> {
+        let repo = self.repo();
+        let tree = repo
+            .find_commit(commit)
+            .and_then(|c| c.tree_id().map(|id| id.detach()))
+            .map_err(|e| {
+                GitError::Local(format!(
+                    "{}: commit {commit}: {}",
+                    self.url,
+                    error_chain(&e)
+                ))
+            })?;
+        Ok(tree)
+    }
+
+    /// Resolves an abbreviated commit id (7 to 40 hex digits) among the fetched objects.
+    pub fn resolve_prefix(&self, prefix: &str) -> Result<gix::ObjectId, GitError> {
+        let repo = self.repo();
+        let id = repo
+            .rev_parse_single(prefix)
+            .map_err(|e| GitError::NotFound {
+                url: self.url.clone(),
+                what: format!("commit {prefix} ({})", error_chain(&e)),
+            })?
+            .detach();
+        peel_to_commit(&repo, id).map_err(|m| GitError::NotFound {
+            url: self.url.clone(),
+            what: format!("commit {prefix} ({m})"),
+        })
+    }
+}
+
+fn peel_to_commit(repo: &gix::Repository, id: gix::ObjectId) -> Result<gix::ObjectId, String> {
+    let object = repo.find_object(id).map_err(|e| error_chain(&e))?;
+    let commit = object
+        .peel_to_kind(gix::object::Kind::Commit)
+        .map_err(|e| format!("{id} is not a commit or a tag of one: {}", error_chain(&e)))?;
+    Ok(commit.id)
+}
+
+impl Remote {
+    /// Fetches `wants` into a new bare temporary repository. Refs that the remote does
+    /// not have are an error naming them.
+    pub fn fetch(&self, wants: &[FetchWant], depth: Depth) -> Result<FetchedRepo, GitError> {
+        let this = self.clone();
+        let wants = wants.to_vec();
+        let url = self.display_url();
+        run_with_deadline(self.timeout(), "fetch", &url, move |interrupt| {
+            this.fetch_now(&wants, depth, interrupt)
+        })
+    }
+
+    fn fetch_now(
+        &self,
+        wants: &[FetchWant],
+        depth: Depth,
+        interrupt: &AtomicBool,
+    ) -> Result<FetchedRepo, GitError> {
+        let url = self.display_url();
+        if wants.is_empty() {
+            return Err(GitError::Local(format!("fetch {url}: nothing to fetch")));
+        }
+        let scratch = self.scratch_repo("fetch")?;
+        let repo = scratch.repo.to_thread_local();
+        let specs: Vec<String> = wants
+            .iter()
+            .enumerate()
+            .map(|(i, want)| match want {
+                FetchWant::Ref(name) => format!("+{name}:refs/openvox/{i}"),
+                FetchWant::Commit(id) => format!("+{id}:refs/openvox/{i}"),
+            })
+            .collect();
+        let remote = repo
+            .remote_at(self.url().as_str())
+            .and_then(|r| {
+                r.with_refspecs(
+                    specs.iter().map(String::as_str),
+                    gix::remote::Direction::Fetch,
+                )
+            })
+            .map(|r| r.with_fetch_tags(gix::remote::fetch::Tags::None))
+            .map_err(|e| self.failure("fetch", &e))?;
+        let connection = self.connect(&remote, "fetch")?;
+        let mut prepare = connection
+            .prepare_fetch(gix::progress::Discard, Default::default())
+            .map_err(|e| self.failure("fetch", &e))?;
+        if depth == Depth::Shallow {
+            prepare = prepare.with_shallow(gix::remote::fetch::Shallow::DepthAtRemote(
+                std::num::NonZeroU32::MIN,
+            ));
+        }
+        let outcome = prepare
+            .receive(gix::progress::Discard, interrupt)
+            .map_err(|e| self.failure("fetch", &e))?;
+        let received_bytes = match &outcome.status {
+            gix::remote::fetch::Status::Change { .. } => pack_size(&scratch),
+            _ => 0,
+        };
+
+        // The refs we asked for, peeled to commits.
+        let mut tips = Vec::with_capacity(wants.len());
+        for (i, want) in wants.iter().enumerate() {
+            let local = format!("refs/openvox/{i}");
+            let target = match repo.try_find_reference(local.as_str()) {
+                Ok(Some(mut reference)) => reference
+                    .peel_to_id()
+                    .map(|id| id.detach())
+                    .map_err(|e| GitError::Local(format!("{url}: {want}: {}", error_chain(&e))))?,
+                Ok(None) => {
+                    return Err(GitError::NotFound {
+                        url: url.clone(),
+                        what: want.to_string(),
+                    });
+                }
+                Err(e) => {
+                    return Err(GitError::Local(format!(
+                        "{url}: {want}: {}",
+                        error_chain(&e)
+                    )));
+                }
+            };
+            let commit = peel_to_commit(&repo, target)
+                .map_err(|m| GitError::Local(format!("{url}: {want}: {m}")))?;
+            tips.push((want.clone(), commit));
+        }
+
+        if depth == Depth::Shallow {
+            for (want, commit) in &tips {
+                let object = repo
+                    .find_commit(*commit)
+                    .map_err(|e| GitError::Local(format!("{url}: {want}: {}", error_chain(&e))))?;
+                let has_parent_locally = object.parent_ids().any(|parent| repo.has_object(parent));
+                if has_parent_locally {
+                    return Err(GitError::NotShallow {
+                        url: url.clone(),
+                        what: want.to_string(),
+                    });
+                }
+            }
+        }
+        drop(remote);
+        drop(repo);
+        Ok(FetchedRepo {
+            scratch,
+            url,
+            tips,
+            received_bytes,
+        })
+    }
+}
+
+/// Bytes of the pack files in the repository.
+fn pack_size(scratch: &ScratchRepo) -> u64 {
+    let pack_dir = scratch.dir.path().join("objects").join("pack");
+    std::fs::read_dir(pack_dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}

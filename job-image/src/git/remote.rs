@@ -1,0 +1,435 @@
+//! Connecting to a remote with the right credentials, and listing its refs without
+//! fetching any object (the `git ls-remote` equivalent, through gix's
+//! `Connection::ref_map`). [`Remote::list_heads`] is what a controller needs to decide
+//! whether anything changed; it depends only on this `git` module.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gix::protocol::transport::client::blocking_io::Transport as GixTransport;
+use gix::protocol::transport::client::blocking_io::http;
+
+use super::credentials::{Credentials, HttpAuth};
+use super::url::{RepoUrl, Transport, redact};
+use super::{GitError, error_chain, install_tls_provider, run_with_deadline};
+
+/// A ref on a remote: its full name and the object it points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteRef {
+    /// Full name, such as `refs/heads/main` or `refs/tags/v1.0.0`.
+    pub name: String,
+    /// The object the ref points to (a tag object for annotated tags).
+    pub target: gix::ObjectId,
+    /// The commit an annotated tag points to, when the server said so.
+    pub peeled: Option<gix::ObjectId>,
+}
+
+impl RemoteRef {
+    /// The commit this ref designates: the peeled object for annotated tags.
+    pub fn commit(&self) -> gix::ObjectId {
+        self.peeled.unwrap_or(self.target)
+    }
+}
+
+/// A branch head: short branch name and commit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Head {
+    pub branch: String,
+    pub commit: gix::ObjectId,
+}
+
+/// The ssh key and known_hosts written to files `ssh` can read, and the command line
+/// that uses them. The files live as long as the value.
+#[derive(Debug)]
+struct SshFiles {
+    _dir: tempfile::TempDir,
+    command: String,
+}
+
+impl SshFiles {
+    fn write(auth: Option<&super::SshAuth>, timeout: Duration) -> Result<Self, GitError> {
+        use std::os::unix::fs::PermissionsExt;
+        let setup = |e: std::io::Error| GitError::SshSetup(e.to_string());
+        let dir = tempfile::Builder::new()
+            .prefix("openvox-code-ssh-")
+            .tempdir()
+            .map_err(setup)?;
+        let known_hosts = dir.path().join("known_hosts");
+        let content = auth.map(|a| a.known_hosts.as_str()).unwrap_or("");
+        std::fs::write(&known_hosts, content).map_err(setup)?;
+        let mut command = format!(
+            "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} \
+             -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout={} -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
+            shell_quote(&known_hosts),
+            timeout.as_secs().max(1)
+        );
+        if let Some(auth) = auth.filter(|a| !a.identity.expose().is_empty()) {
+            let identity = dir.path().join("identity");
+            let mut options = std::fs::OpenOptions::new();
+            std::os::unix::fs::OpenOptionsExt::mode(options.write(true).create_new(true), 0o600);
+            let mut file = options.open(&identity).map_err(setup)?;
+            std::io::Write::write_all(&mut file, auth.identity.expose().as_bytes())
+                .map_err(setup)?;
+            std::fs::set_permissions(&identity, std::fs::Permissions::from_mode(0o600))
+                .map_err(setup)?;
+            command.push_str(&format!(
+                " -o IdentitiesOnly=yes -o IdentityAgent=none -i {}",
+                shell_quote(&identity)
+            ));
+        }
+        Ok(Self { _dir: dir, command })
+    }
+}
+
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Credentials and settings shared by every remote of one build: the control repository
+/// and the git modules of its Puppetfiles.
+#[derive(Debug, Clone)]
+pub struct GitAccess {
+    credentials: Arc<Credentials>,
+    origin: RepoUrl,
+    ssh: Option<Arc<SshFiles>>,
+    timeout: Duration,
+}
+
+impl GitAccess {
+    /// `origin` is the control repository: https credentials are sent only to its scheme,
+    /// host and port. The ssh key is offered to every ssh remote (public-key
+    /// authentication does not reveal the key), always with strict host key checking.
+    pub fn new(
+        credentials: Credentials,
+        origin: RepoUrl,
+        timeout: Duration,
+    ) -> Result<Self, GitError> {
+        let needs_ssh = credentials.ssh.is_some() || origin.transport() == Transport::Ssh;
+        let ssh = if needs_ssh {
+            Some(Arc::new(SshFiles::write(
+                credentials.ssh.as_ref(),
+                timeout,
+            )?))
+        } else {
+            None
+        };
+        Ok(Self {
+            credentials: Arc::new(credentials),
+            origin,
+            ssh,
+            timeout,
+        })
+    }
+
+    /// The remote at `url` with the credentials that may be used for it.
+    pub fn remote(&self, url: &str) -> Result<Remote, GitError> {
+        let url = RepoUrl::parse(url)?;
+        let http = match url.transport() {
+            Transport::Https | Transport::Http if url.same_origin(&self.origin) => {
+                self.credentials.http.clone()
+            }
+            _ => None,
+        };
+        let ssh = match url.transport() {
+            Transport::Ssh => match &self.ssh {
+                Some(files) => Some(files.clone()),
+                // A module on ssh while the control repository is not: strict checking
+                // with an empty known_hosts, which fails with a clear ssh message.
+                None => Some(Arc::new(SshFiles::write(None, self.timeout)?)),
+            },
+            _ => None,
+        };
+        let secrets = self
+            .credentials
+            .secret_values()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        Ok(Remote {
+            url,
+            http,
+            ca_pem: self.credentials.ca_pem.clone().map(Arc::new),
+            ssh,
+            timeout: self.timeout,
+            secrets: Arc::new(secrets),
+        })
+    }
+
+    /// The control repository.
+    pub fn origin(&self) -> Result<Remote, GitError> {
+        self.remote(self.origin.as_str())
+    }
+
+    /// Time limit of one operation.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Secret values to redact from any text.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.credentials
+            .secret_values()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// One remote repository with the credentials that apply to it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    url: RepoUrl,
+    http: Option<HttpAuth>,
+    ca_pem: Option<Arc<Vec<u8>>>,
+    ssh: Option<Arc<SshFiles>>,
+    timeout: Duration,
+    secrets: Arc<Vec<String>>,
+}
+
+type Connection<'remote, 'repo> =
+    gix::remote::Connection<'remote, 'static, 'repo, Box<dyn GixTransport + Send>>;
+
+impl Remote {
+    /// An anonymous remote (no secret), for a controller or a quick check.
+    pub fn anonymous(url: &str, timeout: Duration) -> Result<Self, GitError> {
+        let parsed = RepoUrl::parse(url)?;
+        GitAccess::new(Credentials::none(), parsed, timeout)?.origin()
+    }
+
+    /// The URL, masked, for messages.
+    pub fn display_url(&self) -> String {
+        self.url.to_string()
+    }
+
+    pub fn url(&self) -> &RepoUrl {
+        &self.url
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Lists the branch heads (`refs/heads/*`), sorted by branch name. No object is fetched.
+    pub fn list_heads(&self) -> Result<Vec<Head>, GitError> {
+        let mut heads: Vec<Head> = self
+            .list_refs(&["refs/heads/"])?
+            .into_iter()
+            .filter_map(|r| {
+                r.name.strip_prefix("refs/heads/").map(|branch| Head {
+                    branch: branch.to_owned(),
+                    commit: r.target,
+                })
+            })
+            .collect();
+        heads.sort();
+        Ok(heads)
+    }
+
+    /// Lists the refs whose names start with one of `prefixes` (each ending in `/`, such
+    /// as `refs/heads/` or `refs/tags/`). No object is fetched.
+    pub fn list_refs(&self, prefixes: &[&str]) -> Result<Vec<RemoteRef>, GitError> {
+        let this = self.clone();
+        let specs: Vec<String> = prefixes.iter().map(|p| format!("+{p}*:{p}*")).collect();
+        let url = self.display_url();
+        run_with_deadline(self.timeout, "list refs of", &url, move |_interrupt| {
+            let scratch = this.scratch_repo("list refs of")?;
+            let repo = scratch.repo.to_thread_local();
+            let remote = repo
+                .remote_at(this.url.as_str())
+                .and_then(|r| {
+                    r.with_refspecs(
+                        specs.iter().map(String::as_str),
+                        gix::remote::Direction::Fetch,
+                    )
+                })
+                .map(|r| r.with_fetch_tags(gix::remote::fetch::Tags::None))
+                .map_err(|e| this.failure("list refs of", &e))?;
+            let connection = this.connect(&remote, "list refs of")?;
+            let (ref_map, _handshake) = connection
+                .ref_map(gix::progress::Discard, Default::default())
+                .map_err(|e| this.failure("list refs of", &e))?;
+            let mut refs = Vec::new();
+            for r in &ref_map.remote_refs {
+                let (name, target, peeled) = r.unpack();
+                let name = name.to_string();
+                let Some(target) = target else { continue };
+                if !prefixes_match(&name, &specs) {
+                    continue;
+                }
+                refs.push(RemoteRef {
+                    name,
+                    target: target.to_owned(),
+                    peeled: peeled
+                        .map(ToOwned::to_owned)
+                        .filter(|p| p.as_ref() != target),
+                });
+            }
+            refs.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(refs)
+        })
+    }
+
+    /// Options to open or create a local repository used with this remote: isolated
+    /// from the environment and global git configuration, protocol v2, and our ssh
+    /// command.
+    pub(crate) fn open_options(&self) -> gix::open::Options {
+        let mut overrides = vec![
+            "protocol.version=2".to_owned(),
+            format!(
+                "gitoxide.userAgent=openvox-code/{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "core.askpass=".to_owned(),
+        ];
+        if let Some(ssh) = &self.ssh {
+            overrides.push(format!("core.sshCommand={}", ssh.command));
+        }
+        gix::open::Options::isolated()
+            .config_overrides(overrides)
+            .strict_config(false)
+    }
+
+    /// A new empty bare repository in a temporary directory, configured for this remote.
+    pub(crate) fn scratch_repo(&self, operation: &'static str) -> Result<ScratchRepo, GitError> {
+        let dir = tempfile::Builder::new()
+            .prefix("openvox-code-git-")
+            .tempdir()
+            .map_err(|e| GitError::Local(format!("cannot create a temporary directory: {e}")))?;
+        let repo = gix::ThreadSafeRepository::init_opts(
+            dir.path(),
+            gix::create::Kind::Bare,
+            gix::create::Options::default(),
+            self.open_options(),
+        )
+        .map_err(|e| {
+            GitError::Local(format!(
+                "{operation} {}: cannot create a repository: {}",
+                self.display_url(),
+                error_chain(&e)
+            ))
+        })?;
+        Ok(ScratchRepo { dir, repo })
+    }
+
+    /// Connects `remote` with this remote's credentials and transport settings.
+    pub(crate) fn connect<'remote, 'repo>(
+        &self,
+        remote: &'remote gix::Remote<'repo>,
+        operation: &'static str,
+    ) -> Result<Connection<'remote, 'repo>, GitError> {
+        install_tls_provider();
+        let connection = remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| self.failure(operation, &e))?;
+        let http = self.http.clone();
+        let mut connection = connection.with_credentials(move |action| match action {
+            gix::credentials::helper::Action::Get(context) => match &http {
+                Some(HttpAuth::Basic { username, password }) => {
+                    Ok(Some(gix::credentials::protocol::Outcome {
+                        identity: gix::sec::identity::Account {
+                            username: username.clone(),
+                            password: password.expose().to_owned(),
+                            oauth_refresh_token: None,
+                        },
+                        next: context.into(),
+                    }))
+                }
+                _ => Ok(None),
+            },
+            _ => Ok(None),
+        });
+        if matches!(self.url.transport(), Transport::Https | Transport::Http) {
+            connection = connection.with_transport_options(Box::new(self.http_options()));
+        }
+        Ok(connection)
+    }
+
+    fn http_options(&self) -> http::Options {
+        let mut extra_headers = Vec::new();
+        if let Some(HttpAuth::Bearer(token)) = &self.http {
+            extra_headers.push(format!("Authorization: Bearer {}", token.expose()));
+        }
+        let timeout = self.timeout;
+        let ca_pem = self.ca_pem.clone();
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(move |builder| {
+                let mut builder = builder
+                    .timeout(timeout)
+                    .connect_timeout(timeout.min(Duration::from_secs(30)));
+                if let Some(pem) = &ca_pem {
+                    let certificates = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                        gix::Error::from_error(std::io::Error::other(format!("ca.crt: {e}")))
+                    })?;
+                    builder = builder.tls_certs_merge(certificates);
+                }
+                Ok(builder)
+            })),
+            configure_request: None,
+        };
+        http::Options {
+            extra_headers,
+            user_agent: Some(format!("openvox-code/{}", env!("CARGO_PKG_VERSION"))),
+            connect_timeout: Some(timeout.min(Duration::from_secs(30))),
+            backend: Some(Arc::new(Mutex::new(backend))),
+            ..Default::default()
+        }
+    }
+
+    /// Turns a gix error into a masked, redacted [`GitError`], telling authentication
+    /// problems apart.
+    pub(crate) fn failure(&self, operation: &'static str, error: &gix::Error) -> GitError {
+        let message = self.redact(&error_chain(error));
+        let auth_class = matches!(
+            error.dominant_class(),
+            Some(gix::error::Class::Unauthenticated) | Some(gix::error::Class::PermissionDenied)
+        );
+        let lowered = message.to_ascii_lowercase();
+        let auth_text = [
+            "401",
+            "403",
+            "permission denied",
+            "authentication",
+            "unauthorized",
+            "host key verification failed",
+        ]
+        .iter()
+        .any(|needle| lowered.contains(needle));
+        if auth_class || auth_text {
+            GitError::Auth {
+                operation,
+                url: self.display_url(),
+                message,
+            }
+        } else {
+            GitError::Remote {
+                operation,
+                url: self.display_url(),
+                message,
+            }
+        }
+    }
+
+    pub(crate) fn redact(&self, text: &str) -> String {
+        let secrets: Vec<&str> = self.secrets.iter().map(String::as_str).collect();
+        redact(text, &secrets)
+    }
+}
+
+/// A bare repository in a temporary directory, removed when dropped.
+#[derive(Debug)]
+pub(crate) struct ScratchRepo {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) repo: gix::ThreadSafeRepository,
+}
+
+fn prefixes_match(name: &str, specs: &[String]) -> bool {
+    specs.iter().any(|spec| {
+        let prefix = spec
+            .trim_start_matches('+')
+            .split('*')
+            .next()
+            .unwrap_or_default();
+        name.starts_with(prefix)
+    })
+}

@@ -1,0 +1,20 @@
+//! The openvox-code worker: from a control repository to Puppet environments.
+//!
+//! Pipeline: [`git`] lists the remote heads and fetches the wanted branches shallow;
+//! [`branches`] picks and names them; [`puppetfile`] parses each branch's Puppetfile and
+//! resolves its modules (git or [`forge`]); [`tree`] assembles each environment's
+//! deterministic file tree within [`limits`]; [`environments`] runs all that per branch;
+//! [`pvc`] writes the result into a directory with atomic switches; [`sync`] is the CLI
+//! command tying it together, reporting through [`progress`].
+
+pub mod branches;
+pub mod cli;
+pub mod environments;
+pub mod forge;
+pub mod git;
+pub mod limits;
+pub mod progress;
+pub mod puppetfile;
+pub mod pvc;
+pub mod sync;
+pub mod tree;

@@ -1,0 +1,440 @@
+//! Turns declared modules into content at a fixed version: a commit of a git repository
+//! or a checked Forge release.
+//!
+//! Work is shared across environments: every ref listing, git fetch, Forge lookup and
+//! download runs once per build however many environments need it (concurrent callers
+//! wait for the first), with at most `jobs` network operations at a time. A failure is
+//! remembered the same way and reported to every environment that needs that module.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+
+use openvox_crds::codesource::ModuleRecord;
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
+use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
+use crate::git::fetch::Depth;
+use crate::git::{FetchWant, FetchedRepo, GitAccess, RemoteRef};
+
+/// A module that could not be resolved, with its Puppetfile line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("module {name} (Puppetfile line {line}): {message}")]
+pub struct ModuleError {
+    pub name: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// The content of a resolved module.
+#[derive(Debug, Clone)]
+pub enum ModuleContent {
+    /// A tree in a fetched repository.
+    Git {
+        repo: Arc<FetchedRepo>,
+        tree: gix::ObjectId,
+    },
+    /// An unpacked Forge release.
+    Forge(Arc<UnpackedRelease>),
+}
+
+/// A module at a fixed version.
+#[derive(Debug, Clone)]
+pub struct ResolvedModule {
+    pub record: ModuleRecord,
+    pub content: ModuleContent,
+}
+
+/// Host names of the public Forge. A Puppetfile's `forge` line naming one of them means
+/// "the Forge", which is the configured Forge URL (so a mirror configured for the
+/// CodeSource is used, as r10k does without `allow_puppetfile_override`).
+const PUBLIC_FORGE_HOSTS: &[&str] = &[
+    "forge.puppetlabs.com",
+    "forgeapi.puppetlabs.com",
+    "forge.puppet.com",
+    "forgeapi.puppet.com",
+];
+
+/// The Forge base URL for a Puppetfile's `forge` line.
+pub fn forge_base(puppetfile_forge: Option<&str>, configured: &str) -> String {
+    let Some(forge) = puppetfile_forge else {
+        return configured.trim_end_matches('/').to_owned();
+    };
+    let host = forge
+        .split("://")
+        .nth(1)
+        .unwrap_or(forge)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if PUBLIC_FORGE_HOSTS.contains(&host.as_str()) {
+        configured.trim_end_matches('/').to_owned()
+    } else {
+        forge.trim_end_matches('/').to_owned()
+    }
+}
+
+type Shared<T> = Arc<OnceCell<Result<Arc<T>, String>>>;
+
+/// Single-flight cache: the first caller of a key computes, the others wait for it.
+#[derive(Debug)]
+struct Flights<K, T> {
+    cells: Mutex<HashMap<K, Shared<T>>>,
+}
+
+impl<K: Eq + Hash + Clone, T> Flights<K, T> {
+    fn new() -> Self {
+        Self {
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get<F>(&self, key: &K, compute: F) -> Result<Arc<T>, String>
+    where
+        F: Future<Output = Result<T, String>>,
+    {
+        let cell = {
+            let mut cells = match self.cells.lock() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            cells.entry(key.clone()).or_default().clone()
+        };
+        cell.get_or_init(|| async { compute.await.map(Arc::new) })
+            .await
+            .clone()
+    }
+}
+
+/// Resolves modules for all environments of one build.
+#[derive(Debug)]
+pub struct Resolver {
+    git: GitAccess,
+    forge: ForgeClient,
+    configured_forge: String,
+    network: Semaphore,
+    listings: Flights<String, Vec<RemoteRef>>,
+    fetches: Flights<(String, FetchWant, bool), FetchedRepo>,
+    releases: Flights<(String, String, Option<String>), ForgeRelease>,
+    downloads: Flights<(String, String), UnpackedRelease>,
+}
+
+impl Resolver {
+    pub fn new(git: GitAccess, forge: ForgeClient, configured_forge: &str, jobs: usize) -> Self {
+        Self {
+            git,
+            forge,
+            configured_forge: configured_forge.trim_end_matches('/').to_owned(),
+            network: Semaphore::new(jobs.max(1)),
+            listings: Flights::new(),
+            fetches: Flights::new(),
+            releases: Flights::new(),
+            downloads: Flights::new(),
+        }
+    }
+
+    /// Resolves `decl` for the environment built from `control_branch`, with the
+    /// Puppetfile's `forge` line `puppetfile_forge`.
+    pub async fn resolve(
+        &self,
+        decl: &ModuleDecl,
+        control_branch: &str,
+        puppetfile_forge: Option<&str>,
+    ) -> Result<ResolvedModule, ModuleError> {
+        let fail = |message: String| ModuleError {
+            name: decl.name.clone(),
+            line: decl.line,
+            message,
+        };
+        match &decl.source {
+            ModuleSource::Forge { slug, version } => {
+                let base = forge_base(puppetfile_forge, &self.configured_forge);
+                let version = match version {
+                    ForgeVersion::Exact(v) => Some(v.clone()),
+                    ForgeVersion::Latest => None,
+                };
+                let release = self
+                    .releases
+                    .get(&(base.clone(), slug.clone(), version.clone()), async {
+                        let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
+                        self.forge
+                            .release(&base, slug, version.as_deref())
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(fail)?;
+                let unpacked = self
+                    .downloads
+                    .get(&(release.file_url.clone(), release.sha256.clone()), async {
+                        let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
+                        self.forge
+                            .download(&release)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .map_err(fail)?;
+                Ok(ResolvedModule {
+                    record: ModuleRecord {
+                        name: decl.name.clone(),
+                        source: slug.clone(),
+                        version: release.version.clone(),
+                        checksum: Some(format!("sha256:{}", release.sha256)),
+                    },
+                    content: ModuleContent::Forge(unpacked),
+                })
+            }
+            ModuleSource::Git {
+                url,
+                want,
+                default_branch,
+            } => {
+                let remote = self.git.remote(url).map_err(|e| fail(e.to_string()))?;
+                let (repo, commit) = self
+                    .resolve_git(url, want, default_branch.as_deref(), control_branch)
+                    .await
+                    .map_err(fail)?;
+                let tree = repo.tree_of(commit).map_err(|e| fail(e.to_string()))?;
+                Ok(ResolvedModule {
+                    record: ModuleRecord {
+                        name: decl.name.clone(),
+                        source: remote.display_url(),
+                        version: commit.to_string(),
+                        checksum: None,
+                    },
+                    content: ModuleContent::Git { repo, tree },
+                })
+            }
+        }
+    }
+
+    async fn list(&self, url: &str) -> Result<Arc<Vec<RemoteRef>>, String> {
+        self.listings
+            .get(&url.to_owned(), async {
+                let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
+                let remote = self.git.remote(url).map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || {
+                    remote.list_refs(&["refs/heads/", "refs/tags/"])
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    async fn fetch(
+        &self,
+        url: &str,
+        want: FetchWant,
+        depth: Depth,
+    ) -> Result<Arc<FetchedRepo>, String> {
+        self.fetch_many(url, vec![want], depth).await
+    }
+
+    async fn fetch_many(
+        &self,
+        url: &str,
+        wants: Vec<FetchWant>,
+        depth: Depth,
+    ) -> Result<Arc<FetchedRepo>, String> {
+        // Several wants only come from the full-history fallback; key those by the first.
+        let key_want = wants
+            .first()
+            .cloned()
+            .ok_or_else(|| "nothing to fetch".to_owned())?;
+        self.fetches
+            .get(&(url.to_owned(), key_want, depth == Depth::Full), async {
+                let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
+                let remote = self.git.remote(url).map_err(|e| e.to_string())?;
+                tokio::task::spawn_blocking(move || remote.fetch(&wants, depth))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+            })
+            .await
+    }
+
+    async fn resolve_git(
+        &self,
+        url: &str,
+        want: &GitWant,
+        default_branch: Option<&str>,
+        control_branch: &str,
+    ) -> Result<(Arc<FetchedRepo>, gix::ObjectId), String> {
+        // A full commit id needs no listing: ask for it directly.
+        if let GitWant::Commit(hex) = want
+            && hex.len() == 40
+        {
+            let id = gix::ObjectId::from_hex(hex.as_bytes()).map_err(|e| e.to_string())?;
+            match self.fetch(url, FetchWant::Commit(id), Depth::Shallow).await {
+                Ok(repo) => return Ok((repo.clone(), id)),
+                Err(direct) => {
+                    // Servers may refuse unadvertised commits; look for it in all history.
+                    return self
+                        .fetch_all_and_find(url, hex)
+                        .await
+                        .map_err(|fallback| format!("{direct}; {fallback}"));
+                }
+            }
+        }
+        let refs = self.list(url).await?;
+        let find = |name: &str| refs.iter().find(|r| r.name == name);
+        let branch_or_default = |branch: &str| -> Result<&RemoteRef, String> {
+            find(&format!("refs/heads/{branch}"))
+                .or_else(|| default_branch.and_then(|d| find(&format!("refs/heads/{d}"))))
+                .ok_or_else(|| match default_branch {
+                    Some(d) => {
+                        format!("{url}: neither branch {branch:?} nor default branch {d:?} exists")
+                    }
+                    None => format!("{url}: branch {branch:?} does not exist"),
+                })
+        };
+        let picked: Result<&RemoteRef, String> = match want {
+            GitWant::Branch(b) => branch_or_default(b),
+            GitWant::ControlBranch => branch_or_default(control_branch),
+            GitWant::Tag(t) => find(&format!("refs/tags/{t}"))
+                .ok_or_else(|| format!("{url}: tag {t:?} does not exist")),
+            GitWant::Ref(r) if r.starts_with("refs/") => {
+                find(r).ok_or_else(|| format!("{url}: ref {r:?} does not exist"))
+            }
+            GitWant::Ref(r) => {
+                match find(&format!("refs/heads/{r}")).or_else(|| find(&format!("refs/tags/{r}"))) {
+                    Some(found) => Ok(found),
+                    None if is_hex_id(r) => return self.commit_by_prefix(url, r, &refs).await,
+                    None => match default_branch.and_then(|d| find(&format!("refs/heads/{d}"))) {
+                        Some(found) => Ok(found),
+                        None => Err(format!(
+                            "{url}: ref {r:?} is neither a branch, a tag nor a commit id"
+                        )),
+                    },
+                }
+            }
+            GitWant::Commit(prefix) => return self.commit_by_prefix(url, prefix, &refs).await,
+        };
+        let picked = picked?;
+        let repo = self
+            .fetch(url, FetchWant::Ref(picked.name.clone()), Depth::Shallow)
+            .await?;
+        let commit = repo
+            .commit_of(&FetchWant::Ref(picked.name.clone()))
+            .ok_or_else(|| format!("{url}: {} was not fetched", picked.name))?;
+        Ok((repo, commit))
+    }
+
+    /// An abbreviated commit id: a listed tip when one matches, else search all history.
+    async fn commit_by_prefix(
+        &self,
+        url: &str,
+        prefix: &str,
+        refs: &[RemoteRef],
+    ) -> Result<(Arc<FetchedRepo>, gix::ObjectId), String> {
+        let prefix = prefix.to_ascii_lowercase();
+        let tips: Vec<&RemoteRef> = refs
+            .iter()
+            .filter(|r| r.commit().to_string().starts_with(&prefix))
+            .collect();
+        if let Some(tip) = tips.first() {
+            let want = FetchWant::Ref(tip.name.clone());
+            let repo = self.fetch(url, want.clone(), Depth::Shallow).await?;
+            let commit = repo
+                .commit_of(&want)
+                .ok_or_else(|| format!("{url}: {} was not fetched", tip.name))?;
+            if commit.to_string().starts_with(&prefix) {
+                return Ok((repo, commit));
+            }
+        }
+        self.fetch_all_and_find(url, &prefix).await
+    }
+
+    async fn fetch_all_and_find(
+        &self,
+        url: &str,
+        prefix: &str,
+    ) -> Result<(Arc<FetchedRepo>, gix::ObjectId), String> {
+        let refs = self.list(url).await?;
+        let wants: Vec<FetchWant> = refs
+            .iter()
+            .map(|r| FetchWant::Ref(r.name.clone()))
+            .collect();
+        if wants.is_empty() {
+            return Err(format!("{url}: the repository has no branches or tags"));
+        }
+        let repo = self.fetch_many(url, wants, Depth::Full).await?;
+        let commit = repo.resolve_prefix(prefix).map_err(|e| e.to_string())?;
+        Ok((repo, commit))
+    }
+}
+
+fn is_hex_id(text: &str) -> bool {
+    (7..=40).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_forge_names_mean_the_configured_forge() {
+        let configured = "http://127.0.0.1:8080/";
+        let cases = [
+            (None, "http://127.0.0.1:8080"),
+            (
+                Some("https://forge.puppetlabs.com"),
+                "http://127.0.0.1:8080",
+            ),
+            (
+                Some("https://forgeapi.puppet.com/"),
+                "http://127.0.0.1:8080",
+            ),
+            (Some("forge.puppet.com"), "http://127.0.0.1:8080"),
+            (
+                Some("https://forge.internal.example.com/api"),
+                "https://forge.internal.example.com/api",
+            ),
+        ];
+        for (puppetfile, want) in cases {
+            assert_eq!(forge_base(puppetfile, configured), want, "{puppetfile:?}");
+        }
+    }
+
+    #[test]
+    fn hex_ids_are_recognised() {
+        assert!(is_hex_id("abcdef1"));
+        assert!(is_hex_id(&"a".repeat(40)));
+        assert!(!is_hex_id("abcdef"));
+        assert!(!is_hex_id("release-1"));
+    }
+
+    #[tokio::test]
+    async fn flights_compute_once_per_key() {
+        let flights: Flights<u32, u32> = Flights::new();
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let run = |k: u32| {
+            let calls = &calls;
+            let flights = &flights;
+            async move {
+                flights
+                    .get(&k, async {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                        if k == 9 {
+                            Err("nine".to_owned())
+                        } else {
+                            Ok(k * 2)
+                        }
+                    })
+                    .await
+            }
+        };
+        let (a, b, c, d) = tokio::join!(run(1), run(1), run(2), run(9));
+        assert_eq!((*a.unwrap(), *b.unwrap(), *c.unwrap()), (2, 2, 4));
+        assert_eq!(d.unwrap_err(), "nine");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(run(9).await.unwrap_err(), "nine");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+}
