@@ -373,7 +373,7 @@ pub struct BuildRecord {
 }
 
 /// One Puppet environment of a build.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentRecord {
     /// Environment name (directory at the image root).
@@ -391,7 +391,7 @@ pub struct EnvironmentRecord {
 }
 
 /// A module resolved from a Puppetfile.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModuleRecord {
     /// Module name as installed (directory under the module dir).

@@ -44,8 +44,10 @@ impl From<InvalidBranchesArg> for InvalidBranches {
     }
 }
 
-#[derive(Debug, Args)]
-pub struct SyncArgs {
+/// Where the environments come from: the flags shared by every command that builds
+/// environments (`sync` here; an image build reuses them with `#[command(flatten)]`).
+#[derive(Debug, Clone, Args)]
+pub struct SourceArgs {
     /// Control repository: https://, http://, ssh://, user@host:path, git:// or file://.
     #[arg(long, env = "OPENVOX_CODE_URL")]
     pub url: String,
@@ -68,16 +70,13 @@ pub struct SyncArgs {
     /// Time limit of one git operation or Forge request (`60s`, `2m`, `1m30s`).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Output directory: environments appear as `<dir>/<environment>`.
-    #[arg(long)]
-    pub dir: PathBuf,
-    /// Old versions kept per environment besides the current one (servers may still
-    /// be reading them).
-    #[arg(long, default_value_t = 1)]
-    pub keep_previous: usize,
     /// Network operations (ref listings, fetches, Forge requests) at a time.
     #[arg(long, default_value_t = 8)]
     pub jobs: usize,
+    /// Accept full history from a git server that ignores depth 1 (it does not speak
+    /// protocol v2 on that transport) instead of failing.
+    #[arg(long)]
+    pub allow_full_history: bool,
     /// Directory for temporary files (Forge downloads). Default: the system's.
     #[arg(long, env = "OPENVOX_CODE_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
@@ -92,9 +91,9 @@ pub struct SyncArgs {
     pub max_environment_size: Option<u64>,
 }
 
-impl SyncArgs {
-    /// The options of a sync, reading the secret directory.
-    pub fn to_options(&self) -> Result<SyncOptions, CliError> {
+impl SourceArgs {
+    /// The source options, reading the secret directory.
+    pub fn to_source_options(&self) -> Result<SourceOptions, CliError> {
         let credentials = match &self.secret_dir {
             Some(dir) => Credentials::from_secret_dir(dir)?,
             None => Credentials::none(),
@@ -117,18 +116,39 @@ impl SyncArgs {
                 self.forge_url
             )));
         }
+        Ok(SourceOptions {
+            url: self.url.clone(),
+            selection,
+            invalid_branches: self.invalid_branches.into(),
+            credentials,
+            forge_url: self.forge_url.clone(),
+            timeout: self.timeout,
+            limits,
+            jobs: self.jobs.max(1),
+            allow_full_history: self.allow_full_history,
+            work_dir: self.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Output directory: environments appear as `<dir>/<environment>`.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Old versions kept per environment besides the current one (servers may still
+    /// be reading them).
+    #[arg(long, default_value_t = 1)]
+    pub keep_previous: usize,
+}
+
+impl SyncArgs {
+    /// The options of a sync, reading the secret directory.
+    pub fn to_options(&self) -> Result<SyncOptions, CliError> {
         Ok(SyncOptions {
-            source: SourceOptions {
-                url: self.url.clone(),
-                selection,
-                invalid_branches: self.invalid_branches.into(),
-                credentials,
-                forge_url: self.forge_url.clone(),
-                timeout: self.timeout,
-                limits,
-                jobs: self.jobs.max(1),
-                work_dir: self.work_dir.clone().unwrap_or_else(std::env::temp_dir),
-            },
+            source: self.source.to_source_options()?,
             dir: self.dir.clone(),
             keep_previous: self.keep_previous,
             write_jobs: std::thread::available_parallelism().map_or(2, usize::from),
@@ -234,6 +254,7 @@ mod tests {
         .unwrap();
         let Command::Sync(args) = cli.command;
         let options = args.to_options().unwrap();
+        assert_eq!(options.dir, PathBuf::from("/tmp/envs"));
         assert_eq!(options.source.timeout, Duration::from_secs(120));
         assert_eq!(options.source.invalid_branches, InvalidBranches::Error);
         assert_eq!(options.source.limits.max_file_bytes, 10 << 20);

@@ -45,6 +45,8 @@ pub struct SourceOptions {
     pub limits: Limits,
     /// Network operations at a time.
     pub jobs: usize,
+    /// Accept full history from servers that ignore depth 1 (see [`GitError::NotShallow`]).
+    pub allow_full_history: bool,
     /// Where Forge downloads are unpacked (a temporary directory inside it is removed
     /// when the build is dropped).
     pub work_dir: PathBuf,
@@ -71,7 +73,7 @@ pub enum BuildError {
 
 /// Everything that went into one environment. Its digest decides whether an existing
 /// output can be reused.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EnvironmentInputs {
     /// Environment name.
     pub name: String,
@@ -157,7 +159,8 @@ pub struct Environments {
 /// Builds the environments described by `options`.
 pub async fn build_environments(options: &SourceOptions) -> Result<Environments, BuildError> {
     let url = RepoUrl::parse(&options.url).map_err(GitError::from)?;
-    let access = GitAccess::new(options.credentials.clone(), url.clone(), options.timeout)?;
+    let access = GitAccess::new(options.credentials.clone(), url.clone(), options.timeout)?
+        .with_full_history_allowed(options.allow_full_history);
     let origin = access.origin()?;
 
     // 1. Heads.
@@ -284,10 +287,15 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
             let result = build_one(&plan, &want, &control, &resolver, limits).await;
             match &result {
                 Ok(env) => step.done(format!(
-                    "{} files, {}, {} modules, {}",
+                    "{} files, {}, {} module{}, {}",
                     count(env.stats.files),
                     Bytes(env.stats.bytes),
                     env.inputs.modules.len(),
+                    if env.inputs.modules.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    },
                     env.inputs.revision()
                 )),
                 Err(reason) => step.failed(reason),

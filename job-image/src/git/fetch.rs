@@ -210,10 +210,15 @@ impl Remote {
                     .map_err(|e| GitError::Local(format!("{url}: {want}: {}", error_chain(&e))))?;
                 let has_parent_locally = object.parent_ids().any(|parent| repo.has_object(parent));
                 if has_parent_locally {
-                    return Err(GitError::NotShallow {
+                    let error = GitError::NotShallow {
                         url: url.clone(),
                         what: want.to_string(),
-                    });
+                    };
+                    if !self.allows_full_history() {
+                        return Err(error);
+                    }
+                    tracing::warn!("{error}; continuing because --allow-full-history is set");
+                    break;
                 }
             }
         }

@@ -54,7 +54,8 @@ pub enum GitError {
     },
     #[error(
         "fetch {url}: the server sent history beyond depth 1 for {what} (it does not speak git protocol v2 for this transport; \
-         for ssh the server must accept the GIT_PROTOCOL environment variable, for http it needs git >= 2.18)"
+         for ssh the server must accept the GIT_PROTOCOL environment variable, for http it needs git >= 2.18); \
+         --allow-full-history accepts this at the cost of time and memory"
     )]
     NotShallow { url: String, what: String },
     #[error("{url}: {what} not found")]

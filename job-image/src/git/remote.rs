@@ -94,6 +94,7 @@ pub struct GitAccess {
     origin: RepoUrl,
     ssh: Option<Arc<SshFiles>>,
     timeout: Duration,
+    allow_full_history: bool,
 }
 
 impl GitAccess {
@@ -119,7 +120,15 @@ impl GitAccess {
             origin,
             ssh,
             timeout,
+            allow_full_history: false,
         })
+    }
+
+    /// Accept a fetch that brought full history instead of depth 1 (a server that does
+    /// not speak protocol v2 on that transport) with a warning, instead of failing.
+    pub fn with_full_history_allowed(mut self, allowed: bool) -> Self {
+        self.allow_full_history = allowed;
+        self
     }
 
     /// The remote at `url` with the credentials that may be used for it.
@@ -152,6 +161,7 @@ impl GitAccess {
             ca_pem: self.credentials.ca_pem.clone().map(Arc::new),
             ssh,
             timeout: self.timeout,
+            allow_full_history: self.allow_full_history,
             secrets: Arc::new(secrets),
         })
     }
@@ -184,6 +194,7 @@ pub struct Remote {
     ca_pem: Option<Arc<Vec<u8>>>,
     ssh: Option<Arc<SshFiles>>,
     timeout: Duration,
+    allow_full_history: bool,
     secrets: Arc<Vec<String>>,
 }
 
@@ -208,6 +219,11 @@ impl Remote {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Whether a non-shallow answer to a shallow fetch is only a warning.
+    pub fn allows_full_history(&self) -> bool {
+        self.allow_full_history
     }
 
     /// Lists the branch heads (`refs/heads/*`), sorted by branch name. No object is fetched.

@@ -17,6 +17,8 @@ use super::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
 use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
 use crate::git::fetch::Depth;
 use crate::git::{FetchWant, FetchedRepo, GitAccess, RemoteRef};
+use crate::limits::Bytes;
+use crate::progress::Step;
 
 /// A module that could not be resolved, with its Puppetfile line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,10 +172,20 @@ impl Resolver {
                     .downloads
                     .get(&(release.file_url.clone(), release.sha256.clone()), async {
                         let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
-                        self.forge
-                            .download(&release)
-                            .await
-                            .map_err(|e| e.to_string())
+                        let step = Step::start(
+                            "module",
+                            format!("{} {} (Forge)", release.slug, release.version),
+                        );
+                        let result = self.forge.download(&release).await;
+                        match &result {
+                            Ok(unpacked) => step.done(format!(
+                                "{} downloaded, sha256 checked, {} entries",
+                                Bytes(unpacked.downloaded),
+                                unpacked.entries.len()
+                            )),
+                            Err(e) => step.failed(e),
+                        }
+                        result.map_err(|e| e.to_string())
                     })
                     .await
                     .map_err(fail)?;
@@ -250,10 +262,20 @@ impl Resolver {
             .get(&(url.to_owned(), key_want, depth == Depth::Full), async {
                 let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
                 let remote = self.git.remote(url).map_err(|e| e.to_string())?;
-                tokio::task::spawn_blocking(move || remote.fetch(&wants, depth))
+                let what = match (wants.as_slice(), depth) {
+                    ([one], Depth::Shallow) => one.to_string(),
+                    (_, Depth::Shallow) => format!("{} refs", wants.len()),
+                    (_, Depth::Full) => format!("{} refs with history", wants.len()),
+                };
+                let step = Step::start("module", format!("{} {what}", remote.display_url()));
+                let result = tokio::task::spawn_blocking(move || remote.fetch(&wants, depth))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                match &result {
+                    Ok(repo) => step.done(format!("{} received", Bytes(repo.received_bytes()))),
+                    Err(e) => step.failed(e),
+                }
+                result.map_err(|e| e.to_string())
             })
             .await
     }
