@@ -95,14 +95,23 @@ mod tests {
     fn reasons_are_pascal_case_words() {
         for e in [
             Error::InvalidSpec("x".into()),
-            Error::Secret { name: "s".into(), problem: "p".into() },
+            Error::Secret {
+                name: "s".into(),
+                problem: "p".into(),
+            },
             Error::HeadCheck(HeadError::Timeout(1)),
             Error::ConfigNotFound("c".into()),
             Error::Unnamed,
         ] {
             let reason = e.reason();
-            assert!(reason.chars().next().unwrap().is_ascii_uppercase(), "{reason}");
-            assert!(reason.chars().all(|c| c.is_ascii_alphanumeric()), "{reason}");
+            assert!(
+                reason.chars().next().unwrap().is_ascii_uppercase(),
+                "{reason}"
+            );
+            assert!(
+                reason.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{reason}"
+            );
         }
     }
 }

@@ -2,8 +2,10 @@
 //! Jobs, digest into Config) and the Pool controller, plus the process plumbing they
 //! share. `main.rs` only wires these together.
 
+pub mod args;
 pub mod codesource;
 pub mod conditions;
 pub mod error;
+pub mod metrics;
 pub mod pool;
 pub mod tls;

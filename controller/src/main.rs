@@ -1,1 +1,191 @@
-fn main() {}
+//! The openvox-code controller process: flags, logging, CRD check, health and metrics
+//! server, the enabled controllers, graceful shutdown on SIGTERM.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::Parser as _;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
+use kube::api::Api;
+use openvox_code_controller::args::{Args, LogFormat};
+use openvox_code_controller::metrics::Metrics;
+use openvox_code_controller::{codesource, pool, tls};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[derive(Clone)]
+struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    tls::install_ring_provider();
+
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API")?;
+    check_crds(&client, &args).await?;
+
+    let metrics = Metrics::new();
+    let health = Health {
+        ready: Arc::new(AtomicBool::new(false)),
+        metrics: metrics.clone(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shutdown = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    info!(addr = %args.metrics_addr, "serving /healthz, /readyz, /metrics");
+    let server = tokio::spawn(
+        axum::serve(listener, router(health.clone()))
+            .with_graceful_shutdown(shutdown())
+            .into_future(),
+    );
+
+    let mut tasks = Vec::new();
+    if args.enable_codesource {
+        let mut settings = codesource::Settings::new(args.worker_image.clone());
+        settings.namespace = args.namespace.clone();
+        settings.concurrency = args.concurrency;
+        let (client, metrics, stop) = (client.clone(), metrics.clone(), shutdown());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = codesource::run(client, settings, metrics, stop).await {
+                error!("CodeSource controller could not start: {e}");
+            }
+        }));
+    }
+    if args.enable_pool {
+        let settings = pool::Settings {
+            namespace: args.namespace.clone(),
+            gateway_api_poll: Duration::from_secs(60),
+            concurrency: args.concurrency,
+        };
+        tasks.push(tokio::spawn(pool::run(
+            client.clone(),
+            settings,
+            shutdown(),
+        )));
+    }
+    if tasks.is_empty() {
+        bail!(
+            "both controllers are disabled (--enable-codesource=false --enable-pool=false): nothing to do"
+        );
+    }
+    health.ready.store(true, Ordering::Relaxed);
+    info!(codesource = args.enable_codesource, pool = args.enable_pool, namespace = ?args.namespace, "controllers started");
+
+    wait_for_signal().await;
+    info!("shutting down: finishing reconciles in flight");
+    health.ready.store(false, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = server.await;
+    info!("stopped");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Fails with a message saying what to install when a CRD the enabled controllers need
+/// is missing, instead of a watcher error loop.
+async fn check_crds(client: &Client, args: &Args) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut wanted = Vec::new();
+    if args.enable_codesource {
+        wanted.push("codesources.openvox.voxpupuli.org");
+    }
+    if args.enable_pool {
+        wanted.push("pools.openvox.voxpupuli.org");
+    }
+    for name in wanted {
+        match crds.get_opt(name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => bail!(
+                "the CRD {name} is not installed: apply crds/*.yaml from openvox-code (or install \
+                 the Helm chart with its CRDs), or turn this controller off"
+            ),
+            // No permission to read CRDs is not fatal: the watch will tell.
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                info!("cannot read CRD {name} (forbidden); skipping the check");
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read CRD {name}")),
+        }
+    }
+    Ok(())
+}
+
+fn router(health: Health) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health)
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.encode(),
+    )
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -39,7 +39,12 @@ pub fn shape_from_crd(crd: &CustomResourceDefinition) -> Result<ShapeKind, Strin
         .iter()
         .find(|v| v.name == openvox_crds::names::VERSION)
         .or_else(|| crd.spec.versions.iter().find(|v| v.storage))
-        .ok_or_else(|| format!("CRD {CONFIG_CRD} has no version {}", openvox_crds::names::VERSION))?;
+        .ok_or_else(|| {
+            format!(
+                "CRD {CONFIG_CRD} has no version {}",
+                openvox_crds::names::VERSION
+            )
+        })?;
     let schema = version
         .schema
         .as_ref()
@@ -55,7 +60,9 @@ pub fn shape_from_crd(crd: &CustomResourceDefinition) -> Result<ShapeKind, Strin
     match code.type_.as_deref() {
         Some("array") => Ok(ShapeKind::List),
         Some("object") => Ok(ShapeKind::Single),
-        other => Err(format!("spec.code of {CONFIG_CRD} has type {other:?}, neither array nor object")),
+        other => Err(format!(
+            "spec.code of {CONFIG_CRD} has type {other:?}, neither array nor object"
+        )),
     }
 }
 
@@ -68,7 +75,10 @@ pub fn shape_from_crd(crd: &CustomResourceDefinition) -> Result<ShapeKind, Strin
 pub fn code_patch(shape: ShapeKind, current: Option<&CodeShape>, target: &CodeTarget) -> Value {
     let mut entry = match shape {
         ShapeKind::Single => CodeEntry::default(),
-        ShapeKind::List => current.and_then(CodeShape::whole_tree_entry).cloned().unwrap_or_default(),
+        ShapeKind::List => current
+            .and_then(CodeShape::whole_tree_entry)
+            .cloned()
+            .unwrap_or_default(),
     };
     match target {
         CodeTarget::Image(image) => {
@@ -106,7 +116,11 @@ pub fn code_patch(shape: ShapeKind, current: Option<&CodeShape>, target: &CodeTa
 
 /// Whether `config` already carries `target` in its whole-tree code entry.
 pub fn carries(config: &Config, target: &CodeTarget) -> bool {
-    let entry = config.spec.code.as_ref().and_then(CodeShape::whole_tree_entry);
+    let entry = config
+        .spec
+        .code
+        .as_ref()
+        .and_then(CodeShape::whole_tree_entry);
     match target {
         CodeTarget::Image(image) => entry.and_then(|e| e.image.as_ref()) == Some(image),
         CodeTarget::Claim(claim) => entry.and_then(|e| e.claim_name.as_ref()) == Some(claim),
@@ -141,12 +155,20 @@ mod tests {
     fn the_shape_is_read_from_the_crd_schema() {
         assert_eq!(shape_from_crd(&crd("object")), Ok(ShapeKind::Single));
         assert_eq!(shape_from_crd(&crd("array")), Ok(ShapeKind::List));
-        assert!(shape_from_crd(&crd("string")).unwrap_err().contains("neither array nor object"));
+        assert!(
+            shape_from_crd(&crd("string"))
+                .unwrap_err()
+                .contains("neither array nor object")
+        );
     }
 
     #[test]
     fn single_shape_sends_only_the_image() {
-        let patch = code_patch(ShapeKind::Single, None, &CodeTarget::Image("r@sha256:1".into()));
+        let patch = code_patch(
+            ShapeKind::Single,
+            None,
+            &CodeTarget::Image("r@sha256:1".into()),
+        );
         assert_eq!(patch["spec"]["code"], json!({"image": "r@sha256:1"}));
         assert_eq!(patch["kind"], "Config");
         assert_eq!(patch["apiVersion"], "openvox.voxpupuli.org/v1alpha1");
@@ -155,10 +177,22 @@ mod tests {
     #[test]
     fn list_shape_replaces_the_whole_tree_entry_and_keeps_the_others() {
         let current = CodeShape::List(vec![
-            CodeEntry { image: Some("old@sha256:0".into()), image_pull_secret: Some("pull".into()), ..Default::default() },
-            CodeEntry { image: Some("other@sha256:9".into()), environment: Some("legacy".into()), ..Default::default() },
+            CodeEntry {
+                image: Some("old@sha256:0".into()),
+                image_pull_secret: Some("pull".into()),
+                ..Default::default()
+            },
+            CodeEntry {
+                image: Some("other@sha256:9".into()),
+                environment: Some("legacy".into()),
+                ..Default::default()
+            },
         ]);
-        let patch = code_patch(ShapeKind::List, Some(&current), &CodeTarget::Image("r@sha256:1".into()));
+        let patch = code_patch(
+            ShapeKind::List,
+            Some(&current),
+            &CodeTarget::Image("r@sha256:1".into()),
+        );
         assert_eq!(
             patch["spec"]["code"],
             json!([
@@ -170,14 +204,26 @@ mod tests {
 
     #[test]
     fn list_shape_without_code_gets_one_entry() {
-        let patch = code_patch(ShapeKind::List, None, &CodeTarget::Image("r@sha256:1".into()));
+        let patch = code_patch(
+            ShapeKind::List,
+            None,
+            &CodeTarget::Image("r@sha256:1".into()),
+        );
         assert_eq!(patch["spec"]["code"], json!([{"image": "r@sha256:1"}]));
     }
 
     #[test]
     fn claims_replace_images() {
-        let current = CodeShape::List(vec![CodeEntry { image: Some("old".into()), image_pull_policy: Some("Always".into()), ..Default::default() }]);
-        let patch = code_patch(ShapeKind::List, Some(&current), &CodeTarget::Claim("code".into()));
+        let current = CodeShape::List(vec![CodeEntry {
+            image: Some("old".into()),
+            image_pull_policy: Some("Always".into()),
+            ..Default::default()
+        }]);
+        let patch = code_patch(
+            ShapeKind::List,
+            Some(&current),
+            &CodeTarget::Claim("code".into()),
+        );
         assert_eq!(patch["spec"]["code"], json!([{"claimName": "code"}]));
     }
 
@@ -185,7 +231,10 @@ mod tests {
     fn carries_compares_the_whole_tree_entry() {
         let mut config = Config::new("c", Default::default());
         assert!(!carries(&config, &CodeTarget::Image("r@sha256:1".into())));
-        config.spec.code = Some(CodeShape::Single(CodeEntry { image: Some("r@sha256:1".into()), ..Default::default() }));
+        config.spec.code = Some(CodeShape::Single(CodeEntry {
+            image: Some("r@sha256:1".into()),
+            ..Default::default()
+        }));
         assert!(carries(&config, &CodeTarget::Image("r@sha256:1".into())));
         assert!(!carries(&config, &CodeTarget::Image("r@sha256:2".into())));
     }

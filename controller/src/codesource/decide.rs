@@ -152,13 +152,18 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     if let Some(active) = facts.jobs.iter().find(|j| j.state == JobState::Active) {
         return Decision::WaitForJob(active.name.clone());
     }
-    let Some(heads) = facts.heads else { return Decision::NoHeads };
+    let Some(heads) = facts.heads else {
+        return Decision::NoHeads;
+    };
     if heads.is_empty() {
         return Decision::NoMatchingBranches;
     }
     let inputs = inputs_hash(facts.spec_hash, heads);
 
-    if let Some(requested) = facts.requested_at.filter(|r| Some(*r) != facts.last_handled_requested_at) {
+    if let Some(requested) = facts
+        .requested_at
+        .filter(|r| Some(*r) != facts.last_handled_requested_at)
+    {
         return Decision::Launch {
             name_seed: format!("{inputs}/requested/{requested}"),
             inputs_hash: inputs,
@@ -177,12 +182,19 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
             Some(last) if last.heads != *heads => LaunchReason::NewHeads,
             Some(_) => LaunchReason::SpecChanged,
         };
-        return Decision::Launch { name_seed: inputs.clone(), inputs_hash: inputs, reason };
+        return Decision::Launch {
+            name_seed: inputs.clone(),
+            inputs_hash: inputs,
+            reason,
+        };
     }
 
     // Launched for these inputs and not built: did that launch fail?
     let last_job = facts.last_launch.map(|l| l.job_name.as_str());
-    let job = facts.jobs.iter().find(|j| Some(j.name.as_str()) == last_job);
+    let job = facts
+        .jobs
+        .iter()
+        .find(|j| Some(j.name.as_str()) == last_job);
     match job.map(|j| j.state) {
         Some(JobState::Succeeded) => Decision::AwaitingBuildRecord,
         // Failed, or gone (TTL) without a build record: a failure either way.
@@ -192,7 +204,9 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
                 inputs_hash: inputs,
                 reason: LaunchReason::Retry,
             },
-            None => Decision::FailedWaitingForRetry { job: job.map(|j| j.name.clone()) },
+            None => Decision::FailedWaitingForRetry {
+                job: job.map(|j| j.name.clone()),
+            },
         },
         // Active Jobs returned early above; this arm only keeps the match total.
         Some(JobState::Active) => Decision::WaitForJob(last_job.unwrap_or_default().to_string()),
@@ -206,7 +220,10 @@ mod tests {
     use super::*;
 
     fn heads(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(b, c)| (b.to_string(), format!("{b}@sha1:{c}"))).collect()
+        pairs
+            .iter()
+            .map(|(b, c)| (b.to_string(), format!("{b}@sha1:{c}")))
+            .collect()
     }
 
     fn launch(inputs: &str, job: &str, heads: &BTreeMap<String, String>) -> LaunchRecord {
@@ -219,7 +236,11 @@ mod tests {
     }
 
     fn job(name: &str, state: JobState) -> JobSummary {
-        JobSummary { name: name.into(), inputs_hash: None, state }
+        JobSummary {
+            name: name.into(),
+            inputs_hash: None,
+            state,
+        }
     }
 
     fn facts<'a>(h: &'a BTreeMap<String, String>) -> Facts<'a> {
@@ -240,7 +261,16 @@ mod tests {
     fn given_nothing_launched_yet_the_first_build_is_launched() {
         let h = heads(&[("production", "aaa")]);
         let d = decide(&facts(&h));
-        assert!(matches!(d, Decision::Launch { reason: LaunchReason::FirstBuild, .. }), "{d:?}");
+        assert!(
+            matches!(
+                d,
+                Decision::Launch {
+                    reason: LaunchReason::FirstBuild,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
     }
 
     #[test]
@@ -263,8 +293,17 @@ mod tests {
         let new = heads(&[("production", "bbb")]);
         let old_inputs = inputs_hash("spec1", &old);
         let last = launch(&old_inputs, "cs-1", &old);
-        let f = Facts { last_launch: Some(&last), last_build_inputs: Some(&old_inputs), ..facts(&new) };
-        let Decision::Launch { inputs_hash: got, reason, name_seed } = decide(&f) else {
+        let f = Facts {
+            last_launch: Some(&last),
+            last_build_inputs: Some(&old_inputs),
+            ..facts(&new)
+        };
+        let Decision::Launch {
+            inputs_hash: got,
+            reason,
+            name_seed,
+        } = decide(&f)
+        else {
             panic!("no launch")
         };
         assert_eq!(reason, LaunchReason::NewHeads);
@@ -283,7 +322,13 @@ mod tests {
             last_build_inputs: Some(&old_inputs),
             ..facts(&h)
         };
-        assert!(matches!(decide(&f), Decision::Launch { reason: LaunchReason::SpecChanged, .. }));
+        assert!(matches!(
+            decide(&f),
+            Decision::Launch {
+                reason: LaunchReason::SpecChanged,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -294,7 +339,11 @@ mod tests {
         let inputs = inputs_hash("spec1", &h);
         let last = launch(&inputs, "cs-1", &h);
         let jobs = [job("cs-1", JobState::Succeeded)];
-        let f = Facts { last_launch: Some(&last), jobs: &jobs, ..facts(&h) };
+        let f = Facts {
+            last_launch: Some(&last),
+            jobs: &jobs,
+            ..facts(&h)
+        };
         assert_eq!(decide(&f), Decision::AwaitingBuildRecord);
     }
 
@@ -302,14 +351,22 @@ mod tests {
     fn given_an_active_job_nothing_else_is_launched() {
         let h = heads(&[("production", "bbb")]);
         let jobs = [job("cs-old", JobState::Active)];
-        let f = Facts { jobs: &jobs, requested_at: Some("now"), ..facts(&h) };
+        let f = Facts {
+            jobs: &jobs,
+            requested_at: Some("now"),
+            ..facts(&h)
+        };
         assert_eq!(decide(&f), Decision::WaitForJob("cs-old".into()));
     }
 
     #[test]
     fn given_suspend_nothing_happens_even_when_requested() {
         let h = heads(&[("production", "bbb")]);
-        let f = Facts { suspended: true, requested_at: Some("now"), ..facts(&h) };
+        let f = Facts {
+            suspended: true,
+            requested_at: Some("now"),
+            ..facts(&h)
+        };
         assert_eq!(decide(&f), Decision::Suspended);
     }
 
@@ -325,12 +382,20 @@ mod tests {
             last_handled_requested_at: Some("earlier"),
             ..facts(&h)
         };
-        let Decision::Launch { inputs_hash: got, name_seed, reason } = decide(&f) else {
+        let Decision::Launch {
+            inputs_hash: got,
+            name_seed,
+            reason,
+        } = decide(&f)
+        else {
             panic!("no launch")
         };
         assert_eq!(got, inputs);
         assert_ne!(name_seed, inputs);
-        assert_eq!(reason, LaunchReason::Requested("2026-03-01T10:00:00Z".into()));
+        assert_eq!(
+            reason,
+            LaunchReason::Requested("2026-03-01T10:00:00Z".into())
+        );
     }
 
     #[test]
@@ -354,12 +419,29 @@ mod tests {
         let inputs = inputs_hash("spec1", &h);
         let last = launch(&inputs, "cs-1", &h);
         let jobs = [job("cs-1", JobState::Failed)];
-        let f = Facts { last_launch: Some(&last), jobs: &jobs, ..facts(&h) };
-        assert_eq!(decide(&f), Decision::FailedWaitingForRetry { job: Some("cs-1".into()) });
+        let f = Facts {
+            last_launch: Some(&last),
+            jobs: &jobs,
+            ..facts(&h)
+        };
+        assert_eq!(
+            decide(&f),
+            Decision::FailedWaitingForRetry {
+                job: Some("cs-1".into())
+            }
+        );
 
         let tick = Timestamp::from_second(600).unwrap();
-        let f = Facts { tick: Some(tick), ..f };
-        let Decision::Launch { reason, name_seed, .. } = decide(&f) else { panic!("no retry") };
+        let f = Facts {
+            tick: Some(tick),
+            ..f
+        };
+        let Decision::Launch {
+            reason, name_seed, ..
+        } = decide(&f)
+        else {
+            panic!("no retry")
+        };
         assert_eq!(reason, LaunchReason::Retry);
         assert!(name_seed.contains("retry"));
     }
@@ -373,7 +455,10 @@ mod tests {
     #[test]
     fn given_heads_never_listed_nothing_is_decided() {
         let h = BTreeMap::new();
-        let f = Facts { heads: None, ..facts(&h) };
+        let f = Facts {
+            heads: None,
+            ..facts(&h)
+        };
         assert_eq!(decide(&f), Decision::NoHeads);
     }
 

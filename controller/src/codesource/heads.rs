@@ -64,7 +64,10 @@ impl std::fmt::Debug for GitAuth {
         f.debug_struct("GitAuth")
             .field("username", &self.username.as_ref().map(|_| "<set>"))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("bearer_token", &self.bearer_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "bearer_token",
+                &self.bearer_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
             .field("known_hosts", &self.known_hosts.as_ref().map(|_| "<set>"))
             .field("ca_crt", &self.ca_crt.as_ref().map(|_| "<set>"))
@@ -75,7 +78,10 @@ impl std::fmt::Debug for GitAuth {
 impl GitAuth {
     /// Reads the keys openvox-code knows from a Secret's data; other keys are ignored.
     pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Self {
-        let text = |key: &str| data.get(key).map(|v| String::from_utf8_lossy(v).trim().to_string());
+        let text = |key: &str| {
+            data.get(key)
+                .map(|v| String::from_utf8_lossy(v).trim().to_string())
+        };
         Self {
             username: text("username"),
             password: text("password"),
@@ -103,7 +109,10 @@ impl GitAuth {
         };
         field("username", self.username.as_deref().map(str::as_bytes));
         field("password", self.password.as_deref().map(str::as_bytes));
-        field("bearerToken", self.bearer_token.as_deref().map(str::as_bytes));
+        field(
+            "bearerToken",
+            self.bearer_token.as_deref().map(str::as_bytes),
+        );
         field("identity", self.identity.as_deref());
         field("known_hosts", self.known_hosts.as_deref());
         field("ca.crt", self.ca_crt.as_deref());
@@ -132,7 +141,10 @@ impl HeadRequest {
 /// Lists the branches of a remote.
 pub trait HeadLister: Send + Sync + 'static {
     /// All `refs/heads/*` of the remote with their commits.
-    fn list_heads(&self, request: HeadRequest) -> BoxFuture<'static, Result<RemoteHeads, HeadError>>;
+    fn list_heads(
+        &self,
+        request: HeadRequest,
+    ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>>;
 }
 
 type SharedListing = Shared<BoxFuture<'static, Result<Arc<RemoteHeads>, HeadError>>>;
@@ -151,14 +163,21 @@ pub struct HeadCache {
 
 impl std::fmt::Debug for HeadCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HeadCache").field("ttl", &self.ttl).finish_non_exhaustive()
+        f.debug_struct("HeadCache")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
 impl HeadCache {
     /// A cache over `lister` that keeps listings for `ttl`.
     pub fn new(lister: Arc<dyn HeadLister>, ttl: Duration) -> Self {
-        Self { lister, ttl, observer: None, entries: Mutex::new(HashMap::new()) }
+        Self {
+            lister,
+            ttl,
+            observer: None,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Reports every real listing to `observer` (for metrics).
@@ -206,7 +225,11 @@ impl HeadCache {
 /// and excluded by no `excludeBranches` glob. Globs follow git's wildmatch, where `*`
 /// also matches `/` (the worker selects with the same rule). Values are revisions in
 /// Flux's form, `<branch>@sha1:<commit>`.
-pub fn wanted_heads(all: &RemoteHeads, branches: &[String], excludes: &[String]) -> BTreeMap<String, String> {
+pub fn wanted_heads(
+    all: &RemoteHeads,
+    branches: &[String],
+    excludes: &[String],
+) -> BTreeMap<String, String> {
     all.iter()
         .filter(|(name, _)| {
             branches.iter().any(|p| pattern_matches(p, name))
@@ -251,7 +274,9 @@ pub struct GixHeadLister {
 
 impl std::fmt::Debug for GixHeadLister {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GixHeadLister").field("scratch", &self.scratch).finish()
+        f.debug_struct("GixHeadLister")
+            .field("scratch", &self.scratch)
+            .finish()
     }
 }
 
@@ -269,7 +294,10 @@ impl GixHeadLister {
 }
 
 impl HeadLister for GixHeadLister {
-    fn list_heads(&self, request: HeadRequest) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
+    fn list_heads(
+        &self,
+        request: HeadRequest,
+    ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
         let scratch = self.scratch.clone();
         async move {
             tokio::task::spawn_blocking(move || list_heads_blocking(&scratch, &request))
@@ -322,7 +350,10 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
     {
         let mut config = repo.config_snapshot_mut();
         config
-            .append_config(overrides.iter().map(String::as_str), gix::config::Source::Api)
+            .append_config(
+                overrides.iter().map(String::as_str),
+                gix::config::Source::Api,
+            )
             .map_err(|e| git_err(&e))?;
         config.commit().map_err(|e| git_err(&e))?;
     }
@@ -330,9 +361,14 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
     let remote = repo
         .remote_at(request.url.as_str())
         .map_err(|e| git_err(&e))?
-        .with_refspecs(Some("+refs/heads/*:refs/remotes/origin/*"), gix::remote::Direction::Fetch)
+        .with_refspecs(
+            Some("+refs/heads/*:refs/remotes/origin/*"),
+            gix::remote::Direction::Fetch,
+        )
         .map_err(|e| git_err(&e))?;
-    let mut connection = remote.connect(gix::remote::Direction::Fetch).map_err(|e| git_err(&e))?;
+    let mut connection = remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| git_err(&e))?;
 
     let username = request.auth.username.clone();
     let password = request.auth.password.clone();
@@ -357,14 +393,15 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
         let mut options = repo
             .transport_options(request.url.as_str(), None)
             .map_err(|e| git_err(&e))?;
-        if let Some(http) = options
-            .as_mut()
-            .and_then(|o| o.downcast_mut::<gix::protocol::transport::client::blocking_io::http::Options>())
-        {
+        if let Some(http) = options.as_mut().and_then(|o| {
+            o.downcast_mut::<gix::protocol::transport::client::blocking_io::http::Options>()
+        }) {
             let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
-                configure_client: Some(Box::new(move |builder: reqwest::blocking::ClientBuilder| {
-                    Ok(builder.tls_certs_merge(certs.clone()))
-                })),
+                configure_client: Some(Box::new(
+                    move |builder: reqwest::blocking::ClientBuilder| {
+                        Ok(builder.tls_certs_merge(certs.clone()))
+                    },
+                )),
                 configure_request: None,
             };
             http.backend = Some(Arc::new(Mutex::new(backend)));
@@ -380,9 +417,16 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
     let mut heads = RemoteHeads::new();
     for r in &ref_map.remote_refs {
         let (name, target, peeled) = r.unpack();
-        let Some(branch) = name.strip_prefix(b"refs/heads/") else { continue };
-        let Some(commit) = peeled.or(target) else { continue };
-        heads.insert(String::from_utf8_lossy(branch).into_owned(), commit.to_string());
+        let Some(branch) = name.strip_prefix(b"refs/heads/") else {
+            continue;
+        };
+        let Some(commit) = peeled.or(target) else {
+            continue;
+        };
+        heads.insert(
+            String::from_utf8_lossy(branch).into_owned(),
+            commit.to_string(),
+        );
     }
     Ok(heads)
 }
@@ -410,7 +454,11 @@ fn private_temp_dir() -> std::io::Result<PrivateDir> {
 fn write_private(path: &Path, content: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(content)?;
     // ssh refuses a key without a final newline.
     if !content.ends_with(b"\n") {
@@ -432,7 +480,10 @@ mod tests {
     }
 
     impl HeadLister for Arc<CountingLister> {
-        fn list_heads(&self, _request: HeadRequest) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
+        fn list_heads(
+            &self,
+            _request: HeadRequest,
+        ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             let heads = self.heads.clone();
             async move {
@@ -444,19 +495,28 @@ mod tests {
     }
 
     fn heads(pairs: &[(&str, &str)]) -> RemoteHeads {
-        pairs.iter().map(|(b, c)| (b.to_string(), c.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(b, c)| (b.to_string(), c.to_string()))
+            .collect()
     }
 
     fn request(url: &str, password: Option<&str>) -> HeadRequest {
         HeadRequest {
             url: url.into(),
-            auth: GitAuth { password: password.map(Into::into), ..Default::default() },
+            auth: GitAuth {
+                password: password.map(Into::into),
+                ..Default::default()
+            },
             timeout: Duration::from_secs(5),
         }
     }
 
     fn counting() -> Arc<CountingLister> {
-        Arc::new(CountingLister { calls: AtomicUsize::new(0), heads: heads(&[("main", "aa")]) })
+        Arc::new(CountingLister {
+            calls: AtomicUsize::new(0),
+            heads: heads(&[("main", "aa")]),
+        })
     }
 
     #[tokio::test]
@@ -467,10 +527,17 @@ mod tests {
             (0..10).map(|_| cache.heads(request("https://git.example/r.git", Some("p")))),
         )
         .await;
-        assert!(results.iter().all(|r| r.as_ref().unwrap().get("main").unwrap() == "aa"));
+        assert!(
+            results
+                .iter()
+                .all(|r| r.as_ref().unwrap().get("main").unwrap() == "aa")
+        );
         assert_eq!(lister.calls.load(Ordering::SeqCst), 1);
         // Still within the TTL: no new listing.
-        cache.heads(request("https://git.example/r.git", Some("p"))).await.unwrap();
+        cache
+            .heads(request("https://git.example/r.git", Some("p")))
+            .await
+            .unwrap();
         assert_eq!(lister.calls.load(Ordering::SeqCst), 1);
     }
 
@@ -478,9 +545,18 @@ mod tests {
     async fn given_other_credentials_the_repository_is_listed_again() {
         let lister = counting();
         let cache = HeadCache::new(Arc::new(lister.clone()), Duration::from_secs(30));
-        cache.heads(request("https://git.example/r.git", Some("p"))).await.unwrap();
-        cache.heads(request("https://git.example/r.git", Some("q"))).await.unwrap();
-        cache.heads(request("https://git.example/other.git", Some("p"))).await.unwrap();
+        cache
+            .heads(request("https://git.example/r.git", Some("p")))
+            .await
+            .unwrap();
+        cache
+            .heads(request("https://git.example/r.git", Some("q")))
+            .await
+            .unwrap();
+        cache
+            .heads(request("https://git.example/other.git", Some("p")))
+            .await
+            .unwrap();
         assert_eq!(lister.calls.load(Ordering::SeqCst), 3);
     }
 
@@ -488,15 +564,24 @@ mod tests {
     async fn given_an_expired_entry_the_repository_is_listed_again() {
         let lister = counting();
         let cache = HeadCache::new(Arc::new(lister.clone()), Duration::from_millis(30));
-        cache.heads(request("https://git.example/r.git", None)).await.unwrap();
+        cache
+            .heads(request("https://git.example/r.git", None))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
-        cache.heads(request("https://git.example/r.git", None)).await.unwrap();
+        cache
+            .heads(request("https://git.example/r.git", None))
+            .await
+            .unwrap();
         assert_eq!(lister.calls.load(Ordering::SeqCst), 2);
     }
 
     struct SlowLister;
     impl HeadLister for SlowLister {
-        fn list_heads(&self, _request: HeadRequest) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
+        fn list_heads(
+            &self,
+            _request: HeadRequest,
+        ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
             async {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 Ok(RemoteHeads::new())
@@ -535,8 +620,14 @@ mod tests {
 
     #[test]
     fn fingerprints_differ_by_any_value_and_hide_them() {
-        let a = GitAuth { password: Some("secret".into()), ..Default::default() };
-        let b = GitAuth { password: Some("secret2".into()), ..Default::default() };
+        let a = GitAuth {
+            password: Some("secret".into()),
+            ..Default::default()
+        };
+        let b = GitAuth {
+            password: Some("secret2".into()),
+            ..Default::default()
+        };
         assert_ne!(a.fingerprint(), b.fingerprint());
         assert_eq!(a.fingerprint(), a.clone().fingerprint());
         assert!(!a.fingerprint().contains("secret"));
@@ -560,7 +651,10 @@ mod tests {
     #[test]
     fn urls_lose_their_user_info() {
         let cases = [
-            ("https://user:token@git.example/a/b.git", "https://git.example/a/b.git"),
+            (
+                "https://user:token@git.example/a/b.git",
+                "https://git.example/a/b.git",
+            ),
             ("https://git.example/a.git", "https://git.example/a.git"),
             ("ssh://git@host:22/r.git", "ssh://host:22/r.git"),
             ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),

@@ -52,8 +52,14 @@ pub struct LaunchParams<'a> {
 /// Labels on the worker Job, its pod, ServiceAccount, Role and RoleBinding.
 pub fn worker_labels(codesource: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (labels::NAME.to_string(), labels::MANAGED_BY_VALUE.to_string()),
-        (labels::MANAGED_BY.to_string(), labels::MANAGED_BY_VALUE.to_string()),
+        (
+            labels::NAME.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
         (labels::COMPONENT.to_string(), COMPONENT.to_string()),
         (labels::CODESOURCE.to_string(), codesource_label(codesource)),
     ])
@@ -91,7 +97,12 @@ pub fn worker_args(cs: &CodeSource, inputs_hash: &str) -> Vec<String> {
             }
         }
         (_, Some(claim)) => {
-            args.extend(["--claim".into(), claim.clone(), "--claim-dir".into(), CLAIM_DIR.into()]);
+            args.extend([
+                "--claim".into(),
+                claim.clone(),
+                "--claim-dir".into(),
+                CLAIM_DIR.into(),
+            ]);
         }
         _ => {}
     }
@@ -116,11 +127,22 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     }];
-    let mut mounts =
-        vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }];
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
     let mut env = vec![
-        EnvVar { name: "HOME".into(), value: Some("/tmp".into()), ..Default::default() },
-        EnvVar { name: "TMPDIR".into(), value: Some("/tmp".into()), ..Default::default() },
+        EnvVar {
+            name: "HOME".into(),
+            value: Some("/tmp".into()),
+            ..Default::default()
+        },
+        EnvVar {
+            name: "TMPDIR".into(),
+            value: Some("/tmp".into()),
+            ..Default::default()
+        },
     ];
     if let Some(secret) = &spec.git.secret_ref {
         volumes.push(Volume {
@@ -196,7 +218,10 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -211,7 +236,11 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         node_selector: (!spec.job.node_selector.is_empty()).then(|| spec.job.node_selector.clone()),
         tolerations: (!spec.job.tolerations.is_empty()).then(|| spec.job.tolerations.clone()),
         affinity: spec.job.affinity.clone(),
-        priority_class_name: spec.job.priority_class_name.clone().filter(|p| !p.is_empty()),
+        priority_class_name: spec
+            .job
+            .priority_class_name
+            .clone()
+            .filter(|p| !p.is_empty()),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(WORKER_UID),
@@ -340,14 +369,29 @@ mod tests {
         assert_eq!(job.metadata.name.as_deref(), Some("production-0123abcd"));
         assert_eq!(job.metadata.namespace.as_deref(), Some("puppet"));
         let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("CodeSource", "production", "uid-1"));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("CodeSource", "production", "uid-1")
+        );
         assert_eq!(owner.controller, Some(true));
     }
 
     #[test]
     fn the_job_and_pod_carry_the_standard_labels_and_the_inputs() {
         let job = build(&codesource(serde_json::json!({})));
-        for l in [job.metadata.labels.as_ref().unwrap(), job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.as_ref().unwrap()] {
+        for l in [
+            job.metadata.labels.as_ref().unwrap(),
+            job.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .labels
+                .as_ref()
+                .unwrap(),
+        ] {
             assert_eq!(l[labels::MANAGED_BY], "openvox-code");
             assert_eq!(l[labels::COMPONENT], "worker");
             assert_eq!(l[labels::CODESOURCE], "production");
@@ -357,7 +401,9 @@ mod tests {
 
     #[test]
     fn the_worker_gets_the_build_arguments() {
-        let job = build(&codesource(serde_json::json!({"output": {"tags": ["latest"]}})));
+        let job = build(&codesource(
+            serde_json::json!({"output": {"tags": ["latest"]}}),
+        ));
         let args = container(&job).args.clone().unwrap().join(" ");
         assert_eq!(
             args,
@@ -367,38 +413,70 @@ mod tests {
              --image registry.example/puppet-code --tag latest \
              --codesource puppet/production --inputs-hash 0123abcd0123abcd0123abcd0123abcd"
         );
-        assert_eq!(container(&job).image.as_deref(), Some("ghcr.io/voxpupuli/openvox-code-worker:1"));
+        assert_eq!(
+            container(&job).image.as_deref(),
+            Some("ghcr.io/voxpupuli/openvox-code-worker:1")
+        );
     }
 
     #[test]
     fn claim_output_mounts_the_claim_and_passes_claim_args() {
-        let job = build(&codesource(serde_json::json!({"output": {"image": null, "pushSecretRef": null, "claimName": "code"}})));
+        let job = build(&codesource(
+            serde_json::json!({"output": {"image": null, "pushSecretRef": null, "claimName": "code"}}),
+        ));
         let args = container(&job).args.clone().unwrap();
         assert!(args.windows(2).any(|w| w == ["--claim", "code"]));
         assert!(!args.contains(&"--image".to_string()));
         let volumes = pod(&job).volumes.as_ref().unwrap();
-        assert!(volumes.iter().any(|v| v.persistent_volume_claim.as_ref().is_some_and(|c| c.claim_name == "code")));
+        assert!(volumes.iter().any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == "code")
+        }));
     }
 
     #[test]
     fn secrets_are_mounted_at_the_documented_paths() {
         let job = build(&codesource(serde_json::json!({})));
         let mounts = container(&job).volume_mounts.clone().unwrap();
-        let path = |name: &str| mounts.iter().find(|m| m.name == name).map(|m| m.mount_path.clone());
+        let path = |name: &str| {
+            mounts
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.mount_path.clone())
+        };
         assert_eq!(path("git-auth").as_deref(), Some(GIT_SECRET_DIR));
         assert_eq!(path("registry-auth").as_deref(), Some(REGISTRY_SECRET_DIR));
         let volumes = pod(&job).volumes.clone().unwrap();
-        let git = volumes.iter().find(|v| v.name == "git-auth").unwrap().secret.clone().unwrap();
+        let git = volumes
+            .iter()
+            .find(|v| v.name == "git-auth")
+            .unwrap()
+            .secret
+            .clone()
+            .unwrap();
         assert_eq!(git.secret_name.as_deref(), Some("git-creds"));
-        let reg = volumes.iter().find(|v| v.name == "registry-auth").unwrap().secret.clone().unwrap();
+        let reg = volumes
+            .iter()
+            .find(|v| v.name == "registry-auth")
+            .unwrap()
+            .secret
+            .clone()
+            .unwrap();
         assert_eq!(reg.items.unwrap()[0].path, "config.json");
         let env = container(&job).env.clone().unwrap();
-        assert!(env.iter().any(|e| e.name == "DOCKER_CONFIG" && e.value.as_deref() == Some(REGISTRY_SECRET_DIR)));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "DOCKER_CONFIG"
+                    && e.value.as_deref() == Some(REGISTRY_SECRET_DIR))
+        );
     }
 
     #[test]
     fn without_secrets_nothing_is_mounted_but_tmp() {
-        let job = build(&codesource(serde_json::json!({"git": {"secretRef": null}, "output": {"pushSecretRef": null}})));
+        let job = build(&codesource(
+            serde_json::json!({"git": {"secretRef": null}, "output": {"pushSecretRef": null}}),
+        ));
         let mounts = container(&job).volume_mounts.clone().unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].mount_path, "/tmp");
@@ -414,14 +492,27 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
-        assert_eq!(container(&job).termination_message_policy.as_deref(), Some("FallbackToLogsOnError"));
-        assert!(pod(&job).volumes.as_ref().unwrap().iter().any(|v| v.name == "tmp" && v.empty_dir.is_some()));
+        assert_eq!(
+            container(&job).termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        assert!(
+            pod(&job)
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|v| v.name == "tmp" && v.empty_dir.is_some())
+        );
     }
 
     #[test]
     fn the_pod_uses_the_per_codesource_service_account_with_its_token() {
         let job = build(&codesource(serde_json::json!({})));
-        assert_eq!(pod(&job).service_account_name.as_deref(), Some("openvox-code-worker-production"));
+        assert_eq!(
+            pod(&job).service_account_name.as_deref(),
+            Some("openvox-code-worker-production")
+        );
         assert_eq!(pod(&job).automount_service_account_token, Some(true));
         assert_eq!(pod(&job).restart_policy.as_deref(), Some("Never"));
     }
@@ -438,15 +529,34 @@ mod tests {
         }})));
         let pod = pod(&job);
         assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "builds");
-        assert_eq!(pod.tolerations.as_ref().unwrap()[0], Toleration { key: Some("builds".into()), operator: Some("Exists".into()), effect: Some("NoSchedule".into()), ..Default::default() });
+        assert_eq!(
+            pod.tolerations.as_ref().unwrap()[0],
+            Toleration {
+                key: Some("builds".into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Default::default()
+            }
+        );
         assert!(pod.affinity.is_some());
         assert_eq!(pod.priority_class_name.as_deref(), Some("low"));
-        assert!(container(&job).resources.as_ref().unwrap().requests.as_ref().unwrap().contains_key("cpu"));
+        assert!(
+            container(&job)
+                .resources
+                .as_ref()
+                .unwrap()
+                .requests
+                .as_ref()
+                .unwrap()
+                .contains_key("cpu")
+        );
     }
 
     #[test]
     fn deadlines_retries_and_ttl_come_from_spec_job() {
-        let job = build(&codesource(serde_json::json!({"job": {"activeDeadlineSeconds": 600, "backoffLimit": 1, "ttlSecondsAfterFinished": 60}})));
+        let job = build(&codesource(
+            serde_json::json!({"job": {"activeDeadlineSeconds": 600, "backoffLimit": 1, "ttlSecondsAfterFinished": 60}}),
+        ));
         let spec = job.spec.unwrap();
         assert_eq!(spec.active_deadline_seconds, Some(600));
         assert_eq!(spec.backoff_limit, Some(1));
@@ -458,7 +568,10 @@ mod tests {
         let job = build(&codesource(serde_json::json!({})));
         let rules = job.spec.unwrap().pod_failure_policy.unwrap().rules;
         assert_eq!(rules[0].action, "Ignore");
-        assert_eq!(rules[0].on_pod_conditions.as_ref().unwrap()[0].type_, "DisruptionTarget");
+        assert_eq!(
+            rules[0].on_pod_conditions.as_ref().unwrap()[0].type_,
+            "DisruptionTarget"
+        );
         assert_eq!(rules[1].action, "FailJob");
         let codes = rules[1].on_exit_codes.as_ref().unwrap();
         assert_eq!(codes.values, vec![WORKER_PERMANENT_FAILURE_EXIT_CODE]);
@@ -469,6 +582,9 @@ mod tests {
     fn the_pod_may_not_be_evicted_by_the_autoscaler() {
         let job = build(&codesource(serde_json::json!({})));
         let template = job.spec.unwrap().template.metadata.unwrap();
-        assert_eq!(template.annotations.unwrap()[annotations::SAFE_TO_EVICT], "false");
+        assert_eq!(
+            template.annotations.unwrap()[annotations::SAFE_TO_EVICT],
+            "false"
+        );
     }
 }

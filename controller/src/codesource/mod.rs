@@ -1,9 +1,15 @@
 //! The CodeSource controller: schedules, head checks, worker Jobs, digest into Config.
 
+pub mod config;
+pub mod controller;
 pub mod decide;
 pub mod heads;
 pub mod job;
 pub mod names;
-pub mod schedule;
-pub mod config;
 pub mod rbac;
+pub mod reconcile;
+pub mod schedule;
+pub mod status;
+pub mod validate;
+
+pub use controller::{Settings, run};

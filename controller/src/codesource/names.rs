@@ -23,7 +23,10 @@ pub fn job_name(codesource: &str, name_seed: &str) -> String {
 /// Name of the worker's ServiceAccount, Role and RoleBinding for a CodeSource.
 pub fn worker_identity(codesource: &str) -> String {
     let prefix = "openvox-code-worker-";
-    format!("{prefix}{}", trim_to(codesource, MAX_SUBDOMAIN - prefix.len()))
+    format!(
+        "{prefix}{}",
+        trim_to(codesource, MAX_SUBDOMAIN - prefix.len())
+    )
 }
 
 /// A label value naming the CodeSource: its name when short enough, otherwise a
@@ -32,7 +35,11 @@ pub fn codesource_label(codesource: &str) -> String {
     if codesource.len() <= MAX_LABEL {
         codesource.to_string()
     } else {
-        format!("{}-{}", trim_to(codesource, MAX_LABEL - 9), short_hash(codesource))
+        format!(
+            "{}-{}",
+            trim_to(codesource, MAX_LABEL - 9),
+            short_hash(codesource)
+        )
     }
 }
 
@@ -56,7 +63,10 @@ mod tests {
 
     #[test]
     fn job_names_take_8_hex_of_the_inputs_hash() {
-        assert_eq!(job_name("production", "7f3a9c1e0000aaaa"), "production-7f3a9c1e");
+        assert_eq!(
+            job_name("production", "7f3a9c1e0000aaaa"),
+            "production-7f3a9c1e"
+        );
     }
 
     #[test]

@@ -24,7 +24,10 @@ fn meta(cs: &CodeSource) -> ObjectMeta {
 
 /// The worker's ServiceAccount.
 pub fn desired_service_account(cs: &CodeSource) -> ServiceAccount {
-    ServiceAccount { metadata: meta(cs), ..Default::default() }
+    ServiceAccount {
+        metadata: meta(cs),
+        ..Default::default()
+    }
 }
 
 /// The worker's Role: `get` on its CodeSource, `get`/`patch` on its status, by name.
@@ -95,13 +98,27 @@ mod tests {
         let rules = role.rules.unwrap();
         assert_eq!(rules.len(), 2);
         for rule in &rules {
-            assert_eq!(rule.resource_names.as_deref(), Some(&["production".to_string()][..]));
+            assert_eq!(
+                rule.resource_names.as_deref(),
+                Some(&["production".to_string()][..])
+            );
             assert_eq!(rule.api_groups.as_deref(), Some(&[GROUP.to_string()][..]));
-            assert!(!rule.verbs.iter().any(|v| v == "*" || v == "delete" || v == "create"));
+            assert!(
+                !rule
+                    .verbs
+                    .iter()
+                    .any(|v| v == "*" || v == "delete" || v == "create")
+            );
         }
-        assert_eq!(rules[0].resources.as_deref(), Some(&["codesources".to_string()][..]));
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["codesources".to_string()][..])
+        );
         assert_eq!(rules[0].verbs, ["get"]);
-        assert_eq!(rules[1].resources.as_deref(), Some(&["codesources/status".to_string()][..]));
+        assert_eq!(
+            rules[1].resources.as_deref(),
+            Some(&["codesources/status".to_string()][..])
+        );
         assert_eq!(rules[1].verbs, ["get", "patch"]);
     }
 
@@ -111,7 +128,10 @@ mod tests {
         let binding = desired_role_binding(&cs);
         let sa = desired_service_account(&cs);
         assert_eq!(binding.role_ref.kind, "Role");
-        assert_eq!(binding.role_ref.name, desired_role(&cs).metadata.name.unwrap());
+        assert_eq!(
+            binding.role_ref.name,
+            desired_role(&cs).metadata.name.unwrap()
+        );
         let subject = &binding.subjects.unwrap()[0];
         assert_eq!(Some(subject.name.clone()), sa.metadata.name);
         assert_eq!(subject.namespace.as_deref(), Some("puppet"));
@@ -126,7 +146,10 @@ mod tests {
             desired_role_binding(&cs).metadata.owner_references,
         ] {
             let owner = &owners.unwrap()[0];
-            assert_eq!((owner.kind.as_str(), owner.uid.as_str()), ("CodeSource", "uid-1"));
+            assert_eq!(
+                (owner.kind.as_str(), owner.uid.as_str()),
+                ("CodeSource", "uid-1")
+            );
         }
     }
 }

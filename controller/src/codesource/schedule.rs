@@ -54,8 +54,15 @@ impl Schedule {
     pub fn parse(expr: &str, time_zone: Option<&str>) -> Result<Self, ScheduleError> {
         let trimmed = expr.trim();
         // CronJob accepts @midnight as @daily; croner does not know the alias.
-        let normalised = if trimmed.eq_ignore_ascii_case("@midnight") { "@daily" } else { trimmed };
-        let invalid = |detail: String| ScheduleError::InvalidExpression { expr: expr.to_string(), detail };
+        let normalised = if trimmed.eq_ignore_ascii_case("@midnight") {
+            "@daily"
+        } else {
+            trimmed
+        };
+        let invalid = |detail: String| ScheduleError::InvalidExpression {
+            expr: expr.to_string(),
+            detail,
+        };
         if !normalised.starts_with('@') && normalised.split_whitespace().count() != 5 {
             return Err(invalid(format!(
                 "{} fields instead of 5",
@@ -87,13 +94,19 @@ impl Schedule {
     /// The first scheduled time strictly after `t`.
     pub fn next_after(&self, t: Timestamp) -> Option<Timestamp> {
         let zoned = t.to_zoned(self.tz.clone());
-        self.cron.find_next_occurrence(&zoned, false).ok().map(|z| z.timestamp())
+        self.cron
+            .find_next_occurrence(&zoned, false)
+            .ok()
+            .map(|z| z.timestamp())
     }
 
     /// The last scheduled time at or before `t`.
     pub fn latest_at_or_before(&self, t: Timestamp) -> Option<Timestamp> {
         let zoned = t.to_zoned(self.tz.clone());
-        self.cron.find_previous_occurrence(&zoned, true).ok().map(|z| z.timestamp())
+        self.cron
+            .find_previous_occurrence(&zoned, true)
+            .ok()
+            .map(|z| z.timestamp())
     }
 
     /// The schedule's view at `now`, given when it last fired (`status.lastScheduleTime`).
@@ -106,7 +119,10 @@ impl Schedule {
             (Some(latest), None) => Some(latest),
             _ => None,
         };
-        Tick { due, next: self.next_after(now) }
+        Tick {
+            due,
+            next: self.next_after(now),
+        }
     }
 }
 
@@ -121,23 +137,82 @@ mod tests {
     #[test]
     fn next_times_for_common_expressions() {
         let cases = [
-            ("*/5 * * * *", None, "2026-03-01T10:02:00Z", "2026-03-01T10:05:00Z"),
-            ("0 * * * *", None, "2026-03-01T10:00:00Z", "2026-03-01T11:00:00Z"),
-            ("@hourly", None, "2026-03-01T10:59:59Z", "2026-03-01T11:00:00Z"),
-            ("@daily", None, "2026-03-01T10:00:00Z", "2026-03-02T00:00:00Z"),
-            ("@midnight", None, "2026-03-01T10:00:00Z", "2026-03-02T00:00:00Z"),
-            ("@weekly", None, "2026-03-04T10:00:00Z", "2026-03-08T00:00:00Z"),
-            ("@monthly", None, "2026-03-04T10:00:00Z", "2026-04-01T00:00:00Z"),
-            ("@yearly", None, "2026-03-04T10:00:00Z", "2027-01-01T00:00:00Z"),
-            ("30 2 * * MON-FRI", None, "2026-03-06T03:00:00Z", "2026-03-09T02:30:00Z"),
+            (
+                "*/5 * * * *",
+                None,
+                "2026-03-01T10:02:00Z",
+                "2026-03-01T10:05:00Z",
+            ),
+            (
+                "0 * * * *",
+                None,
+                "2026-03-01T10:00:00Z",
+                "2026-03-01T11:00:00Z",
+            ),
+            (
+                "@hourly",
+                None,
+                "2026-03-01T10:59:59Z",
+                "2026-03-01T11:00:00Z",
+            ),
+            (
+                "@daily",
+                None,
+                "2026-03-01T10:00:00Z",
+                "2026-03-02T00:00:00Z",
+            ),
+            (
+                "@midnight",
+                None,
+                "2026-03-01T10:00:00Z",
+                "2026-03-02T00:00:00Z",
+            ),
+            (
+                "@weekly",
+                None,
+                "2026-03-04T10:00:00Z",
+                "2026-03-08T00:00:00Z",
+            ),
+            (
+                "@monthly",
+                None,
+                "2026-03-04T10:00:00Z",
+                "2026-04-01T00:00:00Z",
+            ),
+            (
+                "@yearly",
+                None,
+                "2026-03-04T10:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (
+                "30 2 * * MON-FRI",
+                None,
+                "2026-03-06T03:00:00Z",
+                "2026-03-09T02:30:00Z",
+            ),
             // 02:00 in Berlin is 01:00 UTC in winter.
-            ("0 2 * * *", Some("Europe/Berlin"), "2026-01-10T00:00:00Z", "2026-01-10T01:00:00Z"),
+            (
+                "0 2 * * *",
+                Some("Europe/Berlin"),
+                "2026-01-10T00:00:00Z",
+                "2026-01-10T01:00:00Z",
+            ),
             // ... and 00:00 UTC in summer.
-            ("0 2 * * *", Some("Europe/Berlin"), "2026-07-10T00:30:00Z", "2026-07-11T00:00:00Z"),
+            (
+                "0 2 * * *",
+                Some("Europe/Berlin"),
+                "2026-07-10T00:30:00Z",
+                "2026-07-11T00:00:00Z",
+            ),
         ];
         for (expr, tz, now, want) in cases {
             let schedule = Schedule::parse(expr, tz).unwrap();
-            assert_eq!(schedule.next_after(ts(now)), Some(ts(want)), "{expr} {tz:?} after {now}");
+            assert_eq!(
+                schedule.next_after(ts(now)),
+                Some(ts(want)),
+                "{expr} {tz:?} after {now}"
+            );
         }
     }
 

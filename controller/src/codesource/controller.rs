@@ -1,0 +1,109 @@
+//! Wiring of the CodeSource controller: watches (CodeSources, their Jobs), the shared
+//! context, and the run loop until shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::batch::v1::Job;
+use kube::Client;
+use kube::api::Api;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use openvox_crds::CodeSource;
+use openvox_crds::names::{CONTROLLER_MANAGER, labels};
+use tracing::{debug, warn};
+
+use super::heads::{GixHeadLister, HeadCache, HeadError};
+use super::job::COMPONENT;
+use super::reconcile::{Context, error_policy, reconcile};
+use crate::metrics::Metrics;
+
+/// Settings of the CodeSource controller.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    /// Default worker image.
+    pub worker_image: String,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+    /// How long a head listing is shared; shorter than the shortest schedule (1 min).
+    pub head_cache_ttl: Duration,
+    /// Writable directory for the head checker's scratch repository.
+    pub scratch_dir: PathBuf,
+}
+
+impl Settings {
+    /// Defaults for everything but the worker image.
+    pub fn new(worker_image: impl Into<String>) -> Self {
+        Self {
+            namespace: None,
+            worker_image: worker_image.into(),
+            concurrency: 4,
+            head_cache_ttl: Duration::from_secs(20),
+            scratch_dir: std::env::temp_dir(),
+        }
+    }
+}
+
+/// Builds the shared context with the real (gitoxide) head lister.
+pub fn context(
+    client: Client,
+    settings: &Settings,
+    metrics: Metrics,
+) -> Result<Arc<Context>, HeadError> {
+    let lister = GixHeadLister::new(&settings.scratch_dir)?;
+    let observer_metrics = metrics.clone();
+    let heads = HeadCache::new(Arc::new(lister), settings.head_cache_ttl).with_observer(Arc::new(
+        move |took, ok| observer_metrics.head_check(took, ok),
+    ));
+    Ok(Arc::new(Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter::from(CONTROLLER_MANAGER.to_string()),
+        ),
+        client,
+        worker_image: settings.worker_image.clone(),
+        heads,
+        metrics,
+        config_shape: Mutex::new(None),
+        failures: Mutex::new(HashMap::new()),
+    }))
+}
+
+/// Runs the CodeSource controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), HeadError> {
+    let ctx = context(client.clone(), &settings, metrics)?;
+    let (codesources, jobs): (Api<CodeSource>, Api<Job>) = match settings.namespace.as_deref() {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let worker_jobs =
+        watcher::Config::default().labels(&format!("{}={}", labels::COMPONENT, COMPONENT));
+    Controller::new(codesources, watcher::Config::default().any_semantic())
+        .owns(jobs, worker_jobs)
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(codesource = %object, "reconciled"),
+                Err(e) => warn!("codesource controller: {e}"),
+            }
+        })
+        .await;
+    Ok(())
+}

@@ -1,0 +1,869 @@
+//! One CodeSource reconcile, as a pipeline:
+//! fetch (Jobs, Secret, heads) → validate → decide → apply (RBAC, Job, Config) → status.
+//! The decisions come from the pure modules; this file talks to the API server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use openvox_crds::codesource::{ConfigRecord, LaunchRecord};
+use openvox_crds::names::{CONTROLLER_MANAGER, annotations, conditions as types, labels, reasons};
+use openvox_crds::operator::Config;
+use openvox_crds::{CodeSource, CodeSourceStatus};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::config::{CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, shape_from_crd};
+use super::decide::{Decision, Facts, JobState, JobSummary, LaunchReason, decide, spec_hash};
+use super::heads::{GitAuth, HeadCache, HeadRequest, redact_url, wanted_heads};
+use super::job::{LaunchParams, desired_job};
+use super::names::{codesource_label, job_name};
+use super::rbac::{desired_role, desired_role_binding, desired_service_account};
+use super::status::{ConfigState, Observed, codesource_conditions};
+use super::validate::validate;
+use crate::conditions::{find, is_true, merge_conditions_at};
+use crate::error::{Error, is_conflict, is_not_found, kube};
+use crate::metrics::Metrics;
+
+/// Metrics label of this controller.
+pub const CONTROLLER: &str = "codesource";
+/// How long a detected Config shape is trusted before the CRD is read again.
+const SHAPE_TTL: Duration = Duration::from_secs(600);
+/// Longest termination message copied into a condition.
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// What the CodeSource reconciler shares across reconciles.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Default worker image.
+    pub worker_image: String,
+    /// Deduplicating head checks.
+    pub heads: HeadCache,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Shape of `Config.spec.code` and when it was read.
+    pub config_shape: Mutex<Option<(Instant, ShapeKind)>>,
+    /// Consecutive transient failures per CodeSource (`ns/name`), for backoff.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("codesource::Context")
+            .finish_non_exhaustive()
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(CONTROLLER_MANAGER).force()
+}
+
+/// Reconciles one CodeSource.
+pub async fn reconcile(cs: Arc<CodeSource>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&cs, &ctx).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key(&cs));
+    }
+    result
+}
+
+fn key(cs: &CodeSource) -> String {
+    format!("{}/{}", cs.namespace().unwrap_or_default(), cs.name_any())
+}
+
+/// Transient errors back off exponentially per CodeSource (5 s doubling to 5 min);
+/// permanent ones wait for a spec change (the reconcile already marked them Stalled).
+pub fn error_policy(cs: Arc<CodeSource>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(CONTROLLER, error.reason());
+    warn!(codesource = %key(&cs), reason = error.reason(), "reconcile failed: {error}");
+    if error.is_permanent() {
+        return Action::await_change();
+    }
+    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+    let n = failures.entry(key(&cs)).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(backoff(*n))
+}
+
+/// Delay before retry number `n` (from 1).
+pub fn backoff(n: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << n.saturating_sub(1).min(10));
+    Duration::from_secs(secs.min(300))
+}
+
+async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error> {
+    let (Some(ns), name) = (cs.namespace(), cs.name_any()) else {
+        return Err(Error::Unnamed);
+    };
+    let now = Timestamp::now();
+    let old = cs.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = cs.metadata.generation;
+
+    // Validate (pure). A spec that cannot work stalls until it changes.
+    let valid = match validate(&cs.spec) {
+        Ok(v) => v,
+        Err(message) => {
+            let observed = Observed {
+                invalid_spec: Some(message.clone()),
+                suspended: false,
+                fetch_failed: None,
+                no_matching_branches: false,
+                building: None,
+                build_failed: None,
+                up_to_date: false,
+                last_image: None,
+                config: ConfigState::NotWanted,
+            };
+            status.conditions = merge_conditions_at(
+                &old.conditions,
+                &codesource_conditions(&observed),
+                cs.metadata.generation,
+                now,
+            );
+            status.next_schedule_time = None;
+            if !is_true(&old.conditions, types::STALLED)
+                || old_message(&old, types::STALLED) != Some(&message)
+            {
+                publish(
+                    ctx,
+                    cs,
+                    EventType::Warning,
+                    reasons::INVALID_SPEC,
+                    "Validate",
+                    message,
+                )
+                .await;
+            }
+            write_status(ctx, cs, &ns, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // Fetch: the worker Jobs this CodeSource owns.
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{}={}", labels::CODESOURCE, codesource_label(&name));
+    let uid = cs.uid().unwrap_or_default();
+    let jobs: Vec<Job> = jobs_api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube("list Jobs"))?
+        .items
+        .into_iter()
+        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
+        .collect();
+    let summaries: Vec<JobSummary> = jobs.iter().map(summarize).collect();
+
+    // Schedule and triggers.
+    let tick = valid
+        .schedule
+        .tick(status.last_schedule_time.as_ref().map(|t| t.0), now);
+    let requested_at = cs.annotations().get(annotations::REQUESTED_AT).cloned();
+    let new_request = requested_at.is_some() && requested_at != old.last_handled_requested_at;
+    let spec_changed = old.observed_generation != cs.metadata.generation;
+    let retry_fetch = is_true(&old.conditions, types::FETCH_FAILED);
+    let check_now = !cs.spec.suspend
+        && (tick.due.is_some()
+            || spec_changed
+            || new_request
+            || old.last_check_time.is_none()
+            || retry_fetch);
+    if let Some(due) = tick.due.filter(|_| !cs.spec.suspend) {
+        status.last_schedule_time = Some(Time(due));
+    }
+    status.next_schedule_time = if cs.spec.suspend {
+        None
+    } else {
+        tick.next.map(Time)
+    };
+
+    // Head check (deduplicated across CodeSources).
+    let mut fetch_failed: Option<String> = None;
+    let mut fetch_error: Option<Error> = None;
+    if check_now {
+        match check_heads(ctx, cs, &ns, valid.git_timeout).await {
+            Ok(heads) => {
+                status.heads = heads;
+                status.last_check_time = Some(Time(now));
+            }
+            Err(e) => {
+                fetch_failed = Some(e.to_string());
+                fetch_error = Some(e);
+            }
+        }
+    }
+    let heads =
+        (status.last_check_time.is_some() && fetch_failed.is_none()).then_some(&status.heads);
+
+    // Decide (pure).
+    let spec_hash = spec_hash(&cs.spec);
+    let decision = decide(&Facts {
+        suspended: cs.spec.suspend,
+        heads,
+        spec_hash: &spec_hash,
+        requested_at: requested_at.as_deref(),
+        last_handled_requested_at: old.last_handled_requested_at.as_deref(),
+        last_launch: old.last_launch.as_ref(),
+        last_build_inputs: old
+            .last_build
+            .as_ref()
+            .and_then(|b| b.inputs_hash.as_deref()),
+        jobs: &summaries,
+        tick: tick.due,
+    });
+
+    // Apply.
+    let mut building: Option<String> = None;
+    let mut build_failed: Option<String> = None;
+    match &decision {
+        Decision::Launch {
+            inputs_hash,
+            name_seed,
+            reason,
+        } => {
+            let job = job_name(&name, name_seed);
+            launch(ctx, cs, &ns, &job, inputs_hash).await?;
+            // Recorded at once: a restart or the Job's TTL must never launch it again.
+            status.last_launch = Some(LaunchRecord {
+                job_name: job.clone(),
+                inputs_hash: inputs_hash.clone(),
+                heads: status.heads.clone(),
+                time: Time(now),
+            });
+            if let LaunchReason::Requested(value) = reason {
+                status.last_handled_requested_at = Some(value.clone());
+            }
+            status.active_job = Some(job.clone());
+            write_status(ctx, cs, &ns, &status).await?;
+            ctx.metrics.build("started");
+            let why = match reason {
+                LaunchReason::FirstBuild => "first build".to_string(),
+                LaunchReason::NewHeads => "new heads".to_string(),
+                LaunchReason::SpecChanged => "spec changed".to_string(),
+                LaunchReason::Requested(v) => format!("requested at {v}"),
+                LaunchReason::Retry => "retry after a failed build".to_string(),
+            };
+            info!(codesource = %key(cs), job = %job, "launched build ({why})");
+            publish(
+                ctx,
+                cs,
+                EventType::Normal,
+                reasons::BUILD_STARTED,
+                "Build",
+                format!("building {} in job {job} ({why})", revisions(&status.heads)),
+            )
+            .await;
+            building = Some(job);
+        }
+        Decision::WaitForJob(job) => building = Some(job.clone()),
+        Decision::FailedWaitingForRetry { job } => {
+            build_failed = Some(failure_message(ctx, &ns, job.as_deref(), &jobs, &old).await);
+        }
+        _ => {}
+    }
+    status.active_job = building.clone();
+    if build_failed.is_some() && !is_true(&old.conditions, types::BUILD_FAILED) {
+        ctx.metrics.build("failed");
+    }
+
+    // Publish the last build into the Config.
+    let last_build_job_active = old
+        .last_build
+        .as_ref()
+        .and_then(|b| b.job_name.as_deref())
+        .is_some_and(|j| {
+            summaries
+                .iter()
+                .any(|s| s.name == j && s.state == JobState::Active)
+        });
+    let mut config_error: Option<Error> = None;
+    let config_state = match (&cs.spec.config_ref, &old.last_build) {
+        (Some(config_name), Some(build)) if !config_name.is_empty() => {
+            if last_build_job_active {
+                ConfigState::Pending
+            } else {
+                let target = match cs.spec.output.claim_name.as_ref().filter(|c| !c.is_empty()) {
+                    Some(claim) => CodeTarget::Claim(claim.clone()),
+                    None => CodeTarget::Image(build.image.clone()),
+                };
+                match publish_config(ctx, cs, &ns, config_name, &target, &old, now).await {
+                    Ok(Some(record)) => {
+                        status.config = Some(record);
+                        ConfigState::Updated {
+                            name: config_name.clone(),
+                            image: build.image.clone(),
+                        }
+                    }
+                    Ok(None) => ConfigState::Updated {
+                        name: config_name.clone(),
+                        image: build.image.clone(),
+                    },
+                    Err(Error::ConfigNotFound(n)) => {
+                        config_error = Some(Error::ConfigNotFound(n.clone()));
+                        ConfigState::NotFound(n)
+                    }
+                    Err(e) => {
+                        let state = ConfigState::Failed(e.to_string());
+                        config_error = Some(e);
+                        state
+                    }
+                }
+            }
+        }
+        _ => ConfigState::NotWanted,
+    };
+
+    // Status.
+    let up_to_date = matches!(decision, Decision::UpToDate);
+    let observed = Observed {
+        invalid_spec: None,
+        suspended: cs.spec.suspend,
+        fetch_failed: fetch_failed.clone(),
+        no_matching_branches: matches!(decision, Decision::NoMatchingBranches),
+        building,
+        build_failed: build_failed.clone(),
+        up_to_date,
+        last_image: old.last_build.as_ref().map(|b| b.image.clone()),
+        config: config_state.clone(),
+    };
+    status.conditions = merge_conditions_at(
+        &old.conditions,
+        &codesource_conditions(&observed),
+        cs.metadata.generation,
+        now,
+    );
+    write_status(ctx, cs, &ns, &status).await?;
+
+    // Events, on transitions only.
+    if let Some(message) = &fetch_failed
+        && !is_true(&old.conditions, types::FETCH_FAILED)
+    {
+        publish(
+            ctx,
+            cs,
+            EventType::Warning,
+            reasons::GIT_OPERATION_FAILED,
+            "CheckHeads",
+            message.clone(),
+        )
+        .await;
+    }
+    if let Some(message) = &build_failed
+        && old_message(&old, types::BUILD_FAILED) != Some(message)
+    {
+        publish(
+            ctx,
+            cs,
+            EventType::Warning,
+            reasons::BUILD_FAILED,
+            "Build",
+            message.clone(),
+        )
+        .await;
+    }
+    let was_ready = is_true(&old.conditions, types::READY);
+    let ready_message = find(&status.conditions, types::READY).map(|c| c.message.clone());
+    if up_to_date && (!was_ready || old_message(&old, types::READY) != ready_message.as_ref()) {
+        let image = old
+            .last_build
+            .as_ref()
+            .map(|b| b.image.clone())
+            .unwrap_or_default();
+        let built_now =
+            old.config.as_ref().map(|c| &c.image) != Some(&image) || status.config != old.config;
+        if built_now || !was_ready {
+            ctx.metrics.build("succeeded");
+            publish(
+                ctx,
+                cs,
+                EventType::Normal,
+                reasons::NEW_ARTIFACT,
+                "Build",
+                format!("stored artifact {image} for {}", revisions(&status.heads)),
+            )
+            .await;
+        }
+    } else if up_to_date && check_now && !was_ready {
+        publish(
+            ctx,
+            cs,
+            EventType::Normal,
+            reasons::UP_TO_DATE,
+            "CheckHeads",
+            "no changes since the last build".into(),
+        )
+        .await;
+    }
+    if let (
+        ConfigState::Updated {
+            name: config,
+            image,
+        },
+        Some(_),
+    ) = (
+        &config_state,
+        status
+            .config
+            .as_ref()
+            .filter(|c| Some(*c) != old.config.as_ref()),
+    ) {
+        publish(
+            ctx,
+            cs,
+            EventType::Normal,
+            reasons::CONFIG_UPDATED,
+            "PublishConfig",
+            format!("Config {config} now uses {image}"),
+        )
+        .await;
+    }
+
+    // Prune finished Jobs beyond the history limits.
+    prune_history(ctx, cs, &ns, &jobs).await?;
+
+    if let Some(e) = fetch_error.or(config_error) {
+        return Err(e);
+    }
+    Ok(match (cs.spec.suspend, tick.next) {
+        (true, _) => Action::await_change(),
+        (false, Some(next)) => {
+            let wait = next.duration_since(now);
+            let secs = wait.as_secs_f64().max(1.0);
+            // A running Job wakes us through the watch; this is only a safety net.
+            Action::requeue(Duration::from_secs_f64(secs.min(3600.0)))
+        }
+        (false, None) => Action::await_change(),
+    })
+}
+
+fn old_message<'a>(status: &'a CodeSourceStatus, type_: &str) -> Option<&'a String> {
+    find(&status.conditions, type_).map(|c| &c.message)
+}
+
+fn revisions(heads: &BTreeMap<String, String>) -> String {
+    let list: Vec<&str> = heads.values().map(String::as_str).collect();
+    if list.is_empty() {
+        "no branches".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// Where a Job stands, from its status conditions.
+pub fn summarize(job: &Job) -> JobSummary {
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.as_ref());
+    let has =
+        |t: &str| conditions.is_some_and(|c| c.iter().any(|c| c.type_ == t && c.status == "True"));
+    let state = if has("Complete") {
+        JobState::Succeeded
+    } else if has("Failed") {
+        JobState::Failed
+    } else {
+        JobState::Active
+    };
+    JobSummary {
+        name: job.name_any(),
+        inputs_hash: job.labels().get(labels::INPUTS).cloned(),
+        state,
+    }
+}
+
+async fn check_heads(
+    ctx: &Context,
+    cs: &CodeSource,
+    ns: &str,
+    timeout: Duration,
+) -> Result<BTreeMap<String, String>, Error> {
+    let auth = match &cs.spec.git.secret_ref {
+        None => GitAuth::default(),
+        Some(secret_ref) => {
+            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let secret = secrets
+                .get_opt(&secret_ref.name)
+                .await
+                .map_err(kube("get git Secret"))?
+                .ok_or_else(|| Error::Secret {
+                    name: secret_ref.name.clone(),
+                    problem: "does not exist".into(),
+                })?;
+            let data: BTreeMap<String, Vec<u8>> = secret
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            GitAuth::from_secret_data(&data)
+        }
+    };
+    let request = HeadRequest {
+        url: cs.spec.git.url.clone(),
+        auth,
+        timeout,
+    };
+    let all = ctx.heads.heads(request).await?;
+    Ok(wanted_heads(
+        &all,
+        &cs.spec.git.branches,
+        &cs.spec.git.exclude_branches,
+    ))
+}
+
+async fn launch(
+    ctx: &Context,
+    cs: &CodeSource,
+    ns: &str,
+    job: &str,
+    inputs_hash: &str,
+) -> Result<(), Error> {
+    let params = apply_params();
+    let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
+    let sa = desired_service_account(cs);
+    sas.patch(&sa.name_any(), &params, &Patch::Apply(&sa))
+        .await
+        .map_err(kube("apply worker ServiceAccount"))?;
+    let roles: Api<Role> = Api::namespaced(ctx.client.clone(), ns);
+    let role = desired_role(cs);
+    roles
+        .patch(&role.name_any(), &params, &Patch::Apply(&role))
+        .await
+        .map_err(kube("apply worker Role"))?;
+    let bindings: Api<RoleBinding> = Api::namespaced(ctx.client.clone(), ns);
+    let binding = desired_role_binding(cs);
+    bindings
+        .patch(&binding.name_any(), &params, &Patch::Apply(&binding))
+        .await
+        .map_err(kube("apply worker RoleBinding"))?;
+
+    let worker_image = cs
+        .spec
+        .job
+        .image
+        .clone()
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| ctx.worker_image.clone());
+    let desired = desired_job(
+        cs,
+        &LaunchParams {
+            job_name: job,
+            inputs_hash,
+            worker_image: &worker_image,
+        },
+    );
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    match jobs
+        .create(
+            &PostParams {
+                field_manager: Some(CONTROLLER_MANAGER.into()),
+                ..Default::default()
+            },
+            &desired,
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Same name = same launch (a restart between create and status write).
+        Err(e) if is_conflict(&e) => Ok(()),
+        Err(e) => Err(Error::Kube {
+            action: "create Job",
+            source: e,
+        }),
+    }
+}
+
+/// Why the last Job failed: the Job's Failed condition and the worker's termination
+/// message (its last log lines when it wrote none).
+async fn failure_message(
+    ctx: &Context,
+    ns: &str,
+    job: Option<&str>,
+    jobs: &[Job],
+    old: &CodeSourceStatus,
+) -> String {
+    let Some(job) = job else {
+        return old_message(old, types::BUILD_FAILED)
+            .cloned()
+            .unwrap_or_else(|| {
+                "the last build failed (its Job is gone); retrying at the next scheduled time"
+                    .into()
+            });
+    };
+    if let Some(previous) = old_message(old, types::BUILD_FAILED).filter(|m| m.contains(job)) {
+        return previous.clone();
+    }
+    let job_reason = jobs
+        .iter()
+        .find(|j| j.name_any() == job)
+        .and_then(|j| {
+            j.status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "Failed")
+                .cloned()
+        })
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.reason.unwrap_or_default(),
+                c.message.unwrap_or_default()
+            )
+        })
+        .unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let termination = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await
+        .ok()
+        .and_then(|list| {
+            list.items.iter().rev().find_map(|p| {
+                p.status
+                    .as_ref()?
+                    .container_statuses
+                    .as_ref()?
+                    .iter()
+                    .find_map(|s| {
+                        let t = s.state.as_ref()?.terminated.as_ref()?;
+                        t.message.clone().filter(|m| !m.trim().is_empty())
+                    })
+            })
+        })
+        .map(|m| truncate(m.trim(), MAX_FAILURE_MESSAGE));
+    match termination {
+        Some(t) => format!("job {job} failed ({job_reason}): {t}"),
+        None => format!("job {job} failed ({job_reason})"),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    // Keep the end: the last lines say why a build failed.
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
+}
+
+async fn config_shape(ctx: &Context) -> Result<ShapeKind, Error> {
+    if let Some((at, shape)) = *ctx.config_shape.lock().unwrap_or_else(|e| e.into_inner())
+        && at.elapsed() < SHAPE_TTL
+    {
+        return Ok(shape);
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    let crd = crds
+        .get_opt(CONFIG_CRD)
+        .await
+        .map_err(kube("get Config CRD"))?
+        .ok_or_else(|| Error::ConfigShape(format!("CRD {CONFIG_CRD} is not installed")))?;
+    let shape = shape_from_crd(&crd).map_err(Error::ConfigShape)?;
+    *ctx.config_shape.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), shape));
+    Ok(shape)
+}
+
+/// Puts `target` into the Config unless status says it is there already. Returns the
+/// new record when something was written.
+async fn publish_config(
+    ctx: &Context,
+    cs: &CodeSource,
+    ns: &str,
+    config_name: &str,
+    target: &CodeTarget,
+    old: &CodeSourceStatus,
+    now: Timestamp,
+) -> Result<Option<ConfigRecord>, Error> {
+    let image = match target {
+        CodeTarget::Image(i) => i.clone(),
+        CodeTarget::Claim(_) => old
+            .last_build
+            .as_ref()
+            .map(|b| b.image.clone())
+            .unwrap_or_default(),
+    };
+    if old
+        .config
+        .as_ref()
+        .is_some_and(|c| c.name == config_name && c.image == image)
+        && is_true(&old.conditions, types::CONFIG_UPDATED)
+    {
+        return Ok(None);
+    }
+    let configs: Api<Config> = Api::namespaced(ctx.client.clone(), ns);
+    let config = configs
+        .get_opt(config_name)
+        .await
+        .map_err(kube("get Config"))?
+        .ok_or_else(|| Error::ConfigNotFound(config_name.to_string()))?;
+    if !carries(&config, target) {
+        let shape = config_shape(ctx).await?;
+        let patch = code_patch(shape, config.spec.code.as_ref(), target);
+        if let Err(e) = configs
+            .patch(config_name, &apply_params(), &Patch::Apply(&patch))
+            .await
+        {
+            // The CRD may have changed shape under us: read it again next time.
+            *ctx.config_shape.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            return Err(Error::Kube {
+                action: "apply Config.spec.code",
+                source: e,
+            });
+        }
+        info!(codesource = %key(cs), config = config_name, image = %image, "Config updated");
+    }
+    Ok(Some(ConfigRecord {
+        name: config_name.to_string(),
+        image,
+        updated_at: Time(now),
+    }))
+}
+
+async fn prune_history(
+    ctx: &Context,
+    cs: &CodeSource,
+    ns: &str,
+    jobs: &[Job],
+) -> Result<(), Error> {
+    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
+    let finished_at = |j: &Job| {
+        j.status
+            .as_ref()
+            .and_then(|s| s.completion_time.clone().or_else(|| s.start_time.clone()))
+            .map(|t| t.0)
+    };
+    for (state, limit) in [
+        (JobState::Succeeded, cs.spec.successful_jobs_history_limit),
+        (JobState::Failed, cs.spec.failed_jobs_history_limit),
+    ] {
+        let mut finished: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| summarize(j).state == state)
+            .collect();
+        finished.sort_by_key(|j| std::cmp::Reverse(finished_at(j)));
+        for job in finished
+            .iter()
+            .skip(usize::try_from(limit.max(0)).unwrap_or(0))
+        {
+            let dp = DeleteParams {
+                propagation_policy: Some(PropagationPolicy::Background),
+                ..Default::default()
+            };
+            match jobs_api.delete(&job.name_any(), &dp).await {
+                Ok(_) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(Error::Kube {
+                        action: "delete old Job",
+                        source: e,
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &Context,
+    cs: &CodeSource,
+    ns: &str,
+    status: &CodeSourceStatus,
+) -> Result<(), Error> {
+    if cs.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<CodeSource> = Api::namespaced(ctx.client.clone(), ns);
+    // Apply only the fields the controller owns; `lastBuild` belongs to the worker.
+    let mut ours = serde_json::to_value(status).unwrap_or_default();
+    if let Some(map) = ours.as_object_mut() {
+        map.remove("lastBuild");
+    }
+    let patch = json!({
+        "apiVersion": CodeSource::api_version(&()),
+        "kind": CodeSource::kind(&()),
+        "status": ours,
+    });
+    api.patch_status(&cs.name_any(), &apply_params(), &Patch::Apply(&patch))
+        .await
+        .map_err(kube("apply CodeSource status"))?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    cs: &CodeSource,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&note, 1000)),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &cs.object_ref(&())).await {
+        warn!(codesource = %key(cs), "cannot publish event {reason}: {e}");
+    }
+}
+
+/// A URL fit for logs.
+pub fn loggable_url(cs: &CodeSource) -> String {
+    redact_url(&cs.spec.git.url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_5s_to_5min() {
+        let got: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(got, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn job_state_comes_from_conditions() {
+        let job: Job = serde_json::from_value(json!({
+            "metadata": {"name": "p-1", "labels": {labels::INPUTS: "abc"}},
+            "status": {"conditions": [{"type": "Failed", "status": "True"}]}
+        }))
+        .unwrap();
+        let s = summarize(&job);
+        assert_eq!(s.state, JobState::Failed);
+        assert_eq!(s.inputs_hash.as_deref(), Some("abc"));
+        let running: Job =
+            serde_json::from_value(json!({"metadata": {"name": "p-2"}, "status": {"active": 1}}))
+                .unwrap();
+        assert_eq!(summarize(&running).state, JobState::Active);
+    }
+
+    #[test]
+    fn long_messages_keep_their_end() {
+        let long = format!("{}tail", "x".repeat(2000));
+        let cut = truncate(&long, 100);
+        assert!(cut.ends_with("tail") && cut.len() <= 104);
+    }
+}

@@ -1,0 +1,280 @@
+//! The CodeSource conditions: a pure function of what one reconcile found.
+//!
+//! `Ready` is True when the last build is of the current inputs (and, with a
+//! `configRef`, sits in the Config); Unknown while a build runs; False on failure.
+//! `Reconciling` and `Stalled` are present only while true (kstatus), as are the
+//! specific negative conditions `FetchFailed` and `BuildFailed`.
+
+use openvox_crds::names::{conditions as types, reasons};
+
+use crate::conditions::ConditionFacts;
+
+/// Where publishing into the Config stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConfigState {
+    /// No `configRef`, or nothing built yet.
+    NotWanted,
+    /// The Config carries the image.
+    Updated {
+        /// Config name.
+        name: String,
+        /// What it carries.
+        image: String,
+    },
+    /// The Config does not exist.
+    NotFound(String),
+    /// Patching failed.
+    Failed(String),
+    /// The build that produced the image is still finishing.
+    Pending,
+}
+
+/// What the reconcile found, reduced to what the conditions say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// The spec cannot work (message); nothing else is looked at.
+    pub invalid_spec: Option<String>,
+    /// `spec.suspend`.
+    pub suspended: bool,
+    /// Listing the heads failed (message).
+    pub fetch_failed: Option<String>,
+    /// No branch matches (message).
+    pub no_matching_branches: bool,
+    /// A worker Job runs (name).
+    pub building: Option<String>,
+    /// The last launch failed (message with the Job's reason).
+    pub build_failed: Option<String>,
+    /// The last build is of the current inputs.
+    pub up_to_date: bool,
+    /// The image of the last build.
+    pub last_image: Option<String>,
+    /// Publishing into the Config.
+    pub config: ConfigState,
+}
+
+/// The conditions that describe `o`.
+pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
+    let mut out: Vec<ConditionFacts> = Vec::new();
+    if let Some(message) = &o.invalid_spec {
+        out.push((
+            types::READY,
+            "False",
+            reasons::INVALID_SPEC,
+            message.clone(),
+        ));
+        out.push((
+            types::STALLED,
+            "True",
+            reasons::INVALID_SPEC,
+            message.clone(),
+        ));
+        return out;
+    }
+    let ready: ConditionFacts = if o.suspended {
+        (
+            types::READY,
+            "False",
+            reasons::SUSPENDED,
+            "suspended; the last image stays in place".into(),
+        )
+    } else if let Some(message) = &o.fetch_failed {
+        (
+            types::READY,
+            "False",
+            reasons::GIT_OPERATION_FAILED,
+            message.clone(),
+        )
+    } else if let Some(job) = &o.building {
+        (
+            types::READY,
+            "Unknown",
+            reasons::PROGRESSING,
+            format!("building in job {job}"),
+        )
+    } else if let Some(message) = &o.build_failed {
+        (
+            types::READY,
+            "False",
+            reasons::BUILD_FAILED,
+            message.clone(),
+        )
+    } else if o.no_matching_branches {
+        (
+            types::READY,
+            "False",
+            reasons::NO_MATCHING_BRANCHES,
+            "no remote branch matches git.branches".into(),
+        )
+    } else if let ConfigState::NotFound(name) = &o.config {
+        (
+            types::READY,
+            "False",
+            reasons::CONFIG_NOT_FOUND,
+            format!("Config {name:?} does not exist"),
+        )
+    } else if let ConfigState::Failed(message) = &o.config {
+        (
+            types::READY,
+            "False",
+            reasons::CONFIG_NOT_FOUND,
+            message.clone(),
+        )
+    } else if o.up_to_date {
+        let image = o.last_image.clone().unwrap_or_default();
+        (
+            types::READY,
+            "True",
+            reasons::SUCCEEDED,
+            format!("stored artifact {image}"),
+        )
+    } else {
+        (
+            types::READY,
+            "Unknown",
+            reasons::PROGRESSING,
+            "waiting for the build record".into(),
+        )
+    };
+    out.push(ready);
+    if let Some(job) = &o.building {
+        out.push((
+            types::RECONCILING,
+            "True",
+            reasons::PROGRESSING,
+            format!("building in job {job}"),
+        ));
+    }
+    if let Some(message) = &o.fetch_failed {
+        out.push((
+            types::FETCH_FAILED,
+            "True",
+            reasons::GIT_OPERATION_FAILED,
+            message.clone(),
+        ));
+    }
+    if let Some(message) = &o.build_failed {
+        out.push((
+            types::BUILD_FAILED,
+            "True",
+            reasons::BUILD_FAILED,
+            message.clone(),
+        ));
+    }
+    match &o.config {
+        ConfigState::NotWanted | ConfigState::Pending => {}
+        ConfigState::Updated { name, image } => out.push((
+            types::CONFIG_UPDATED,
+            "True",
+            reasons::CONFIG_UPDATED,
+            format!("Config {name} carries {image}"),
+        )),
+        ConfigState::NotFound(name) => out.push((
+            types::CONFIG_UPDATED,
+            "False",
+            reasons::CONFIG_NOT_FOUND,
+            format!("Config {name:?} does not exist; retrying"),
+        )),
+        ConfigState::Failed(message) => out.push((
+            types::CONFIG_UPDATED,
+            "False",
+            reasons::CONFIG_NOT_FOUND,
+            message.clone(),
+        )),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy() -> Observed {
+        Observed {
+            invalid_spec: None,
+            suspended: false,
+            fetch_failed: None,
+            no_matching_branches: false,
+            building: None,
+            build_failed: None,
+            up_to_date: true,
+            last_image: Some("r@sha256:1".into()),
+            config: ConfigState::Updated {
+                name: "prod".into(),
+                image: "r@sha256:1".into(),
+            },
+        }
+    }
+
+    fn get<'a>(c: &'a [ConditionFacts], t: &str) -> Option<&'a ConditionFacts> {
+        c.iter().find(|f| f.0 == t)
+    }
+
+    #[test]
+    fn given_a_current_build_in_config_the_codesource_is_ready() {
+        let c = codesource_conditions(&healthy());
+        assert_eq!(get(&c, "Ready").unwrap().1, "True");
+        assert_eq!(get(&c, "ConfigUpdated").unwrap().1, "True");
+        assert!(get(&c, "Reconciling").is_none() && get(&c, "Stalled").is_none());
+    }
+
+    #[test]
+    fn given_an_invalid_spec_the_codesource_is_stalled() {
+        let c = codesource_conditions(&Observed {
+            invalid_spec: Some("bad cron".into()),
+            ..healthy()
+        });
+        assert_eq!(get(&c, "Stalled").unwrap().1, "True");
+        assert_eq!(get(&c, "Ready").unwrap().2, "InvalidSpec");
+    }
+
+    #[test]
+    fn given_a_running_build_the_codesource_is_reconciling() {
+        let c = codesource_conditions(&Observed {
+            building: Some("p-1".into()),
+            ..healthy()
+        });
+        assert_eq!(get(&c, "Ready").unwrap().1, "Unknown");
+        assert!(get(&c, "Reconciling").unwrap().3.contains("p-1"));
+    }
+
+    #[test]
+    fn given_a_failed_build_the_reason_is_reported_and_config_keeps_its_image() {
+        let c = codesource_conditions(&Observed {
+            build_failed: Some("job p-2 failed: Puppetfile: bad".into()),
+            up_to_date: false,
+            ..healthy()
+        });
+        assert_eq!(get(&c, "Ready").unwrap().2, "BuildFailed");
+        assert!(get(&c, "BuildFailed").unwrap().3.contains("Puppetfile"));
+        assert_eq!(get(&c, "ConfigUpdated").unwrap().1, "True");
+    }
+
+    #[test]
+    fn given_a_failed_fetch_fetch_failed_is_set() {
+        let c = codesource_conditions(&Observed {
+            fetch_failed: Some("timeout".into()),
+            ..healthy()
+        });
+        assert_eq!(get(&c, "FetchFailed").unwrap().2, "GitOperationFailed");
+        assert_eq!(get(&c, "Ready").unwrap().1, "False");
+    }
+
+    #[test]
+    fn given_a_missing_config_the_condition_says_so() {
+        let c = codesource_conditions(&Observed {
+            config: ConfigState::NotFound("prod".into()),
+            ..healthy()
+        });
+        assert_eq!(get(&c, "ConfigUpdated").unwrap().2, "ConfigNotFound");
+        assert_eq!(get(&c, "Ready").unwrap().1, "False");
+    }
+
+    #[test]
+    fn given_suspend_ready_says_suspended() {
+        let c = codesource_conditions(&Observed {
+            suspended: true,
+            ..healthy()
+        });
+        assert_eq!(get(&c, "Ready").unwrap().2, "Suspended");
+    }
+}

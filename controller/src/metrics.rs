@@ -1,0 +1,171 @@
+//! Prometheus metrics of the controller, served at `/metrics` in the OpenMetrics text
+//! format. Label values are low-cardinality: controller, error reason, build result.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming the controller (`codesource`, `pool`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// Which controller.
+    pub controller: String,
+}
+
+/// Labels of a failed reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// Which controller.
+    pub controller: String,
+    /// The error's stable reason.
+    pub reason: String,
+}
+
+/// Labels of a finished build.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// `started`, `succeeded` or `failed`.
+    pub result: String,
+}
+
+/// Labels of a head check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeadCheckLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// All metrics; cheap to clone (every family is reference counted).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    reconciles: Family<ControllerLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    builds: Family<BuildLabels, Counter>,
+    head_checks: Family<HeadCheckLabels, Histogram>,
+    reconcile_duration: Family<ControllerLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `openvox_code` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("openvox_code");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles run", reconciles.clone());
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that failed, by reason",
+            errors.clone(),
+        );
+        let builds = Family::<BuildLabels, Counter>::default();
+        registry.register("builds", "Worker builds by result", builds.clone());
+        let head_checks = Family::<HeadCheckLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.05, 2.0, 10))
+        });
+        registry.register(
+            "head_check_duration_seconds",
+            "Time to list the remote heads (one listing per repository and credentials)",
+            head_checks.clone(),
+        );
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 12))
+            });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            reconcile_duration.clone(),
+        );
+        Self {
+            registry: Arc::new(registry),
+            reconciles,
+            errors,
+            builds,
+            head_checks,
+            reconcile_duration,
+        }
+    }
+
+    /// Counts one reconcile of `controller` that took `took`.
+    pub fn reconciled(&self, controller: &str, took: Duration) {
+        let labels = ControllerLabels {
+            controller: controller.into(),
+        };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed reconcile.
+    pub fn failed(&self, controller: &str, reason: &str) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                controller: controller.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Counts a build event (`started`, `succeeded`, `failed`).
+    pub fn build(&self, result: &str) {
+        self.builds
+            .get_or_create(&BuildLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// Records one head listing.
+    pub fn head_check(&self, took: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.head_checks
+            .get_or_create(&HeadCheckLabels {
+                result: result.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The OpenMetrics text of all metrics.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_metrics_name_what_happened() {
+        let metrics = Metrics::new();
+        metrics.reconciled("codesource", Duration::from_millis(3));
+        metrics.failed("codesource", "GitOperationFailed");
+        metrics.build("started");
+        metrics.head_check(Duration::from_millis(80), true);
+        let text = metrics.encode();
+        assert!(
+            text.contains("openvox_code_reconciles_total{controller=\"codesource\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"GitOperationFailed\""));
+        assert!(text.contains("openvox_code_builds_total{result=\"started\"} 1"));
+        assert!(text.contains("openvox_code_head_check_duration_seconds_count{result=\"ok\"} 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
