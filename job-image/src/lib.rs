@@ -12,6 +12,7 @@ pub mod cli;
 pub mod environments;
 pub mod forge;
 pub mod git;
+pub mod image;
 pub mod limits;
 pub mod progress;
 pub mod puppetfile;

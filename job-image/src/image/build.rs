@@ -1,0 +1,466 @@
+//! The `build` command: environments of a control repository into a digest-pinned OCI
+//! image, pushed to a registry (`--image`) or written as an OCI layout
+//! (`--oci-layout`). The pinned reference is the last line of standard output and,
+//! in a pod, the termination message; a failure writes its one-line reason there.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{ArgGroup, Args};
+
+use super::auth::DockerConfig;
+use super::builder::{
+    ImageEnvironment, ImageError, ImageOptions, ImageRequest, Output, PublishedImage, build_image,
+};
+use super::layout::Layout;
+use super::push::{PushError, Registry, RegistryOptions, Repository, RetryPolicy, read_ca};
+use super::reuse::PreviousImage;
+use crate::cli::{CliError, SourceArgs};
+use crate::environments::{BuildError, EnvironmentFailure, build_environments};
+use crate::git::{FetchedRepo, mask_text, mask_url};
+use crate::progress::Step;
+
+/// Default path of the termination message in a pod.
+pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Arguments of `build`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("output").required(true).args(["image", "oci_layout"])))]
+pub struct BuildArgs {
+    /// Where the environments come from (shared with `sync`).
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Registry repository to push to (`registry.example.com/puppet/code`, no tag).
+    #[arg(long, value_name = "REGISTRY/REPOSITORY")]
+    pub image: Option<String>,
+    /// Write an OCI image layout into this directory instead of pushing.
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: Option<PathBuf>,
+    /// Extra tag to push (or reference name in the layout). Repeat for more.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Docker config with registry credentials (`config.json` of a
+    /// kubernetes.io/dockerconfigjson Secret). Default: `$DOCKER_CONFIG/config.json`
+    /// when DOCKER_CONFIG is set.
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
+    /// PEM file with CA certificates to trust for the registry, besides the system's.
+    #[arg(long, value_name = "PATH")]
+    pub registry_ca: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (loopback or a trusted network only).
+    #[arg(long, visible_alias = "insecure-registry")]
+    pub insecure: bool,
+    /// Image to reuse unchanged layers from (`registry/repository@sha256:…` or a tag).
+    /// Default: the first --tag of --image, or the image already in --oci-layout.
+    #[arg(long, value_name = "REFERENCE")]
+    pub previous: Option<String>,
+    /// Tries per registry request before giving up (transient failures only).
+    #[arg(long, default_value_t = 5)]
+    pub push_retries: u32,
+    /// `architecture` written into the image config.
+    #[arg(long, default_value = "amd64")]
+    pub architecture: String,
+    /// Layers built at a time. Default: the number of CPUs.
+    #[arg(long)]
+    pub build_jobs: Option<usize>,
+    /// Blobs sent at a time.
+    #[arg(long, default_value_t = 4)]
+    pub upload_jobs: usize,
+    /// Where the one-line result (the reference, or the failure) is written for the
+    /// controller. Written only when the file's directory exists.
+    #[arg(long, default_value = TERMINATION_LOG, value_name = "PATH")]
+    pub termination_log: PathBuf,
+}
+
+/// The result of `build`.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// `<repository>@sha256:…` (or `oci:<dir>@sha256:…`).
+    pub reference: String,
+    pub image: PublishedImage,
+    /// Selected branches that failed; the image keeps their previous layer if it had
+    /// one.
+    pub failures: Vec<EnvironmentFailure>,
+}
+
+impl BuiltImage {
+    /// One line naming every failure, or `None` when all went well.
+    pub fn failure_summary(&self) -> Option<String> {
+        if self.failures.is_empty() {
+            return None;
+        }
+        let reasons: Vec<String> = self.failures.iter().map(ToString::to_string).collect();
+        Some(format!(
+            "{} environments failed: {}",
+            self.failures.len(),
+            reasons.join("; ")
+        ))
+    }
+}
+
+/// A build that did not publish an image.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Environments(#[from] BuildError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Push(#[from] PushError),
+    #[error("{}", first_failure(.0))]
+    AllFailed(Vec<EnvironmentFailure>),
+}
+
+fn first_failure(failures: &[EnvironmentFailure]) -> String {
+    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    format!("every environment failed: {}", reasons.join("; "))
+}
+
+impl BuildArgs {
+    fn work_dir(&self) -> PathBuf {
+        self.source
+            .work_dir
+            .clone()
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    fn registry_options(&self) -> Result<RegistryOptions, RunError> {
+        let config_path = self.registry_config.clone().or_else(|| {
+            std::env::var_os("DOCKER_CONFIG").map(|d| PathBuf::from(d).join("config.json"))
+        });
+        let docker_config = match config_path {
+            Some(path) if self.registry_config.is_some() || path.exists() => {
+                DockerConfig::load(&path).map_err(PushError::from)?
+            }
+            _ => DockerConfig::default(),
+        };
+        let ca_pem = self.registry_ca.as_deref().map(read_ca).transpose()?;
+        Ok(RegistryOptions {
+            insecure: self.insecure,
+            ca_pem,
+            docker_config,
+            retry: RetryPolicy {
+                attempts: self.push_retries.max(1),
+                ..RetryPolicy::default()
+            },
+            timeout: Some(self.source.timeout),
+        })
+    }
+
+    /// Checks what can be checked before any network work.
+    fn validate(&self) -> Result<(), RunError> {
+        for tag in &self.tags {
+            let valid = !tag.is_empty()
+                && tag.len() <= 128
+                && tag
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && !tag.starts_with(['.', '-']);
+            if !valid {
+                return Err(RunError::Usage(format!(
+                    "--tag {tag:?} is not a valid tag (letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')"
+                )));
+            }
+        }
+        if self.architecture.is_empty() {
+            return Err(RunError::Usage("--architecture must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Commit time (seconds since the epoch, committer time) of `commit`.
+fn commit_time(repo: &FetchedRepo, commit: &str) -> Result<i64, String> {
+    let id =
+        gix::ObjectId::from_hex(commit.as_bytes()).map_err(|e| format!("commit {commit}: {e}"))?;
+    let handle = repo.repo();
+    let commit = handle
+        .find_commit(id)
+        .map_err(|e| format!("commit {id}: {e}"))?;
+    let time = commit.time().map_err(|e| format!("commit {id}: {e}"))?;
+    Ok(time.seconds)
+}
+
+/// Reads the previous image from a registry; `None` (with a warning) when it cannot
+/// be read: the build then starts from scratch.
+async fn previous_from_registry(
+    reference: &str,
+    options: &RegistryOptions,
+) -> Option<PreviousImage> {
+    let step = Step::start("previous", reference);
+    let parsed = match oci_client::Reference::try_from(reference) {
+        Ok(r) => r,
+        Err(e) => {
+            step.failed(format!(
+                "not an image reference ({e}); building every layer"
+            ));
+            return None;
+        }
+    };
+    let repository = Repository {
+        host: parsed.registry().to_owned(),
+        path: parsed.repository().to_owned(),
+    };
+    let result = async {
+        let registry = Registry::connect(&repository, options).await?;
+        registry.fetch_image_documents(&parsed).await
+    }
+    .await;
+    match result {
+        Ok((manifest, _digest, config)) => {
+            match PreviousImage::from_documents(
+                reference,
+                Some(repository.to_string()),
+                &manifest,
+                &config,
+            ) {
+                Ok(previous) => {
+                    step.done(format!("{} layers to compare", previous.layers.len()));
+                    Some(previous)
+                }
+                Err(e) => {
+                    step.failed(format!("{e}; building every layer"));
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            step.failed(format!("{e}; building every layer"));
+            None
+        }
+    }
+}
+
+/// Writes `text` as the termination message when the file's directory exists (in a
+/// pod, `/dev`); errors are only logged: the message is a courtesy to the controller.
+pub fn write_termination_message(path: &Path, text: &str) {
+    let exists = path
+        .parent()
+        .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir());
+    if !exists {
+        return;
+    }
+    // Kubernetes keeps at most 4096 bytes of it.
+    let line: String = mask_text(&text.replace('\n', " "))
+        .chars()
+        .take(4000)
+        .collect();
+    if let Err(e) = std::fs::write(path, line) {
+        tracing::debug!("termination message {}: {e}", path.display());
+    }
+}
+
+/// Runs `build`. The termination message gets the reference or the failure.
+pub async fn run_build(args: BuildArgs) -> Result<BuiltImage, RunError> {
+    let result = build(&args).await;
+    match &result {
+        Ok(built) => write_termination_message(&args.termination_log, &built.reference),
+        Err(e) => write_termination_message(&args.termination_log, &e.to_string()),
+    }
+    result
+}
+
+async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
+    args.validate()?;
+    let source = args.source.to_source_options()?;
+    // Output first: a bad repository or credentials file fails before any git work.
+    let registry_options = args.registry_options()?;
+    let output = match (&args.image, &args.oci_layout) {
+        (Some(image), _) => {
+            let repository = Repository::parse(image)?;
+            Output::Registry(Arc::new(
+                Registry::connect(&repository, &registry_options).await?,
+            ))
+        }
+        (None, Some(dir)) => Output::Layout(Arc::new(Layout::open(dir).map_err(ImageError::from)?)),
+        (None, None) => {
+            return Err(RunError::Usage(
+                "one of --image and --oci-layout is required".into(),
+            ));
+        }
+    };
+
+    let environments = build_environments(&source).await?;
+    let control = environments.control.clone();
+    let mut image_environments = Vec::new();
+    let mut failures = environments.failed.clone();
+    for env in &environments.built {
+        let time = match &control {
+            Some(repo) => commit_time(repo, &env.inputs.commit),
+            None => Err("the control repository is gone".to_owned()),
+        };
+        match time {
+            Ok(commit_time) => image_environments.push(ImageEnvironment {
+                inputs: env.inputs.clone(),
+                tree: env.tree.clone(),
+                commit_time,
+            }),
+            Err(reason) => failures.push(EnvironmentFailure {
+                name: Some(env.inputs.name.clone()),
+                branch: env.inputs.branch.clone(),
+                reason,
+            }),
+        }
+    }
+
+    let previous = match (&args.previous, &output) {
+        (Some(reference), _) => previous_from_registry(reference, &registry_options).await,
+        (None, Output::Registry(registry)) => match args.tags.first() {
+            Some(tag) => {
+                previous_from_registry(
+                    &registry.repository().with_tag(tag).to_string(),
+                    &registry_options,
+                )
+                .await
+            }
+            None => None,
+        },
+        (None, Output::Layout(layout)) => match layout.previous() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("{e}; building every layer");
+                None
+            }
+        },
+    };
+
+    let options = ImageOptions {
+        source: mask_url(&args.source.url),
+        architecture: args.architecture.clone(),
+        tags: args.tags.clone(),
+        work_dir: args.work_dir(),
+        build_jobs: args
+            .build_jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+            .max(1),
+        upload_jobs: args.upload_jobs.max(1),
+    };
+    let failed_names: Vec<String> = failures.iter().filter_map(|f| f.name.clone()).collect();
+    let request = ImageRequest {
+        environments: image_environments,
+        failed: failed_names,
+        previous,
+    };
+    let image = match build_image(request, &options, &output).await {
+        Ok(image) => image,
+        Err(ImageError::NoEnvironments) if !failures.is_empty() => {
+            return Err(RunError::AllFailed(failures));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for (name, reason) in &image.failed {
+        let branch = environments
+            .built
+            .iter()
+            .find(|e| &e.inputs.name == name)
+            .map(|e| e.inputs.branch.clone())
+            .unwrap_or_default();
+        failures.push(EnvironmentFailure {
+            name: Some(name.clone()),
+            branch,
+            reason: reason.clone(),
+        });
+    }
+    failures.sort_by(|a, b| a.branch.cmp(&b.branch));
+    drop(environments);
+    Ok(BuiltImage {
+        reference: image.reference.clone(),
+        image,
+        failures,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::InvalidBranchesArg;
+
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: BuildArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<BuildArgs, clap::Error> {
+        let mut argv = vec![
+            "build",
+            "--url",
+            "git://127.0.0.1/control.git",
+            "--branch",
+            "production",
+        ];
+        argv.extend_from_slice(extra);
+        Wrapper::try_parse_from(argv).map(|w| w.args)
+    }
+
+    #[test]
+    fn exactly_one_output_is_required() {
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--image", "r.example/code", "--oci-layout", "/tmp/x"]).is_err());
+        let args = parse(&["--image", "r.example/code", "--tag", "latest", "--insecure"]).unwrap();
+        assert_eq!(args.image.as_deref(), Some("r.example/code"));
+        assert!(args.insecure);
+        assert_eq!(args.tags, ["latest"]);
+        assert!(
+            parse(&["--oci-layout", "/tmp/x"])
+                .unwrap()
+                .oci_layout
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn source_flags_are_shared_with_sync() {
+        let args = parse(&[
+            "--exclude",
+            "wip_*",
+            "--invalid-branches",
+            "error",
+            "--timeout",
+            "2m",
+            "--oci-layout",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert_eq!(args.source.excludes, ["wip_*"]);
+        assert_eq!(args.source.invalid_branches, InvalidBranchesArg::Error);
+        assert_eq!(args.source.timeout, std::time::Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_tags_are_refused_before_any_work() {
+        for tag in ["", "-x", ".x", "a/b", "a:b", &"t".repeat(129)] {
+            let tag_arg = format!("--tag={tag}");
+            let args = parse(&["--image", "r.example/code", &tag_arg]).unwrap();
+            assert!(
+                matches!(args.validate(), Err(RunError::Usage(_))),
+                "{tag:?}"
+            );
+        }
+        parse(&["--image", "r.example/code", "--tag", "v1.2_3-rc"])
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn termination_messages_are_one_masked_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("termination-log");
+        write_termination_message(
+            &path,
+            "fetch https://user:pw@git.example/c.git: failed\nsecond line",
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("pw@"), "{text}");
+        assert!(!text.contains('\n'));
+        write_termination_message(&dir.path().join("missing/termination-log"), "x");
+    }
+}
