@@ -19,6 +19,8 @@ if ((${#missing[@]})); then
 fi
 
 bash "$here/build-control-plane.sh" >/dev/null
+# The Gateway API TLSRoute CRD, cached from the Go module proxy for cluster.sh.
+bash "$here/cluster.sh" fetch-gateway-api >/dev/null
 if [[ -f "$here/install-kubectl-helm.sh" ]]; then
   bash "$here/install-kubectl-helm.sh" >/dev/null
 fi
