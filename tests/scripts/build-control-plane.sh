@@ -8,11 +8,21 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 module="$here/k8s"
 version=$(grep -E "^\s*k8s.io/kubernetes v" "$module/go.mod" | awk "{print \$2}" | head -1)
-key=$(cat "$module/go.mod" "$module/go.sum" "$module"/cmd/*/main.go | sha256sum | cut -c1-12)
+key=$(cat "$0" "$module/go.mod" "$module/go.sum" "$module"/cmd/*/main.go | sha256sum | cut -c1-12)
 cache="${OPENVOX_CODE_CACHE:-$HOME/.cache/openvox-code}"
 bin="$cache/control-plane/$version-$key/bin"
 
-if [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/etcd" ]]; then
+built() { [[ -x "$bin/kube-apiserver" && -x "$bin/kube-controller-manager" && -x "$bin/etcd" ]]; }
+if built; then
+  echo "$bin"
+  exit 0
+fi
+
+# Test binaries start control planes in parallel; one builds, the others wait for it.
+mkdir -p "$cache/control-plane"
+exec 9>"$cache/control-plane/.build.lock"
+flock 9
+if built; then
   echo "$bin"
   exit 0
 fi
@@ -25,13 +35,22 @@ echo "building Kubernetes $version control plane into $bin (first run only; take
   cd "$module"
   # -trimpath and no DWARF keep the binaries small; CGO off gives static binaries.
   export CGO_ENABLED=0 GOFLAGS=-mod=mod
+  # Stamp the Kubernetes version the way the upstream release build does, so clients
+  # (kubectl's skew check, Helm's kubeVersion) see v1.x.y and not v0.0.0-master.
+  minor=${version#v1.}; minor=${minor%%.*}
+  pkg=k8s.io/component-base/version
+  stamp="-X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  stamp="$stamp -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
   for cmd in etcd kube-apiserver kube-controller-manager; do
     t0=$(date +%s)
-    go build -trimpath -ldflags='-s -w' -o "$bin.partial/$cmd" "./cmd/$cmd"
+    go build -trimpath -ldflags="-s -w $stamp" -o "$bin.partial/$cmd" "./cmd/$cmd"
     echo "  built $cmd in $(( $(date +%s) - t0 ))s" >&2
   done
 )
 rm -rf "$bin"
 mv "$bin.partial" "$bin"
+# Older builds are not used any more; a control plane still running from one keeps
+# its (unlinked) binaries until it stops.
+find "$cache/control-plane" -mindepth 1 -maxdepth 1 ! -name "$version-$key" ! -name .build.lock -exec rm -rf {} +
 echo "control plane built in $(( $(date +%s) - start ))s" >&2
 echo "$bin"
