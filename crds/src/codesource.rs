@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, LocalObjectReference, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -153,7 +155,9 @@ pub struct ModulesSpec {
 
 impl Default for ModulesSpec {
     fn default() -> Self {
-        Self { forge_url: default_forge_url() }
+        Self {
+            forge_url: default_forge_url(),
+        }
     }
 }
 
@@ -182,7 +186,10 @@ pub struct OutputSpec {
     /// Extra tags pushed for every build (for example `latest`). The Config is always
     /// pinned by digest, never by these tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 20), inner(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")))]
+    #[schemars(
+        length(max = 20),
+        inner(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"))
+    )]
     pub tags: Vec<String>,
 
     /// Secret of type `kubernetes.io/dockerconfigjson` with push credentials for the

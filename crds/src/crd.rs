@@ -7,12 +7,26 @@ use crate::{CodeSource, Pool};
 
 /// Our CRDs with the file name each is committed under.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![("codesources.yaml", CodeSource::crd()), ("pools.yaml", Pool::crd())]
+    vec![
+        ("codesources.yaml", CodeSource::crd()),
+        ("pools.yaml", Pool::crd()),
+    ]
 }
 
 /// Where the Helm chart keeps its copy of the CRDs, given this crate's directory.
 pub fn chart_crd_dir(crate_dir: &std::path::Path) -> std::path::PathBuf {
     crate_dir.join("../charts/openvox-code/files/crds")
+}
+
+/// Where the generated API reference lives, given this crate's directory.
+pub fn reference_path(crate_dir: &std::path::Path) -> std::path::PathBuf {
+    crate_dir.join("../docs/api.md")
+}
+
+/// The API reference of all our kinds, as Markdown.
+pub fn reference() -> String {
+    let crds: Vec<CustomResourceDefinition> = all().into_iter().map(|(_, crd)| crd).collect();
+    crate::reference::markdown(&crds)
 }
 
 /// A CRD as YAML, with a header saying where it comes from.

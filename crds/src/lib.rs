@@ -7,6 +7,7 @@ pub mod crd;
 pub mod names;
 pub mod operator;
 pub mod pool;
+pub mod reference;
 
 pub use codesource::{CodeSource, CodeSourceSpec, CodeSourceStatus};
 pub use pool::{Pool, PoolSpec, PoolStatus};

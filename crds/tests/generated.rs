@@ -22,6 +22,18 @@ fn committed_crds_match_what_crdgen_generates() {
     }
 }
 
+#[test]
+fn committed_api_reference_matches_the_crds() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = crd::reference_path(dir);
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == crd::reference(),
+        "{} differs from the CRDs; run `make crds` and commit the result",
+        path.display()
+    );
+}
+
 /// Paths of schema properties that have no description.
 fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
@@ -32,7 +44,8 @@ fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
                 .and_then(Value::as_str)
                 .is_some_and(|d| !d.trim().is_empty());
             // apiVersion/kind/metadata are documented by Kubernetes itself.
-            let standard = path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
+            let standard =
+                path.is_empty() && ["apiVersion", "kind", "metadata"].contains(&name.as_str());
             if !documented && !standard {
                 out.push(here.clone());
             }
@@ -54,7 +67,10 @@ fn every_schema_property_has_a_description() {
             let schema = &version["schema"]["openAPIV3Schema"];
             let mut missing = Vec::new();
             undocumented(schema, "", &mut missing);
-            assert!(missing.is_empty(), "{file}: properties without description: {missing:#?}");
+            assert!(
+                missing.is_empty(),
+                "{file}: properties without description: {missing:#?}"
+            );
         }
     }
 }
@@ -74,7 +90,12 @@ fn our_kinds_have_status_subresources_and_the_agreed_columns() {
     let all = crd::all();
     for (_, crd) in &all {
         let v = &crd.spec.versions[0];
-        assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.group, openvox_crds::names::GROUP);
     }

@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 
 /// The part of openvox-operator's Certificate spec that openvox-code uses.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(group = "openvox.voxpupuli.org", version = "v1alpha1", kind = "Certificate", namespaced)]
+#[kube(
+    group = "openvox.voxpupuli.org",
+    version = "v1alpha1",
+    kind = "Certificate",
+    namespaced
+)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateSpec {
     /// Extra DNS names of the certificate.

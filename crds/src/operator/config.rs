@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 
 /// The part of openvox-operator's Config spec that openvox-code uses.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(group = "openvox.voxpupuli.org", version = "v1alpha1", kind = "Config", namespaced)]
+#[kube(
+    group = "openvox.voxpupuli.org",
+    version = "v1alpha1",
+    kind = "Config",
+    namespaced
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigSpec {
     /// Where the servers get their Puppet code; absent when none is configured.
@@ -93,12 +98,16 @@ mod tests {
         .unwrap();
         let code = spec.code.unwrap();
         assert!(matches!(code, CodeShape::List(ref l) if l.len() == 2));
-        assert_eq!(code.whole_tree_entry().unwrap().image.as_deref(), Some("b@sha256:2"));
+        assert_eq!(
+            code.whole_tree_entry().unwrap().image.as_deref(),
+            Some("b@sha256:2")
+        );
     }
 
     #[test]
     fn a_config_without_code_reads_as_none() {
-        let spec: ConfigSpec = serde_json::from_value(serde_json::json!({"authorityRef": "ca"})).unwrap();
+        let spec: ConfigSpec =
+            serde_json::from_value(serde_json::json!({"authorityRef": "ca"})).unwrap();
         assert_eq!(spec.code, None);
     }
 }

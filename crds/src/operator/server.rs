@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 
 /// The part of openvox-operator's Server spec that openvox-code uses.
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(group = "openvox.voxpupuli.org", version = "v1alpha1", kind = "Server", namespaced)]
+#[kube(
+    group = "openvox.voxpupuli.org",
+    version = "v1alpha1",
+    kind = "Server",
+    namespaced
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSpec {
     /// Config the Server runs with.
