@@ -159,8 +159,24 @@ pub struct Environments {
 /// Builds the environments described by `options`.
 pub async fn build_environments(options: &SourceOptions) -> Result<Environments, BuildError> {
     let url = RepoUrl::parse(&options.url).map_err(GitError::from)?;
-    let access = GitAccess::new(options.credentials.clone(), url.clone(), options.timeout)?
-        .with_full_history_allowed(options.allow_full_history);
+    // Every temporary file of this build lives below `work`: dropping it removes them
+    // all, even those of an operation abandoned at its deadline.
+    let work = tempfile::Builder::new()
+        .prefix("openvox-code-work-")
+        .tempdir_in(&options.work_dir)
+        .map_err(|e| {
+            BuildError::Local(format!(
+                "work directory in {}: {e}",
+                options.work_dir.display()
+            ))
+        })?;
+    let access = GitAccess::new_in(
+        options.credentials.clone(),
+        url.clone(),
+        options.timeout,
+        work.path(),
+    )?
+    .with_full_history_allowed(options.allow_full_history);
     let origin = access.origin()?;
 
     // 1. Heads.
@@ -227,7 +243,7 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
             failed,
             selected_names,
             control: None,
-            _work: None,
+            _work: Some(work),
         });
     }
 
@@ -256,15 +272,6 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
     ));
 
     // 4. Environments, concurrently; modules are shared through the resolver.
-    let work = tempfile::Builder::new()
-        .prefix("openvox-code-work-")
-        .tempdir_in(&options.work_dir)
-        .map_err(|e| {
-            BuildError::Local(format!(
-                "work directory in {}: {e}",
-                options.work_dir.display()
-            ))
-        })?;
     let forge = ForgeClient::new(
         options.timeout,
         options.credentials.ca_pem.as_deref(),

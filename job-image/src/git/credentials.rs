@@ -209,11 +209,19 @@ impl Credentials {
     }
 
     /// The secret values, for redacting them from any text that might echo them.
-    pub fn secret_values(&self) -> Vec<&str> {
+    /// Includes the base64 form of `username:password`, as sent in a basic auth header.
+    pub fn secret_values(&self) -> Vec<String> {
+        use base64::Engine as _;
         let mut out = Vec::new();
         match &self.http {
-            Some(HttpAuth::Basic { password, .. }) => out.push(password.expose()),
-            Some(HttpAuth::Bearer(token)) => out.push(token.expose()),
+            Some(HttpAuth::Basic { username, password }) => {
+                out.push(password.expose().to_owned());
+                out.push(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", password.expose())),
+                );
+            }
+            Some(HttpAuth::Bearer(token)) => out.push(token.expose().to_owned()),
             None => {}
         }
         out
@@ -297,7 +305,7 @@ mod tests {
                 password: Secret::new("hunter22")
             })
         );
-        assert_eq!(c.secret_values(), ["hunter22"]);
+        assert_eq!(c.secret_values(), ["hunter22", "ZGVwbG95Omh1bnRlcjIy"]);
 
         let d = dir_with(&[("bearerToken", "tok-123")]);
         let c = Credentials::from_secret_dir(d.path()).unwrap();

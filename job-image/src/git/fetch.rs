@@ -121,7 +121,7 @@ impl Remote {
     /// Fetches `wants` into a new bare temporary repository. Refs that the remote does
     /// not have are an error naming them.
     pub fn fetch(&self, wants: &[FetchWant], depth: Depth) -> Result<FetchedRepo, GitError> {
-        let this = self.clone();
+        let mut this = self.clone();
         let wants = wants.to_vec();
         let url = self.display_url();
         run_with_deadline(self.timeout(), "fetch", &url, move |interrupt| {
@@ -130,7 +130,7 @@ impl Remote {
     }
 
     fn fetch_now(
-        &self,
+        &mut self,
         wants: &[FetchWant],
         depth: Depth,
         interrupt: &AtomicBool,

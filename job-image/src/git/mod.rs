@@ -27,7 +27,8 @@ pub use fetch::{FetchWant, FetchedRepo};
 pub use remote::{GitAccess, Head, Remote, RemoteRef};
 pub use url::{RepoUrl, Transport, UrlError, mask_text, mask_url};
 
-/// A git operation that failed. Every text is masked and redacted.
+/// A git operation that failed. Every text is masked and redacted (the secret values,
+/// and for basic auth also their base64 form, never appear).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GitError {
     #[error(transparent)]
@@ -39,7 +40,7 @@ pub enum GitError {
         message: String,
     },
     #[error(
-        "{operation} {url}: authentication failed or required ({message}); check the secret's username/password, bearerToken or identity"
+        "{operation} {url}: authentication failed or required ({message}); check the secret's username/password, bearerToken, or identity and known_hosts"
     )]
     Auth {
         operation: &'static str,

@@ -48,19 +48,23 @@ struct SshFiles {
 }
 
 impl SshFiles {
-    fn write(auth: Option<&super::SshAuth>, timeout: Duration) -> Result<Self, GitError> {
+    fn write(
+        auth: Option<&super::SshAuth>,
+        timeout: Duration,
+        temp_root: &Path,
+    ) -> Result<Self, GitError> {
         use std::os::unix::fs::PermissionsExt;
         let setup = |e: std::io::Error| GitError::SshSetup(e.to_string());
         let dir = tempfile::Builder::new()
             .prefix("openvox-code-ssh-")
-            .tempdir()
+            .tempdir_in(temp_root)
             .map_err(setup)?;
         let known_hosts = dir.path().join("known_hosts");
         let content = auth.map(|a| a.known_hosts.as_str()).unwrap_or("");
         std::fs::write(&known_hosts, content).map_err(setup)?;
         let mut command = format!(
             "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} \
-             -o GlobalKnownHostsFile=/dev/null -o ConnectTimeout={} -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
+             -o GlobalKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout={} -o ServerAliveInterval=15 -o ServerAliveCountMax=4",
             shell_quote(&known_hosts),
             timeout.as_secs().max(1)
         );
@@ -95,6 +99,7 @@ pub struct GitAccess {
     ssh: Option<Arc<SshFiles>>,
     timeout: Duration,
     allow_full_history: bool,
+    temp_root: std::path::PathBuf,
 }
 
 impl GitAccess {
@@ -106,11 +111,24 @@ impl GitAccess {
         origin: RepoUrl,
         timeout: Duration,
     ) -> Result<Self, GitError> {
+        Self::new_in(credentials, origin, timeout, &std::env::temp_dir())
+    }
+
+    /// Like [`GitAccess::new`], with every temporary file (ssh key, scratch repositories)
+    /// below `temp_root`. A caller that removes `temp_root` when it is done also removes
+    /// what an operation abandoned at its deadline left behind.
+    pub fn new_in(
+        credentials: Credentials,
+        origin: RepoUrl,
+        timeout: Duration,
+        temp_root: &Path,
+    ) -> Result<Self, GitError> {
         let needs_ssh = credentials.ssh.is_some() || origin.transport() == Transport::Ssh;
         let ssh = if needs_ssh {
             Some(Arc::new(SshFiles::write(
                 credentials.ssh.as_ref(),
                 timeout,
+                temp_root,
             )?))
         } else {
             None
@@ -121,6 +139,7 @@ impl GitAccess {
             ssh,
             timeout,
             allow_full_history: false,
+            temp_root: temp_root.to_owned(),
         })
     }
 
@@ -145,16 +164,15 @@ impl GitAccess {
                 Some(files) => Some(files.clone()),
                 // A module on ssh while the control repository is not: strict checking
                 // with an empty known_hosts, which fails with a clear ssh message.
-                None => Some(Arc::new(SshFiles::write(None, self.timeout)?)),
+                None => Some(Arc::new(SshFiles::write(
+                    None,
+                    self.timeout,
+                    &self.temp_root,
+                )?)),
             },
             _ => None,
         };
-        let secrets = self
-            .credentials
-            .secret_values()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let secrets = self.credentials.secret_values();
         Ok(Remote {
             url,
             http,
@@ -162,6 +180,8 @@ impl GitAccess {
             ssh,
             timeout: self.timeout,
             allow_full_history: self.allow_full_history,
+            temp_root: self.temp_root.clone(),
+            ssh_log: None,
             secrets: Arc::new(secrets),
         })
     }
@@ -178,11 +198,7 @@ impl GitAccess {
 
     /// Secret values to redact from any text.
     pub fn secret_values(&self) -> Vec<String> {
-        self.credentials
-            .secret_values()
-            .into_iter()
-            .map(str::to_owned)
-            .collect()
+        self.credentials.secret_values()
     }
 }
 
@@ -195,6 +211,9 @@ pub struct Remote {
     ssh: Option<Arc<SshFiles>>,
     timeout: Duration,
     allow_full_history: bool,
+    temp_root: std::path::PathBuf,
+    /// Where ssh writes its messages during one operation (set on the operation's copy).
+    ssh_log: Option<std::path::PathBuf>,
     secrets: Arc<Vec<String>>,
 }
 
@@ -245,7 +264,7 @@ impl Remote {
     /// Lists the refs whose names start with one of `prefixes` (each ending in `/`, such
     /// as `refs/heads/` or `refs/tags/`). No object is fetched.
     pub fn list_refs(&self, prefixes: &[&str]) -> Result<Vec<RemoteRef>, GitError> {
-        let this = self.clone();
+        let mut this = self.clone();
         let specs: Vec<String> = prefixes.iter().map(|p| format!("+{p}*:{p}*")).collect();
         let url = self.display_url();
         run_with_deadline(self.timeout, "list refs of", &url, move |_interrupt| {
@@ -299,7 +318,16 @@ impl Remote {
             "core.askpass=".to_owned(),
         ];
         if let Some(ssh) = &self.ssh {
-            overrides.push(format!("core.sshCommand={}", ssh.command));
+            // ssh's own messages ("Host key verification failed.") go to a file of this
+            // operation, so errors can quote them; gix passes its arguments as "$@".
+            match &self.ssh_log {
+                Some(log) => overrides.push(format!(
+                    "core.sshCommand={} \"$@\" 2>>{}",
+                    ssh.command,
+                    shell_quote(log)
+                )),
+                None => overrides.push(format!("core.sshCommand={}", ssh.command)),
+            }
         }
         gix::open::Options::isolated()
             .config_overrides(overrides)
@@ -307,11 +335,18 @@ impl Remote {
     }
 
     /// A new empty bare repository in a temporary directory, configured for this remote.
-    pub(crate) fn scratch_repo(&self, operation: &'static str) -> Result<ScratchRepo, GitError> {
+    /// For ssh, this remote (an operation's own copy) then keeps ssh's messages in it.
+    pub(crate) fn scratch_repo(
+        &mut self,
+        operation: &'static str,
+    ) -> Result<ScratchRepo, GitError> {
         let dir = tempfile::Builder::new()
             .prefix("openvox-code-git-")
-            .tempdir()
+            .tempdir_in(&self.temp_root)
             .map_err(|e| GitError::Local(format!("cannot create a temporary directory: {e}")))?;
+        if self.ssh.is_some() {
+            self.ssh_log = Some(dir.path().join("ssh-messages.log"));
+        }
         let repo = gix::ThreadSafeRepository::init_opts(
             dir.path(),
             gix::create::Kind::Bare,
@@ -338,23 +373,10 @@ impl Remote {
         let connection = remote
             .connect(gix::remote::Direction::Fetch)
             .map_err(|e| self.failure(operation, &e))?;
-        let http = self.http.clone();
-        let mut connection = connection.with_credentials(move |action| match action {
-            gix::credentials::helper::Action::Get(context) => match &http {
-                Some(HttpAuth::Basic { username, password }) => {
-                    Ok(Some(gix::credentials::protocol::Outcome {
-                        identity: gix::sec::identity::Account {
-                            username: username.clone(),
-                            password: password.expose().to_owned(),
-                            oauth_refresh_token: None,
-                        },
-                        next: context.into(),
-                    }))
-                }
-                _ => Ok(None),
-            },
-            _ => Ok(None),
-        });
+        // Credentials go out with the first request (see `http_options`); a challenge
+        // after that means they were refused, so the callback never offers more (and
+        // never falls back to credential helpers or prompts).
+        let mut connection = connection.with_credentials(|_| Ok(None));
         if matches!(self.url.transport(), Transport::Https | Transport::Http) {
             connection = connection.with_transport_options(Box::new(self.http_options()));
         }
@@ -362,9 +384,23 @@ impl Remote {
     }
 
     fn http_options(&self) -> http::Options {
+        use base64::Engine as _;
         let mut extra_headers = Vec::new();
-        if let Some(HttpAuth::Bearer(token)) = &self.http {
-            extra_headers.push(format!("Authorization: Bearer {}", token.expose()));
+        match &self.http {
+            Some(HttpAuth::Bearer(token)) => {
+                extra_headers.push(format!("Authorization: Bearer {}", token.expose()))
+            }
+            Some(HttpAuth::Basic { username, password }) => {
+                let pair = format!("{username}:{}", password.expose());
+                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+                extra_headers.push(format!("Authorization: Basic {encoded}"));
+            }
+            None => {}
+        }
+        if self.http.is_some() && self.url.transport() == Transport::Http {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            let url = self.display_url();
+            WARNED.call_once(|| tracing::warn!("credentials are sent over plain http to {url}; use https outside trusted networks"));
         }
         let timeout = self.timeout;
         let ca_pem = self.ca_pem.clone();
@@ -395,7 +431,10 @@ impl Remote {
     /// Turns a gix error into a masked, redacted [`GitError`], telling authentication
     /// problems apart.
     pub(crate) fn failure(&self, operation: &'static str, error: &gix::Error) -> GitError {
-        let message = self.redact(&error_chain(error));
+        let mut message = self.redact(&error_chain(error));
+        if let Some(ssh) = self.ssh_messages() {
+            message = format!("{message} (ssh: {ssh})");
+        }
         let auth_class = matches!(
             error.dominant_class(),
             Some(gix::error::Class::Unauthenticated) | Some(gix::error::Class::PermissionDenied)
@@ -412,6 +451,15 @@ impl Remote {
         .iter()
         .any(|needle| lowered.contains(needle));
         if auth_class || auth_text {
+            let message = if message.contains("No credentials were returned") {
+                if self.http.is_some() {
+                    "the server refused the credentials (HTTP 401)".to_owned()
+                } else {
+                    "the server asks for credentials (HTTP 401) and none are configured".to_owned()
+                }
+            } else {
+                message
+            };
             GitError::Auth {
                 operation,
                 url: self.display_url(),
@@ -424,6 +472,18 @@ impl Remote {
                 message,
             }
         }
+    }
+
+    /// The last lines ssh printed during this operation, if any.
+    fn ssh_messages(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.ssh_log.as_ref()?).ok()?;
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let tail = &lines[lines.len().saturating_sub(3)..];
+        (!tail.is_empty()).then(|| self.redact(&tail.join(" ")))
     }
 
     pub(crate) fn redact(&self, text: &str) -> String {
