@@ -72,6 +72,12 @@ pub struct CodeSourceSpec {
     #[serde(default)]
     pub job: JobSpec,
 
+    /// Push webhooks from the Git host: a push to a watched branch triggers a head
+    /// check at once instead of waiting for the schedule. Unset: the webhook endpoint
+    /// of this CodeSource answers 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+
     /// How many finished successful worker Jobs to keep.
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 0, max = 100))]
@@ -129,6 +135,17 @@ pub struct GitSpec {
 
 fn default_git_timeout() -> String {
     "60s".into()
+}
+
+/// The webhook receiver of a CodeSource, served by the controller at
+/// `POST /hook/<namespace>/<name>`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// Secret (same namespace) whose key `token` holds the webhook secret: the HMAC key
+    /// of GitHub, Gitea and Forgejo signatures, GitLab's secret token, or the bearer
+    /// token of the generic form. Changing it takes effect with the next request.
+    pub secret_ref: LocalObjectReference,
 }
 
 /// Treatment of branch names that are not valid Puppet environment names.
@@ -330,6 +347,11 @@ pub struct CodeSourceStatus {
     /// Value of the `openvox.voxpupuli.org/requestedAt` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_requested_at: Option<String>,
+
+    /// Value of the `openvox.voxpupuli.org/checkRequestedAt` annotation (set by the
+    /// webhook receiver) last acted on with a head check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_check_requested_at: Option<String>,
 
     /// What was last written into the Config's `spec.code`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,6 +17,9 @@ pub const WORKER_MANAGER: &str = "openvox-code-worker";
 /// failure policy fails the Job at once on it instead of retrying the pod.
 pub const WORKER_PERMANENT_FAILURE_EXIT_CODE: i32 = 78;
 
+/// Key of the webhook Secret (`spec.webhook.secretRef`) holding the shared secret.
+pub const WEBHOOK_SECRET_KEY: &str = "token";
+
 /// Labels put on every object we create.
 pub mod labels {
     /// `app.kubernetes.io/name` of our objects.
@@ -51,6 +54,10 @@ pub mod annotations {
     /// Set to any new value to ask for a check and, if needed, a build now
     /// (like Flux's `reconcile.fluxcd.io/requestedAt`).
     pub const REQUESTED_AT: &str = "openvox.voxpupuli.org/requestedAt";
+    /// Set to any new value to ask for a head check now; a build follows only when the
+    /// heads changed. The webhook receiver writes it (an RFC 3339 time) on a push to a
+    /// watched branch. Unlike [`REQUESTED_AT`] it never forces a build.
+    pub const CHECK_REQUESTED_AT: &str = "openvox.voxpupuli.org/checkRequestedAt";
     /// Cluster autoscaler: a running build pod must not be evicted to scale down.
     pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
     /// Records the DNS alt names a Pool added to a Certificate, so exactly those can be
