@@ -186,14 +186,24 @@ impl HeadCache {
         self
     }
 
-    /// The heads of `request.url`, listed now or shared from a listing less than `ttl` old.
-    pub async fn heads(&self, request: HeadRequest) -> Result<Arc<RemoteHeads>, HeadError> {
+    /// The heads of `request.url`, shared from a listing less than `ttl` old that
+    /// started at or after `not_before`, or listed now. Scheduled checks pass the time
+    /// their tick came due, so every CodeSource of that tick shares one listing; a spec
+    /// change or manual trigger passes the current instant and always looks afresh.
+    pub async fn heads(
+        &self,
+        request: HeadRequest,
+        not_before: Instant,
+    ) -> Result<Arc<RemoteHeads>, HeadError> {
         let listing = {
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             entries.retain(|_, (started, _)| now.duration_since(*started) < self.ttl);
             let key = request.key();
-            match entries.get(&key) {
+            match entries
+                .get(&key)
+                .filter(|(started, _)| *started >= not_before)
+            {
                 Some((_, listing)) => listing.clone(),
                 None => {
                     let timeout = request.timeout;
@@ -523,8 +533,9 @@ mod tests {
     async fn given_many_codesources_on_one_repository_heads_are_listed_once() {
         let lister = counting();
         let cache = HeadCache::new(Arc::new(lister.clone()), Duration::from_secs(30));
+        let start = Instant::now();
         let results = futures::future::join_all(
-            (0..10).map(|_| cache.heads(request("https://git.example/r.git", Some("p")))),
+            (0..10).map(|_| cache.heads(request("https://git.example/r.git", Some("p")), start)),
         )
         .await;
         assert!(
@@ -533,28 +544,38 @@ mod tests {
                 .all(|r| r.as_ref().unwrap().get("main").unwrap() == "aa")
         );
         assert_eq!(lister.calls.load(Ordering::SeqCst), 1);
-        // Still within the TTL: no new listing.
+        // Still within the TTL and the same tick: no new listing.
         cache
-            .heads(request("https://git.example/r.git", Some("p")))
+            .heads(request("https://git.example/r.git", Some("p")), start)
             .await
             .unwrap();
         assert_eq!(lister.calls.load(Ordering::SeqCst), 1);
+        // A spec change wants heads from after now: a new listing.
+        cache
+            .heads(
+                request("https://git.example/r.git", Some("p")),
+                Instant::now(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(lister.calls.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn given_other_credentials_the_repository_is_listed_again() {
         let lister = counting();
         let cache = HeadCache::new(Arc::new(lister.clone()), Duration::from_secs(30));
+        let start = Instant::now();
         cache
-            .heads(request("https://git.example/r.git", Some("p")))
+            .heads(request("https://git.example/r.git", Some("p")), start)
             .await
             .unwrap();
         cache
-            .heads(request("https://git.example/r.git", Some("q")))
+            .heads(request("https://git.example/r.git", Some("q")), start)
             .await
             .unwrap();
         cache
-            .heads(request("https://git.example/other.git", Some("p")))
+            .heads(request("https://git.example/other.git", Some("p")), start)
             .await
             .unwrap();
         assert_eq!(lister.calls.load(Ordering::SeqCst), 3);
@@ -564,13 +585,14 @@ mod tests {
     async fn given_an_expired_entry_the_repository_is_listed_again() {
         let lister = counting();
         let cache = HeadCache::new(Arc::new(lister.clone()), Duration::from_millis(30));
+        let start = Instant::now();
         cache
-            .heads(request("https://git.example/r.git", None))
+            .heads(request("https://git.example/r.git", None), start)
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(60)).await;
         cache
-            .heads(request("https://git.example/r.git", None))
+            .heads(request("https://git.example/r.git", None), start)
             .await
             .unwrap();
         assert_eq!(lister.calls.load(Ordering::SeqCst), 2);
@@ -595,7 +617,10 @@ mod tests {
         let cache = HeadCache::new(Arc::new(SlowLister), Duration::from_secs(30));
         let mut req = request("git://slow/r.git", None);
         req.timeout = Duration::from_millis(20);
-        assert_eq!(cache.heads(req).await.unwrap_err(), HeadError::Timeout(0));
+        assert_eq!(
+            cache.heads(req, Instant::now()).await.unwrap_err(),
+            HeadError::Timeout(0)
+        );
     }
 
     #[test]

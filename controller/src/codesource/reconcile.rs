@@ -199,7 +199,20 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     let mut fetch_failed: Option<String> = None;
     let mut fetch_error: Option<Error> = None;
     if check_now {
-        match check_heads(ctx, cs, &ns, valid.git_timeout).await {
+        // A scheduled tick may share a listing made since the tick came due; anything
+        // else (spec change, manual trigger, first look, retry) wants fresh heads.
+        let scheduled_only =
+            !(spec_changed || new_request || old.last_check_time.is_none() || retry_fetch);
+        let not_before = match tick.due.filter(|_| scheduled_only) {
+            Some(due) => {
+                let since_due = Duration::try_from(now.duration_since(due)).unwrap_or_default();
+                Instant::now()
+                    .checked_sub(since_due)
+                    .unwrap_or_else(Instant::now)
+            }
+            None => Instant::now(),
+        };
+        match check_heads(ctx, cs, &ns, valid.git_timeout, not_before).await {
             Ok(heads) => {
                 status.heads = heads;
                 status.last_check_time = Some(Time(now));
@@ -491,6 +504,7 @@ async fn check_heads(
     cs: &CodeSource,
     ns: &str,
     timeout: Duration,
+    not_before: Instant,
 ) -> Result<BTreeMap<String, String>, Error> {
     let auth = match &cs.spec.git.secret_ref {
         None => GitAuth::default(),
@@ -518,7 +532,7 @@ async fn check_heads(
         auth,
         timeout,
     };
-    let all = ctx.heads.heads(request).await?;
+    let all = ctx.heads.heads(request, not_before).await?;
     Ok(wanted_heads(
         &all,
         &cs.spec.git.branches,
