@@ -232,13 +232,27 @@ fn client_config(options: &RegistryOptions, monolithic: bool) -> ClientConfig {
     }
 }
 
+/// The HTTP status an error carries, if any.
+fn status_of(error: &OciDistributionError) -> Option<u16> {
+    match error {
+        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::UnauthorizedError { .. } => Some(401),
+        _ => None,
+    }
+}
+
+fn is_transient_status(code: u16) -> bool {
+    code >= 500 || code == 429 || code == 408
+}
+
 /// True for failures that may pass: the connection, the server's load, rate limits.
 pub fn is_transient(error: &OciDistributionError) -> bool {
+    if let Some(code) = status_of(error) {
+        return is_transient_status(code);
+    }
     match error {
         OciDistributionError::RequestError(e) => !e.is_builder() && !e.is_redirect(),
-        OciDistributionError::ServerError { code, .. } => {
-            *code >= 500 || *code == 429 || *code == 408
-        }
         OciDistributionError::RegistryError { envelope, .. } => envelope
             .errors
             .iter()
@@ -249,19 +263,19 @@ pub fn is_transient(error: &OciDistributionError) -> bool {
 
 /// One line for an oci-client error; 401/403 say what to check.
 fn describe(error: &OciDistributionError) -> String {
-    match error {
-        OciDistributionError::ServerError { code: 401, .. } | OciDistributionError::UnauthorizedError { .. } => {
+    match (status_of(error), error) {
+        (Some(401), _) => {
             "the registry refused the credentials (401); check the registry config (pushSecretRef)".to_owned()
         }
-        OciDistributionError::ServerError { code: 403, .. } => {
+        (Some(403), _) => {
             "the registry denied access (403); the credentials lack push or pull rights on this repository".to_owned()
         }
-        OciDistributionError::ServerError { code, message, .. } => {
+        (_, OciDistributionError::ServerError { code, message, .. }) => {
             let message = message.trim().replace('\n', " ");
             let short: String = message.chars().take(300).collect();
             format!("HTTP {code}: {short}")
         }
-        other => error_chain(other),
+        (_, other) => error_chain(other),
     }
 }
 
