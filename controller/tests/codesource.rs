@@ -3,6 +3,7 @@
 //! upload-pack). The worker is not run here: where a test needs a finished build it
 //! writes `status.lastBuild` itself under the worker's field manager, as the worker does.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -173,7 +174,7 @@ fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
+    Fut: Future<Output = Result<Option<T>>>,
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
