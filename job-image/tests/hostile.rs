@@ -1,0 +1,303 @@
+//! Hostile input through the real pipeline: escaping symlinks and `..` paths in git
+//! trees and Forge tarballs, checksum mismatches, limits. Each fails its environment
+//! with a clear reason; the other environments are still deployed; nothing is written
+//! outside the output directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::world::World;
+use common::*;
+
+/// A world with a `production` branch that is always fine.
+fn world() -> World {
+    let world = World::new();
+    world.control.commit(
+        "production",
+        "p",
+        &[("manifests/site.pp", file("node default {}\n"))],
+    );
+    world
+}
+
+/// Runs a sync of all branches, expects only `bad` to fail, and returns its reason.
+fn only_bad_fails(world: &World, extra: &[&str]) -> String {
+    let mut args = vec!["--branch", "*"];
+    args.extend_from_slice(extra);
+    let run = world.sync(&args);
+    run.assert_failed();
+    assert!(
+        world.out.join("production/manifests/site.pp").is_file(),
+        "production must still be deployed"
+    );
+    assert!(
+        !world.out.join("bad").exists(),
+        "the bad environment must not be deployed"
+    );
+    let reason = run.reason().to_owned();
+    assert!(
+        reason.contains("1 of 2 environments failed: bad"),
+        "{reason}"
+    );
+    reason
+}
+
+#[test]
+fn a_symlink_leaving_the_environment_is_refused() {
+    let world = world();
+    world.control.commit(
+        "bad",
+        "b",
+        &[
+            ("manifests/site.pp", file("x\n")),
+            ("manifests/evil.pp", link("../../../../../etc/passwd")),
+        ],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(reason.contains("symlink \"manifests/evil.pp\" -> \"../../../../../etc/passwd\" points outside the environment"), "{reason}");
+}
+
+#[test]
+fn an_absolute_symlink_is_refused() {
+    let world = world();
+    world
+        .control
+        .commit("bad", "b", &[("secrets", link("/etc/shadow"))]);
+    let reason = only_bad_fails(&world, &[]);
+    assert!(
+        reason.contains("points outside the environment"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn symlinks_that_escape_only_when_followed_together_are_refused() {
+    let world = world();
+    // `here` points to the root (fine), `out` goes one up from it (outside).
+    world.control.commit(
+        "bad",
+        "b",
+        &[("here", link(".")), ("sub/out", link("../here/.."))],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(reason.contains("symlink \"sub/out\""), "{reason}");
+}
+
+#[test]
+fn tree_entries_named_dot_dot_or_dot_git_are_refused() {
+    for (name, needle) in [
+        (&b".."[..], "'.' or '..' component"),
+        (&b".git"[..], ".git component"),
+        (&b"a/b"[..], "'/' or NUL"),
+    ] {
+        let world = world();
+        world.control.commit_raw_entry("bad", name, "owned\n");
+        let reason = only_bad_fails(&world, &[]);
+        assert!(
+            reason.contains(needle),
+            "{:?}: {reason}",
+            String::from_utf8_lossy(name)
+        );
+        // Nothing was written next to the output directory.
+        assert!(!world.out.parent().unwrap().join("owned").exists());
+    }
+}
+
+#[test]
+fn forge_tarballs_with_dot_dot_paths_are_refused() {
+    let world = world();
+    let tarball = raw_tarball(&[
+        ("evil-mod-1.0.0/", tar::EntryType::Directory, b"", None),
+        (
+            "evil-mod-1.0.0/manifests/init.pp",
+            tar::EntryType::Regular,
+            b"class mod {}\n",
+            None,
+        ),
+        (
+            "evil-mod-1.0.0/../../../../escaped.txt",
+            tar::EntryType::Regular,
+            b"owned\n",
+            None,
+        ),
+    ]);
+    world
+        .forge
+        .publish("evil-mod", "1.0.0", &tarball, None, true);
+    world.control.commit(
+        "bad",
+        "b",
+        &[("Puppetfile", file("mod 'evil-mod', '1.0.0'\n"))],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(
+        reason.contains(
+            "module mod (Puppetfile line 1): Forge release evil-mod-1.0.0: archive: entry"
+        ),
+        "{reason}"
+    );
+    assert!(reason.contains("contains '..'"), "{reason}");
+    assert!(!world.scratch.dir.path().join("escaped.txt").exists());
+}
+
+#[test]
+fn forge_tarballs_with_escaping_symlinks_are_refused() {
+    let world = world();
+    world.forge.release(
+        "evil-link",
+        "1.0.0",
+        &[
+            ("manifests/init.pp", file("class link {}\n")),
+            ("files/key", link("../../../../../root/.ssh/id_rsa")),
+        ],
+        true,
+    );
+    world.control.commit(
+        "bad",
+        "b",
+        &[("Puppetfile", file("mod 'evil-link', '1.0.0'\n"))],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(
+        reason.contains("symlink \"modules/link/files/key\""),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("points outside the environment"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_module_symlink_into_another_module_is_kept() {
+    let world = world();
+    world.forge.release(
+        "ok-linker",
+        "1.0.0",
+        &[
+            ("manifests/init.pp", file("class linker {}\n")),
+            ("files/shared", link("../../other/files")),
+        ],
+        true,
+    );
+    world.forge.release(
+        "ok-other",
+        "1.0.0",
+        &[("files/data.txt", file("data\n"))],
+        true,
+    );
+    world.control.commit(
+        "staging",
+        "s",
+        &[(
+            "Puppetfile",
+            file("mod 'ok-linker', '1.0.0'\nmod 'ok-other', '1.0.0'\n"),
+        )],
+    );
+    world.sync(&["--branch", "*"]).assert_ok();
+    assert_eq!(
+        world.read("staging", "modules/linker/files/shared/data.txt"),
+        "data\n"
+    );
+}
+
+#[test]
+fn a_forge_checksum_mismatch_is_refused() {
+    let world = world();
+    let tarball = raw_tarball(&[(
+        "x-mod-1.0.0/manifests/init.pp",
+        tar::EntryType::Regular,
+        b"class mod {}\n",
+        None,
+    )]);
+    world
+        .forge
+        .publish("x-mod", "1.0.0", &tarball, Some(&"0".repeat(64)), true);
+    world.control.commit(
+        "bad",
+        "b",
+        &[("Puppetfile", file("mod 'x-mod', '1.0.0'\n"))],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(reason.contains("checksum mismatch"), "{reason}");
+}
+
+#[test]
+fn a_moduledir_that_is_a_symlink_is_refused() {
+    let world = world();
+    world.forge.release(
+        "x-mod",
+        "1.0.0",
+        &[("manifests/init.pp", file("class mod {}\n"))],
+        true,
+    );
+    world.control.commit(
+        "bad",
+        "b",
+        &[
+            ("Puppetfile", file("mod 'x-mod', '1.0.0'\n")),
+            ("modules", link("site")),
+            ("site/keep.txt", file("k\n")),
+        ],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(
+        reason.contains(
+            "\"modules\" is a symlink, so module mod cannot be placed at \"modules/mod\""
+        ),
+        "{reason}"
+    );
+}
+
+#[test]
+fn file_count_and_size_limits_fail_with_the_flag_to_raise() {
+    let world = world();
+    let many: Vec<(String, Node)> = (0..20)
+        .map(|i| (format!("data/f{i}.txt"), file("x")))
+        .collect();
+    let many: Vec<(&str, Node)> = many.iter().map(|(p, n)| (p.as_str(), n.clone())).collect();
+    world.control.commit("bad", "b", &many);
+    let reason = only_bad_fails(&world, &["--max-files", "10"]);
+    assert!(
+        reason.contains("more than 10 files and directories (limit --max-files)"),
+        "{reason}"
+    );
+
+    let world = self::world();
+    world
+        .control
+        .commit("bad", "b", &[("big.bin", file(&"y".repeat(4096)))]);
+    let reason = only_bad_fails(&world, &["--max-file-size", "1K"]);
+    assert!(
+        reason.contains("file \"big.bin\" has 4.00 KiB (limit --max-file-size 1.00 KiB)"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn nested_module_paths_are_refused() {
+    let world = world();
+    world.forge.release(
+        "x-outer",
+        "1.0.0",
+        &[("manifests/init.pp", file("class outer {}\n"))],
+        true,
+    );
+    world.forge.release(
+        "x-inner",
+        "1.0.0",
+        &[("manifests/init.pp", file("class inner {}\n"))],
+        true,
+    );
+    world.control.commit(
+        "bad",
+        "b",
+        &[("Puppetfile", file("mod 'x-outer', '1.0.0'\nmod 'x-inner', '1.0.0', :install_path => 'modules/outer'\n"))],
+    );
+    let reason = only_bad_fails(&world, &[]);
+    assert!(
+        reason.contains("lies inside module outer (line 1)"),
+        "{reason}"
+    );
+}
