@@ -6,6 +6,8 @@ pub mod args;
 pub mod codesource;
 pub mod conditions;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod pool;
 pub mod tls;
+pub mod webhook;

@@ -40,6 +40,16 @@ pub struct HeadCheckLabels {
     pub result: String,
 }
 
+/// Labels of a webhook request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `github`, `gitlab`, `gitea`, `forgejo`, `generic` or `unknown`.
+    pub provider: String,
+    /// `accepted`, `ignored`, `ping`, `unauthorized`, `forbidden`, `bad_request`,
+    /// `not_found`, `too_large` or `error`.
+    pub result: String,
+}
+
 /// All metrics; cheap to clone (every family is reference counted).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -49,6 +59,7 @@ pub struct Metrics {
     builds: Family<BuildLabels, Counter>,
     head_checks: Family<HeadCheckLabels, Histogram>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
+    webhooks: Family<WebhookLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -88,6 +99,12 @@ impl Metrics {
             "Time one reconcile took",
             reconcile_duration.clone(),
         );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook requests by provider and result",
+            webhooks.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -95,7 +112,18 @@ impl Metrics {
             builds,
             head_checks,
             reconcile_duration,
+            webhooks,
         }
+    }
+
+    /// Counts one webhook request.
+    pub fn webhook(&self, provider: &str, result: &str) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                provider: provider.into(),
+                result: result.into(),
+            })
+            .inc();
     }
 
     /// Counts one reconcile of `controller` that took `took`.
