@@ -178,12 +178,18 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         .tick(status.last_schedule_time.as_ref().map(|t| t.0), now);
     let requested_at = cs.annotations().get(annotations::REQUESTED_AT).cloned();
     let new_request = requested_at.is_some() && requested_at != old.last_handled_requested_at;
+    // A webhook push asks for fresh heads only; a build follows when they moved.
+    let check_request = crate::webhook::pending_check_request(
+        cs.annotations(),
+        old.last_handled_check_requested_at.as_deref(),
+    );
     let spec_changed = old.observed_generation != cs.metadata.generation;
     let retry_fetch = is_true(&old.conditions, types::FETCH_FAILED);
     let check_now = !cs.spec.suspend
         && (tick.due.is_some()
             || spec_changed
             || new_request
+            || check_request.is_some()
             || old.last_check_time.is_none()
             || retry_fetch);
     if let Some(due) = tick.due.filter(|_| !cs.spec.suspend) {
@@ -201,8 +207,11 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     if check_now {
         // A scheduled tick may share a listing made since the tick came due; anything
         // else (spec change, manual trigger, first look, retry) wants fresh heads.
-        let scheduled_only =
-            !(spec_changed || new_request || old.last_check_time.is_none() || retry_fetch);
+        let scheduled_only = !(spec_changed
+            || new_request
+            || check_request.is_some()
+            || old.last_check_time.is_none()
+            || retry_fetch);
         let not_before = match tick.due.filter(|_| scheduled_only) {
             Some(due) => {
                 let since_due = Duration::try_from(now.duration_since(due)).unwrap_or_default();
@@ -216,6 +225,9 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             Ok(heads) => {
                 status.heads = heads;
                 status.last_check_time = Some(Time(now));
+                if check_request.is_some() {
+                    status.last_handled_check_requested_at = check_request.clone();
+                }
             }
             Err(e) => {
                 fetch_failed = Some(e.to_string());

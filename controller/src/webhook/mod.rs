@@ -19,3 +19,43 @@ pub mod server;
 pub mod signature;
 
 pub use server::{MAX_BODY_BYTES, WebhookState, router, serve};
+
+use std::collections::BTreeMap;
+
+use openvox_crds::names::annotations;
+
+/// The value of the `checkRequestedAt` annotation when it asks for a head check not
+/// yet made (`last_handled` is `status.lastHandledCheckRequestedAt`). The CodeSource
+/// reconciler lists the heads afresh when this is `Some` and records the value once
+/// the listing succeeded.
+pub fn pending_check_request(
+    annotations: &BTreeMap<String, String>,
+    last_handled: Option<&str>,
+) -> Option<String> {
+    annotations
+        .get(annotations::CHECK_REQUESTED_AT)
+        .filter(|value| Some(value.as_str()) != last_handled)
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_check_request_is_pending_until_handled() {
+        let with = |v: &str| {
+            BTreeMap::from([(annotations::CHECK_REQUESTED_AT.to_string(), v.to_string())])
+        };
+        assert_eq!(pending_check_request(&BTreeMap::new(), None), None);
+        assert_eq!(pending_check_request(&with("t1"), None), Some("t1".into()));
+        assert_eq!(
+            pending_check_request(&with("t2"), Some("t1")),
+            Some("t2".into())
+        );
+        assert_eq!(pending_check_request(&with("t1"), Some("t1")), None);
+        // The manual trigger is not a check request.
+        let manual = BTreeMap::from([(annotations::REQUESTED_AT.to_string(), "t".to_string())]);
+        assert_eq!(pending_check_request(&manual, None), None);
+    }
+}
