@@ -49,8 +49,7 @@ echo "building Kubernetes $version control plane into $bin (first run only; take
 )
 rm -rf "$bin"
 mv "$bin.partial" "$bin"
-# Older builds are not used any more; a control plane still running from one keeps
-# its (unlinked) binaries until it stops.
-find "$cache/control-plane" -mindepth 1 -maxdepth 1 ! -name "$version-$key" ! -name .build.lock -exec rm -rf {} +
+# Older builds stay: a control plane may be starting from one right now.
+# `make clean-cache` removes them.
 echo "control plane built in $(( $(date +%s) - start ))s" >&2
 echo "$bin"
