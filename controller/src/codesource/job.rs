@@ -21,6 +21,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use openvox_crds::CodeSource;
+use openvox_crds::codesource::InvalidBranches;
 use openvox_crds::names::{WORKER_PERMANENT_FAILURE_EXIT_CODE, annotations, labels};
 
 use super::names::{codesource_label, worker_identity};
@@ -47,6 +48,8 @@ pub struct LaunchParams<'a> {
     pub inputs_hash: &'a str,
     /// Worker image: `spec.job.image` or the controller default.
     pub worker_image: &'a str,
+    /// The last image built (`status.lastBuild.image`), for layer reuse.
+    pub previous_image: Option<&'a str>,
 }
 
 /// Labels on the worker Job, its pod, ServiceAccount, Role and RoleBinding.
@@ -65,52 +68,62 @@ pub fn worker_labels(codesource: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The worker's command line.
-pub fn worker_args(cs: &CodeSource, inputs_hash: &str) -> Vec<String> {
+/// The worker's command line, in the worker's own flags (`openvox-code-worker build`
+/// for an image, `sync` into the mounted claim for PVC output). Branch patterns are
+/// passed as written: the worker selects with the same wildmatch rule as the head check.
+pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
     let spec = &cs.spec;
-    let mut args: Vec<String> = vec!["build".into(), "--url".into(), spec.git.url.clone()];
+    let image = spec.output.image.as_ref().filter(|i| !i.is_empty());
+    let command = if image.is_some() { "build" } else { "sync" };
+    let mut args: Vec<String> = vec![command.into(), "--url".into(), spec.git.url.clone()];
     for branch in &spec.git.branches {
         args.extend(["--branch".into(), branch.clone()]);
     }
     for branch in &spec.git.exclude_branches {
-        args.extend(["--exclude-branch".into(), branch.clone()]);
+        args.extend(["--exclude".into(), branch.clone()]);
     }
+    let invalid = match spec.git.invalid_branches {
+        InvalidBranches::Correct => "correct",
+        InvalidBranches::Error => "error",
+    };
     args.extend([
         "--invalid-branches".into(),
-        format!("{:?}", spec.git.invalid_branches),
+        invalid.into(),
         "--forge-url".into(),
         spec.modules.forge_url.clone(),
         "--timeout".into(),
         spec.git.timeout.clone(),
     ]);
     if spec.git.secret_ref.is_some() {
-        args.extend(["--git-secret-dir".into(), GIT_SECRET_DIR.into()]);
+        args.extend(["--secret-dir".into(), GIT_SECRET_DIR.into()]);
     }
-    match (&spec.output.image, &spec.output.claim_name) {
-        (Some(image), _) if !image.is_empty() => {
+    match image {
+        Some(image) => {
             args.extend(["--image".into(), image.clone()]);
             for tag in &spec.output.tags {
                 args.extend(["--tag".into(), tag.clone()]);
             }
+            if spec.output.push_secret_ref.is_some() {
+                args.extend([
+                    "--registry-config".into(),
+                    format!("{REGISTRY_SECRET_DIR}/config.json"),
+                ]);
+            }
             if spec.output.insecure {
                 args.push("--insecure".into());
             }
+            // Layers of environments whose inputs did not change are reused from here.
+            if let Some(previous) = params.previous_image {
+                args.extend(["--previous".into(), previous.to_string()]);
+            }
         }
-        (_, Some(claim)) => {
-            args.extend([
-                "--claim".into(),
-                claim.clone(),
-                "--claim-dir".into(),
-                CLAIM_DIR.into(),
-            ]);
-        }
-        _ => {}
+        None => args.extend(["--dir".into(), CLAIM_DIR.into()]),
     }
     args.extend([
         "--codesource".into(),
         format!("{}/{}", cs.namespace().unwrap_or_default(), cs.name_any()),
         "--inputs-hash".into(),
-        inputs_hash.into(),
+        params.inputs_hash.into(),
     ]);
     args
 }
@@ -209,7 +222,7 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         name: CONTAINER.into(),
         image: Some(params.worker_image.to_string()),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(worker_args(cs, params.inputs_hash)),
+        args: Some(worker_args(cs, params)),
         env: Some(env),
         resources: spec.job.resources.clone(),
         volume_mounts: Some(mounts),
@@ -351,6 +364,7 @@ mod tests {
                 job_name: "production-0123abcd",
                 inputs_hash: "0123abcd0123abcd0123abcd0123abcd",
                 worker_image: "ghcr.io/voxpupuli/openvox-code-worker:1",
+                previous_image: Some("registry.example/puppet-code@sha256:0000"),
             },
         )
     }
@@ -408,9 +422,11 @@ mod tests {
         assert_eq!(
             args,
             "build --url https://git.example/control.git --branch production --branch feature_* \
-             --invalid-branches Correct --forge-url https://forgeapi.puppet.com --timeout 60s \
-             --git-secret-dir /var/run/secrets/openvox-code/git \
+             --invalid-branches correct --forge-url https://forgeapi.puppet.com --timeout 60s \
+             --secret-dir /var/run/secrets/openvox-code/git \
              --image registry.example/puppet-code --tag latest \
+             --registry-config /var/run/secrets/openvox-code/registry/config.json \
+             --previous registry.example/puppet-code@sha256:0000 \
              --codesource puppet/production --inputs-hash 0123abcd0123abcd0123abcd0123abcd"
         );
         assert_eq!(
@@ -420,13 +436,15 @@ mod tests {
     }
 
     #[test]
-    fn claim_output_mounts_the_claim_and_passes_claim_args() {
+    fn claim_output_syncs_into_the_mounted_claim() {
         let job = build(&codesource(
             serde_json::json!({"output": {"image": null, "pushSecretRef": null, "claimName": "code"}}),
         ));
         let args = container(&job).args.clone().unwrap();
-        assert!(args.windows(2).any(|w| w == ["--claim", "code"]));
+        assert_eq!(args[0], "sync");
+        assert!(args.windows(2).any(|w| w == ["--dir", CLAIM_DIR]));
         assert!(!args.contains(&"--image".to_string()));
+        assert!(!args.contains(&"--previous".to_string()));
         let volumes = pod(&job).volumes.as_ref().unwrap();
         assert!(volumes.iter().any(|v| {
             v.persistent_volume_claim
@@ -469,6 +487,19 @@ mod tests {
             env.iter()
                 .any(|e| e.name == "DOCKER_CONFIG"
                     && e.value.as_deref() == Some(REGISTRY_SECRET_DIR))
+        );
+    }
+
+    #[test]
+    fn excludes_and_refused_invalid_branches_are_passed() {
+        let job = build(&codesource(
+            serde_json::json!({"git": {"excludeBranches": ["*_wip"], "invalidBranches": "Error"}}),
+        ));
+        let args = container(&job).args.clone().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--exclude", "*_wip"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--invalid-branches", "error"])
         );
     }
 

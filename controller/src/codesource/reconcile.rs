@@ -559,6 +559,12 @@ async fn launch(
     job: &str,
     inputs_hash: &str,
 ) -> Result<(), Error> {
+    let previous_image = cs
+        .status
+        .as_ref()
+        .and_then(|s| s.last_build.as_ref())
+        .map(|b| b.image.as_str())
+        .filter(|i| i.contains("@sha256:"));
     let params = apply_params();
     let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     let sa = desired_service_account(cs);
@@ -591,6 +597,7 @@ async fn launch(
             job_name: job,
             inputs_hash,
             worker_image: &worker_image,
+            previous_image,
         },
     );
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
