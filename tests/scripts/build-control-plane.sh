@@ -8,7 +8,9 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 module="$here/k8s"
 version=$(grep -E "^\s*k8s.io/kubernetes v" "$module/go.mod" | awk "{print \$2}" | head -1)
-key=$(cat "$0" "$module/go.mod" "$module/go.sum" "$module"/cmd/*/main.go | sha256sum | cut -c1-12)
+# Bump when the build flags below change, so cached binaries are rebuilt.
+build_format=2
+key=$( (echo "$build_format"; cat "$module/go.mod" "$module/go.sum" "$module"/cmd/*/main.go) | sha256sum | cut -c1-12)
 cache="${OPENVOX_CODE_CACHE:-$HOME/.cache/openvox-code}"
 bin="$cache/control-plane/$version-$key/bin"
 
