@@ -50,6 +50,28 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "OPENVOX_CODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Run the controllers only while holding the Lease `openvox-code-controller`, so
+    /// that several replicas are safe. Off for local runs; the Helm chart turns it on.
+    #[arg(
+        long,
+        env = "OPENVOX_CODE_LEADER_ELECTION",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub leader_election: bool,
+
+    /// Namespace of the leader Lease. Unset: POD_NAMESPACE, else the kubeconfig's
+    /// namespace.
+    #[arg(long, env = "OPENVOX_CODE_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// Address of the webhook receiver (`POST /hook/<namespace>/<codesource>`). Unset:
+    /// no receiver.
+    #[arg(long, env = "OPENVOX_CODE_WEBHOOK_ADDR")]
+    pub webhook_addr: Option<SocketAddr>,
 }
 
 #[cfg(test)]
@@ -78,6 +100,37 @@ mod tests {
         .unwrap();
         assert!(!args.enable_pool);
         assert_eq!(args.namespace.as_deref(), Some("puppet"));
+    }
+
+    #[test]
+    fn leader_election_and_webhooks_are_off_unless_asked_for() {
+        let args = Args::try_parse_from(["c", "--worker-image", "w:1"]).unwrap();
+        assert!(!args.leader_election || std::env::var("OPENVOX_CODE_LEADER_ELECTION").is_ok());
+        assert!(args.webhook_addr.is_none() || std::env::var("OPENVOX_CODE_WEBHOOK_ADDR").is_ok());
+
+        // The chart's form, and the bare flag.
+        let args = Args::try_parse_from([
+            "c",
+            "--worker-image",
+            "w:1",
+            "--leader-election=true",
+            "--leader-election-namespace",
+            "openvox-code",
+            "--webhook-addr=0.0.0.0:9292",
+        ])
+        .unwrap();
+        assert!(args.leader_election);
+        assert_eq!(
+            args.leader_election_namespace.as_deref(),
+            Some("openvox-code")
+        );
+        assert_eq!(args.webhook_addr.map(|a| a.port()), Some(9292));
+        let bare =
+            Args::try_parse_from(["c", "--worker-image", "w:1", "--leader-election"]).unwrap();
+        assert!(bare.leader_election);
+        let off = Args::try_parse_from(["c", "--worker-image", "w:1", "--leader-election=false"])
+            .unwrap();
+        assert!(!off.leader_election);
     }
 
     #[test]

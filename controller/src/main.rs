@@ -17,7 +17,7 @@ use kube::Client;
 use kube::api::Api;
 use openvox_code_controller::args::{Args, LogFormat};
 use openvox_code_controller::metrics::Metrics;
-use openvox_code_controller::{codesource, pool, tls};
+use openvox_code_controller::{codesource, leader, pool, tls, webhook};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -61,6 +61,44 @@ async fn main() -> Result<()> {
             .into_future(),
     );
 
+    // Every replica serves webhooks, leader or not: a hook only writes an annotation
+    // that the leader acts on.
+    let webhook_server = match args.webhook_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            info!(%addr, "serving webhooks at POST /hook/<namespace>/<codesource>");
+            let state = webhook::WebhookState::new(client.clone(), metrics.clone())
+                .namespace(args.namespace.clone());
+            Some(tokio::spawn(webhook::serve(listener, state, shutdown())))
+        }
+        None => None,
+    };
+
+    // A standby is ready (it serves webhooks, and a rolling update must see the new pod
+    // ready while the old one still leads) but runs no controller until it leads.
+    let leadership = if args.leader_election {
+        health.ready.store(true, Ordering::Relaxed);
+        let namespace = leader::namespace_from(args.leader_election_namespace.as_deref(), &client);
+        let settings = leader::LeaseSettings::new(namespace, leader::identity_from_env());
+        info!(lease = %format!("{}/{}", settings.namespace, settings.name), identity = %settings.identity, "waiting to become the leader");
+        tokio::select! {
+            leadership = leader::LeaderElector::new(client.clone(), settings).acquire() => Some(leadership),
+            () = wait_for_signal() => {
+                info!("stopped before becoming the leader");
+                let _ = stop_tx.send(true);
+                let _ = server.await;
+                if let Some(webhooks) = webhook_server {
+                    let _ = webhooks.await;
+                }
+                return Ok(());
+            }
+        }
+    } else {
+        None
+    };
+
     let mut tasks = Vec::new();
     if args.enable_codesource {
         let mut settings = codesource::Settings::new(args.worker_image.clone());
@@ -93,14 +131,34 @@ async fn main() -> Result<()> {
     health.ready.store(true, Ordering::Relaxed);
     info!(codesource = args.enable_codesource, pool = args.enable_pool, namespace = ?args.namespace, "controllers started");
 
-    wait_for_signal().await;
+    let leadership_lost = async {
+        match &leadership {
+            Some(leadership) => leadership.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = wait_for_signal() => {}
+        () = leadership_lost => {
+            // Another replica may already be reconciling: stop at once, and let the
+            // pod restart clean as a standby.
+            error!("lost the leader lease; exiting");
+            std::process::exit(1);
+        }
+    }
     info!("shutting down: finishing reconciles in flight");
     health.ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     for task in tasks {
         let _ = task.await;
     }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+    }
     let _ = server.await;
+    if let Some(webhooks) = webhook_server {
+        let _ = webhooks.await;
+    }
     info!("stopped");
     Ok(())
 }
