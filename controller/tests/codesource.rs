@@ -353,3 +353,284 @@ async fn an_invalid_schedule_stalls_with_a_clear_message() -> Result<()> {
     assert!(worker_jobs(&ns, "bad").await?.is_empty());
     Ok(())
 }
+
+/// A node that runs the worker image as a shell script (the real worker is tested in
+/// the end-to-end tests; here the controller's side of the contract is).
+async fn node_running(ns: &TestNamespace, script: &str) -> Result<harness::NodeSim> {
+    let script = script.to_string();
+    harness::NodeSim::for_namespace_with(ns, move |config| {
+        config.with_image(
+            "openvox-code-worker:test",
+            &["/bin/sh", "-c", &script, "worker"],
+        )
+    })
+    .await
+}
+
+fn config(name: &str, code: Value) -> Value {
+    json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Config",
+           "metadata": {"name": name},
+           "spec": {"image": {"repository": "ghcr.io/slauger/openvox-server", "tag": "8"}, "code": code}})
+}
+
+async fn config_code(ns: &TestNamespace, name: &str) -> Result<Value> {
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        ns.client().clone(),
+        ns.name(),
+        &kube::discovery::ApiResource::erase::<openvox_crds::operator::Config>(&()),
+    );
+    Ok(api.get(name).await?.data["spec"]["code"].clone())
+}
+
+/// Writes `status.lastBuild` as the worker does, for the inputs of the last launch.
+async fn report_build(ns: &TestNamespace, name: &str, image: &str) -> Result<()> {
+    let st = status(ns, name).await?;
+    let codesources: Api<CodeSource> = ns.api();
+    codesources
+        .patch_status(
+            name,
+            &PatchParams::apply(WORKER_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
+                "status": {"lastBuild": {"image": image,
+                                         "inputsHash": st["lastLaunch"]["inputsHash"],
+                                         "jobName": st["lastLaunch"]["jobName"]}}
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+fn with_config(url: &str, config: &str) -> Value {
+    let mut s = spec(url, "@hourly");
+    s["configRef"] = json!(config);
+    s
+}
+
+#[tokio::test]
+async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> {
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-publish").await?;
+    let _node = node_running(&ns, "echo building; exit 0").await?;
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        config(
+            "prod",
+            json!([{"image": "registry.example/puppet-code@sha256:0000", "imagePullSecret": "pull"}]),
+        ),
+    )
+    .await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", with_config(&repo.url(), "prod")),
+    )
+    .await?;
+
+    let job = eventually("the Job to complete", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+    })
+    .await?;
+    let digest = "registry.example/puppet-code@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    report_build(&ns, "prod", digest).await?;
+
+    let st = eventually("ConfigUpdated", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "ConfigUpdated")
+            .filter(|c| c["status"] == "True")
+            .map(|_| st.clone()))
+    })
+    .await?;
+    assert_eq!(st["config"]["name"], "prod");
+    assert_eq!(st["config"]["image"], digest);
+    assert_eq!(
+        condition(&st, "Ready").map(|c| c["status"].clone()),
+        Some(json!("True"))
+    );
+    assert!(
+        st.get("activeJob").is_none() || st["activeJob"].is_null(),
+        "{st}"
+    );
+    // The whole-tree entry carries the digest and keeps its pull secret.
+    let code = config_code(&ns, "prod").await?;
+    assert_eq!(code.as_array().map(Vec::len), Some(1), "{code}");
+    assert_eq!(code[0]["image"], digest);
+    assert_eq!(code[0]["imagePullSecret"], "pull");
+    assert_eq!(st["lastLaunch"]["jobName"], job.name_any().as_str());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-fail").await?;
+    let _node = node_running(
+        &ns,
+        "echo 'Puppetfile of production: module foo/bar not found on the Forge' >&2; exit 78",
+    )
+    .await?;
+    let old = "registry.example/puppet-code@sha256:0000";
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        config("prod", json!([{"image": old}])),
+    )
+    .await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", with_config(&repo.url(), "prod")),
+    )
+    .await?;
+
+    let failed = eventually("BuildFailed", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "BuildFailed").cloned())
+    })
+    .await?;
+    let message = failed["message"].as_str().unwrap_or_default();
+    assert!(message.contains("module foo/bar not found"), "{message}");
+    // The permanent-failure exit code failed the Job at once: one pod, no retries.
+    let jobs = worker_jobs(&ns, "prod").await?;
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].status.as_ref().and_then(|s| s.failed), Some(1));
+    let code = config_code(&ns, "prod").await?;
+    assert_eq!(code[0]["image"], old, "{code}");
+    let st = status(&ns, "prod").await?;
+    assert_eq!(
+        condition(&st, "Ready").map(|c| c["reason"].clone()),
+        Some(json!("BuildFailed"))
+    );
+
+    // A Warning Event says the same.
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let warning = eventually("a BuildFailed Event", || async {
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("BuildFailed")))
+    })
+    .await?;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_controller_does_not_launch_a_running_build_again() -> Result<()> {
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-restart").await?;
+    // No node: the Job stays active, like a build in progress.
+    let controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", spec(&repo.url(), "@hourly")),
+    )
+    .await?;
+    let first = eventually("the first Job", || async {
+        Ok(worker_jobs(&ns, "prod").await?.into_iter().next())
+    })
+    .await?;
+    drop(controller);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    // A new commit and a spec change while the build runs: still one Job at a time.
+    repo.commit("second")?;
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", spec(&repo.url(), "@daily")),
+    )
+    .await?;
+    eventually("the new controller to look", || async {
+        let st = status(&ns, "prod").await?;
+        Ok((st["observedGeneration"] == 2).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let jobs = worker_jobs(&ns, "prod").await?;
+    assert_eq!(
+        jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
+        vec![first.name_any()]
+    );
+    let st = status(&ns, "prod").await?;
+    assert_eq!(st["activeJob"], first.name_any().as_str());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_new_requested_at_builds_again_once() -> Result<()> {
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-manual").await?;
+    let _node = node_running(&ns, "exit 0").await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", spec(&repo.url(), "@hourly")),
+    )
+    .await?;
+    let first = eventually("the first Job to complete", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+    })
+    .await?;
+    report_build(&ns, "prod", "registry.example/puppet-code@sha256:1111").await?;
+    eventually("Ready", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "Ready")
+            .filter(|c| c["status"] == "True")
+            .map(|_| ()))
+    })
+    .await?;
+
+    let codesources: Api<CodeSource> = ns.api();
+    codesources
+        .patch(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+            openvox_crds::names::annotations::REQUESTED_AT: "2026-11-23T10:00:00Z"}}})),
+        )
+        .await?;
+    let second = eventually("a second Job", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.name_any() != first.name_any()))
+    })
+    .await?;
+    let st = eventually("lastHandledRequestedAt", || async {
+        let st = status(&ns, "prod").await?;
+        Ok((st["lastHandledRequestedAt"] == "2026-11-23T10:00:00Z").then_some(st))
+    })
+    .await?;
+    assert_eq!(st["lastLaunch"]["jobName"], second.name_any().as_str());
+    // Same inputs: the worker gets the same inputs hash.
+    assert_eq!(
+        second.labels().get(labels::INPUTS),
+        first.labels().get(labels::INPUTS)
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        worker_jobs(&ns, "prod").await?.len(),
+        2,
+        "the request is handled once"
+    );
+    Ok(())
+}

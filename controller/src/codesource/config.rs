@@ -69,9 +69,11 @@ pub fn shape_from_crd(crd: &CustomResourceDefinition) -> Result<ShapeKind, Strin
 /// The server-side apply body that puts `target` into `spec.code`.
 ///
 /// Single shape: only our field (`image` or `claimName`) is sent, so pull policy and
-/// pull secret set by others stay theirs. List shape: the list is atomic, so the whole
-/// list is sent: the other entries as they are, and the whole-tree entry (no
-/// `environment`, no `mountPath`) with our field set and its other fields kept.
+/// pull secret set by others stay theirs. List shape: the list is atomic, and the
+/// operator allows a whole-tree entry (no `environment`, no `mountPath`) only as the
+/// sole entry, so the list becomes that one entry: our field set, the pull policy and
+/// pull secret of the previous whole-tree entry kept. The image holds every
+/// environment at its root, so per-environment entries cannot point into it.
 pub fn code_patch(shape: ShapeKind, current: Option<&CodeShape>, target: &CodeTarget) -> Value {
     let mut entry = match shape {
         ShapeKind::Single => CodeEntry::default(),
@@ -94,18 +96,7 @@ pub fn code_patch(shape: ShapeKind, current: Option<&CodeShape>, target: &CodeTa
     }
     let code = match shape {
         ShapeKind::Single => json!(entry),
-        ShapeKind::List => {
-            let mut entries: Vec<CodeEntry> = match current {
-                Some(CodeShape::List(list)) => list
-                    .iter()
-                    .filter(|e| e.environment.is_some() || e.mount_path.is_some())
-                    .cloned()
-                    .collect(),
-                _ => Vec::new(),
-            };
-            entries.insert(0, entry);
-            json!(entries)
-        }
+        ShapeKind::List => json!([entry]),
     };
     json!({
         "apiVersion": format!("{}/{}", openvox_crds::names::GROUP, openvox_crds::names::VERSION),
@@ -175,19 +166,13 @@ mod tests {
     }
 
     #[test]
-    fn list_shape_replaces_the_whole_tree_entry_and_keeps_the_others() {
-        let current = CodeShape::List(vec![
-            CodeEntry {
-                image: Some("old@sha256:0".into()),
-                image_pull_secret: Some("pull".into()),
-                ..Default::default()
-            },
-            CodeEntry {
-                image: Some("other@sha256:9".into()),
-                environment: Some("legacy".into()),
-                ..Default::default()
-            },
-        ]);
+    fn list_shape_becomes_one_whole_tree_entry_keeping_pull_settings() {
+        let current = CodeShape::List(vec![CodeEntry {
+            image: Some("old@sha256:0".into()),
+            image_pull_secret: Some("pull".into()),
+            image_pull_policy: Some("Always".into()),
+            ..Default::default()
+        }]);
         let patch = code_patch(
             ShapeKind::List,
             Some(&current),
@@ -195,11 +180,32 @@ mod tests {
         );
         assert_eq!(
             patch["spec"]["code"],
-            json!([
-                {"image": "r@sha256:1", "imagePullSecret": "pull"},
-                {"image": "other@sha256:9", "environment": "legacy"}
-            ])
+            json!([{"image": "r@sha256:1", "imagePullPolicy": "Always", "imagePullSecret": "pull"}])
         );
+    }
+
+    #[test]
+    fn list_shape_replaces_per_environment_entries_with_the_whole_tree() {
+        // The operator allows a whole-tree entry only alone; the image holds every
+        // environment, so it takes over the list.
+        let current = CodeShape::List(vec![
+            CodeEntry {
+                image: Some("a@sha256:1".into()),
+                environment: Some("production".into()),
+                ..Default::default()
+            },
+            CodeEntry {
+                image: Some("b@sha256:2".into()),
+                environment: Some("staging".into()),
+                ..Default::default()
+            },
+        ]);
+        let patch = code_patch(
+            ShapeKind::List,
+            Some(&current),
+            &CodeTarget::Image("r@sha256:3".into()),
+        );
+        assert_eq!(patch["spec"]["code"], json!([{"image": "r@sha256:3"}]));
     }
 
     #[test]
