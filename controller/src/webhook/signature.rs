@@ -61,7 +61,7 @@ impl Provider {
     }
 
     /// The event name header of this provider (`push`, `ping`, `Push Hook`, …).
-    pub fn event<'h>(self, headers: &'h HeaderMap) -> Option<&'h str> {
+    pub fn event(self, headers: &HeaderMap) -> Option<&str> {
         let name = match self {
             Self::GitHub => GITHUB_EVENT,
             Self::GitLab => GITLAB_EVENT,
