@@ -71,17 +71,18 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncReport, SyncError> {
     let environments = build_environments(&options.source).await?;
     let mut failed = environments.failed.clone();
 
-    let built = environments.built.clone();
+    let mut environments = environments;
+    let built = std::mem::take(&mut environments.built);
     let jobs = options.write_jobs.max(1);
-    let (output, results) = tokio::task::spawn_blocking(move || {
+    let (output, built, results) = tokio::task::spawn_blocking(move || {
         let results = install_all(&output, &built, jobs);
-        (output, results)
+        (output, built, results)
     })
     .await
     .map_err(|e| SyncError::Local(format!("writing stopped: {e}")))?;
 
     let mut installed = Vec::new();
-    for (env, result) in environments.built.iter().zip(results) {
+    for (env, result) in built.iter().zip(results) {
         match result {
             Ok(done) => installed.push((done, env.inputs.clone())),
             Err(e) => failed.push(EnvironmentFailure {
@@ -91,6 +92,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncReport, SyncError> {
             }),
         }
     }
+    drop(built);
     failed.sort_by(|a, b| a.branch.cmp(&b.branch));
 
     let step = Step::start("purge", output.root().display());

@@ -96,7 +96,8 @@ fn shell_quote(path: &Path) -> String {
 pub struct GitAccess {
     credentials: Arc<Credentials>,
     origin: RepoUrl,
-    ssh: Option<Arc<SshFiles>>,
+    /// Written when the first ssh remote needs them, then shared.
+    ssh: Arc<Mutex<Option<Arc<SshFiles>>>>,
     timeout: Duration,
     allow_full_history: bool,
     temp_root: std::path::PathBuf,
@@ -123,20 +124,10 @@ impl GitAccess {
         timeout: Duration,
         temp_root: &Path,
     ) -> Result<Self, GitError> {
-        let needs_ssh = credentials.ssh.is_some() || origin.transport() == Transport::Ssh;
-        let ssh = if needs_ssh {
-            Some(Arc::new(SshFiles::write(
-                credentials.ssh.as_ref(),
-                timeout,
-                temp_root,
-            )?))
-        } else {
-            None
-        };
         Ok(Self {
             credentials: Arc::new(credentials),
             origin,
-            ssh,
+            ssh: Arc::new(Mutex::new(None)),
             timeout,
             allow_full_history: false,
             temp_root: temp_root.to_owned(),
@@ -150,6 +141,25 @@ impl GitAccess {
         self
     }
 
+    /// The ssh key and known_hosts files, written on first use. Without ssh credentials,
+    /// known_hosts is empty and strict checking refuses every host with ssh's message.
+    fn ssh_files(&self) -> Result<Arc<SshFiles>, GitError> {
+        let mut slot = match self.ssh.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(files) = slot.as_ref() {
+            return Ok(files.clone());
+        }
+        let files = Arc::new(SshFiles::write(
+            self.credentials.ssh.as_ref(),
+            self.timeout,
+            &self.temp_root,
+        )?);
+        *slot = Some(files.clone());
+        Ok(files)
+    }
+
     /// The remote at `url` with the credentials that may be used for it.
     pub fn remote(&self, url: &str) -> Result<Remote, GitError> {
         let url = RepoUrl::parse(url)?;
@@ -160,16 +170,7 @@ impl GitAccess {
             _ => None,
         };
         let ssh = match url.transport() {
-            Transport::Ssh => match &self.ssh {
-                Some(files) => Some(files.clone()),
-                // A module on ssh while the control repository is not: strict checking
-                // with an empty known_hosts, which fails with a clear ssh message.
-                None => Some(Arc::new(SshFiles::write(
-                    None,
-                    self.timeout,
-                    &self.temp_root,
-                )?)),
-            },
+            Transport::Ssh => Some(self.ssh_files()?),
             _ => None,
         };
         let secrets = self.credentials.secret_values();
