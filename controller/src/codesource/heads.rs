@@ -310,38 +310,75 @@ impl HeadLister for GixHeadLister {
     ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
         let scratch = self.scratch.clone();
         async move {
-            tokio::task::spawn_blocking(move || list_heads_blocking(&scratch, &request))
-                .await
-                .map_err(|e| HeadError::Task(e.to_string()))?
+            // A thread of its own rather than the blocking pool: a listing stuck past
+            // its timeout (whatever the transport) must never hold up runtime shutdown.
+            let (tx, rx) = futures::channel::oneshot::channel();
+            std::thread::Builder::new()
+                .name("head-check".into())
+                .spawn(move || {
+                    let _ = tx.send(list_heads_blocking(&scratch, &request));
+                })
+                .map_err(|e| HeadError::Task(e.to_string()))?;
+            rx.await.map_err(|e| HeadError::Task(e.to_string()))?
         }
         .boxed()
     }
 }
 
+/// The error and its sources on one line.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
 fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHeads, HeadError> {
+    use gix::protocol::transport::client::blocking_io::http;
+
     let url = redact_url(&request.url);
-    let git_err = |e: &dyn std::fmt::Display| HeadError::Git {
-        url: url.clone(),
-        // gix errors may echo the URL as given; never let user info through.
-        message: e.to_string().replace(&request.url, &url),
+    let auth = &request.auth;
+    // Error texts may echo the URL or a header; none of the secrets may pass.
+    let secrets: Vec<String> = [&auth.password, &auth.bearer_token]
+        .into_iter()
+        .flatten()
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .collect();
+    let git_err = |e: &(dyn std::error::Error + 'static)| {
+        let mut message = chain(e).replace(&request.url, &url);
+        for secret in &secrets {
+            message = message.replace(secret.as_str(), "<redacted>");
+        }
+        HeadError::Git {
+            url: url.clone(),
+            message,
+        }
     };
-    let mut repo =
-        gix::open_opts(scratch, gix::open::Options::isolated()).map_err(|e| git_err(&e))?;
+    let timeout = request.timeout;
 
     // ssh: the key and known_hosts go to files only this process can read, removed
-    // when `_ssh_dir` drops.
-    let mut overrides: Vec<String> = vec!["protocol.version=2".into()];
-    let _ssh_dir = match &request.auth.identity {
+    // when `_ssh_dir` drops. Keep-alives end a session with a server gone silent.
+    let mut overrides: Vec<String> = vec!["protocol.version=2".into(), "core.askpass=".into()];
+    let _ssh_dir = match &auth.identity {
         Some(identity) => {
             let dir = private_temp_dir().map_err(|e| HeadError::Credentials(e.to_string()))?;
             let key = dir.path.join("identity");
             write_private(&key, identity).map_err(|e| HeadError::Credentials(e.to_string()))?;
             let mut command = format!(
-                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout={}",
+                "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout={} \
+                 -o ServerAliveInterval=5 -o ServerAliveCountMax=2",
                 key.display(),
-                request.timeout.as_secs().max(1)
+                timeout.as_secs().max(1)
             );
-            if let Some(known) = &request.auth.known_hosts {
+            if let Some(known) = &auth.known_hosts {
                 let path = dir.path.join("known_hosts");
                 write_private(&path, known).map_err(|e| HeadError::Credentials(e.to_string()))?;
                 command.push_str(&format!(
@@ -354,19 +391,13 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
         }
         None => None,
     };
-    if let Some(token) = &request.auth.bearer_token {
-        overrides.push(format!("http.extraHeader=Authorization: Bearer {token}"));
-    }
-    {
-        let mut config = repo.config_snapshot_mut();
-        config
-            .append_config(
-                overrides.iter().map(String::as_str),
-                gix::config::Source::Api,
-            )
-            .map_err(|e| git_err(&e))?;
-        config.commit().map_err(|e| git_err(&e))?;
-    }
+    let repo = gix::open_opts(
+        scratch,
+        gix::open::Options::isolated()
+            .config_overrides(overrides)
+            .strict_config(false),
+    )
+    .map_err(|e| git_err(&e))?;
 
     let remote = repo
         .remote_at(request.url.as_str())
@@ -376,49 +407,98 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
             gix::remote::Direction::Fetch,
         )
         .map_err(|e| git_err(&e))?;
-    let mut connection = remote
-        .connect(gix::remote::Direction::Fetch)
-        .map_err(|e| git_err(&e))?;
+    let remote_url = remote
+        .url(gix::remote::Direction::Fetch)
+        .cloned()
+        .ok_or_else(|| HeadError::Git {
+            url: url.clone(),
+            message: "no URL".into(),
+        })?;
 
-    let username = request.auth.username.clone();
-    let password = request.auth.password.clone();
-    // Always our own callback: never fall back to helpers or a terminal prompt.
-    connection.set_credentials(move |action| match (action, &username, &password) {
-        (gix::credentials::helper::Action::Get(ctx), Some(user), Some(pass)) => {
-            Ok(Some(gix::credentials::protocol::Outcome {
-                identity: gix::sec::identity::Account {
-                    username: user.clone(),
-                    password: pass.clone(),
-                    oauth_refresh_token: None,
-                },
-                next: ctx.into(),
-            }))
+    type Connection<'r, 'repo> = gix::remote::Connection<
+        'r,
+        'static,
+        'repo,
+        Box<dyn gix::protocol::transport::client::blocking_io::Transport + Send>,
+    >;
+    let connection: Connection<'_, '_> = match remote_url.scheme {
+        // git://: our own socket, with read and write timeouts, so a server that goes
+        // silent ends the listing instead of holding a thread forever.
+        gix::url::Scheme::Git => {
+            let host = remote_url.host().unwrap_or("localhost").to_string();
+            let port = remote_url.port.unwrap_or(9418);
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+                .map_err(|e| git_err(&e))?
+                .next()
+                .ok_or_else(|| HeadError::Git {
+                    url: url.clone(),
+                    message: "no address".into(),
+                })?;
+            let stream =
+                std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| git_err(&e))?;
+            stream
+                .set_read_timeout(Some(timeout))
+                .map_err(|e| git_err(&e))?;
+            stream
+                .set_write_timeout(Some(timeout))
+                .map_err(|e| git_err(&e))?;
+            let write = stream.try_clone().map_err(|e| git_err(&e))?;
+            let transport = gix::protocol::transport::client::git::blocking_io::Connection::new(
+                stream,
+                write,
+                gix::protocol::transport::Protocol::V2,
+                remote_url.path.clone(),
+                Some((host, remote_url.port)),
+                gix::protocol::transport::client::git::ConnectMode::Daemon,
+                false,
+            );
+            remote.to_connection_with_transport(Box::new(transport))
         }
-        _ => Ok(None),
-    });
+        _ => remote
+            .connect(gix::remote::Direction::Fetch)
+            .map_err(|e| git_err(&e))?,
+    };
+    // Credentials go out with the first request; a challenge after that means they
+    // were refused, so the callback offers nothing (never helpers, never a prompt).
+    let mut connection = connection.with_credentials(|_| Ok(None));
 
-    if let Some(ca) = &request.auth.ca_crt {
-        let certs = reqwest::Certificate::from_pem_bundle(ca)
-            .map_err(|e| HeadError::Credentials(format!("ca.crt is not a PEM bundle: {e}")))?;
-        let mut options = repo
-            .transport_options(request.url.as_str(), None)
-            .map_err(|e| git_err(&e))?;
-        if let Some(http) = options.as_mut().and_then(|o| {
-            o.downcast_mut::<gix::protocol::transport::client::blocking_io::http::Options>()
-        }) {
-            let backend = gix::protocol::transport::client::blocking_io::http::reqwest::Options {
-                configure_client: Some(Box::new(
-                    move |builder: reqwest::blocking::ClientBuilder| {
-                        Ok(builder.tls_certs_merge(certs.clone()))
-                    },
-                )),
-                configure_request: None,
+    if matches!(
+        remote_url.scheme,
+        gix::url::Scheme::Http | gix::url::Scheme::Https
+    ) {
+        let mut extra_headers = Vec::new();
+        if let Some(token) = &auth.bearer_token {
+            extra_headers.push(format!("Authorization: Bearer {token}"));
+        } else if let (Some(user), Some(pass)) = (&auth.username, &auth.password) {
+            let encoded = base64_encode(format!("{user}:{pass}").as_bytes());
+            extra_headers.push(format!("Authorization: Basic {encoded}"));
+        }
+        let certs =
+            match &auth.ca_crt {
+                Some(ca) => Some(reqwest::Certificate::from_pem_bundle(ca).map_err(|e| {
+                    HeadError::Credentials(format!("ca.crt is not a PEM bundle: {e}"))
+                })?),
+                None => None,
             };
-            http.backend = Some(Arc::new(Mutex::new(backend)));
-        }
-        if let Some(options) = options {
-            connection.set_transport_options(options);
-        }
+        let backend = http::reqwest::Options {
+            configure_client: Some(Box::new(
+                move |builder: reqwest::blocking::ClientBuilder| {
+                    let mut builder = builder.timeout(timeout).connect_timeout(timeout);
+                    if let Some(certs) = &certs {
+                        builder = builder.tls_certs_merge(certs.clone());
+                    }
+                    Ok(builder)
+                },
+            )),
+            configure_request: None,
+        };
+        let options = http::Options {
+            extra_headers,
+            connect_timeout: Some(timeout),
+            backend: Some(Arc::new(Mutex::new(backend))),
+            ..Default::default()
+        };
+        connection = connection.with_transport_options(Box::new(options));
     }
 
     let (ref_map, _handshake) = connection
@@ -439,6 +519,28 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
         );
     }
     Ok(heads)
+}
+
+/// Standard base64 with padding (for a Basic authorization header).
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 struct PrivateDir {
@@ -671,6 +773,22 @@ mod tests {
         assert_eq!(auth.username.as_deref(), Some("bot"));
         assert_eq!(auth.password.as_deref(), Some("pw"));
         assert_eq!(auth.bearer_token, None);
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
     }
 
     #[test]

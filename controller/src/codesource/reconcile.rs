@@ -771,6 +771,40 @@ async fn publish_config(
     }))
 }
 
+/// Names of finished Jobs beyond the history limits, oldest first out: the newest
+/// `successful` succeeded and `failed` failed Jobs are kept. Running Jobs are never
+/// listed.
+pub fn jobs_to_prune(jobs: &[Job], successful: i32, failed: i32) -> Vec<String> {
+    let finished_at = |j: &Job| {
+        let status = j.status.as_ref();
+        status
+            .and_then(|s| s.completion_time.clone())
+            .or_else(|| {
+                status
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Failed" && c.status == "True"))
+                    .and_then(|c| c.last_transition_time.clone())
+            })
+            .or_else(|| status.and_then(|s| s.start_time.clone()))
+            .or_else(|| j.metadata.creation_timestamp.clone())
+            .map(|t| t.0)
+    };
+    let mut out = Vec::new();
+    for (state, limit) in [
+        (JobState::Succeeded, successful),
+        (JobState::Failed, failed),
+    ] {
+        let mut finished: Vec<&Job> = jobs
+            .iter()
+            .filter(|j| summarize(j).state == state)
+            .collect();
+        finished.sort_by_key(|j| std::cmp::Reverse(finished_at(j)));
+        let keep = usize::try_from(limit.max(0)).unwrap_or(0);
+        out.extend(finished.iter().skip(keep).map(|j| j.name_any()));
+    }
+    out
+}
+
 async fn prune_history(
     ctx: &Context,
     cs: &CodeSource,
@@ -778,38 +812,24 @@ async fn prune_history(
     jobs: &[Job],
 ) -> Result<(), Error> {
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
-    let finished_at = |j: &Job| {
-        j.status
-            .as_ref()
-            .and_then(|s| s.completion_time.clone().or_else(|| s.start_time.clone()))
-            .map(|t| t.0)
-    };
-    for (state, limit) in [
-        (JobState::Succeeded, cs.spec.successful_jobs_history_limit),
-        (JobState::Failed, cs.spec.failed_jobs_history_limit),
-    ] {
-        let mut finished: Vec<&Job> = jobs
-            .iter()
-            .filter(|j| summarize(j).state == state)
-            .collect();
-        finished.sort_by_key(|j| std::cmp::Reverse(finished_at(j)));
-        for job in finished
-            .iter()
-            .skip(usize::try_from(limit.max(0)).unwrap_or(0))
-        {
-            let dp = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                ..Default::default()
-            };
-            match jobs_api.delete(&job.name_any(), &dp).await {
-                Ok(_) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(Error::Kube {
-                        action: "delete old Job",
-                        source: e,
-                    });
-                }
+    let doomed = jobs_to_prune(
+        jobs,
+        cs.spec.successful_jobs_history_limit,
+        cs.spec.failed_jobs_history_limit,
+    );
+    for name in doomed {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..Default::default()
+        };
+        match jobs_api.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(Error::Kube {
+                    action: "delete old Job",
+                    source: e,
+                });
             }
         }
     }
@@ -891,6 +911,37 @@ mod tests {
             serde_json::from_value(json!({"metadata": {"name": "p-2"}, "status": {"active": 1}}))
                 .unwrap();
         assert_eq!(summarize(&running).state, JobState::Active);
+    }
+
+    fn finished(name: &str, state: &str, at: &str) -> Job {
+        let status = match state {
+            "Complete" => {
+                json!({"completionTime": at, "conditions": [{"type": "Complete", "status": "True"}]})
+            }
+            "Failed" => {
+                json!({"conditions": [{"type": "Failed", "status": "True", "lastTransitionTime": at}]})
+            }
+            _ => json!({"active": 1, "startTime": at}),
+        };
+        serde_json::from_value(json!({"metadata": {"name": name}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn given_more_finished_jobs_than_the_limits_the_oldest_are_pruned() {
+        let jobs = [
+            finished("ok-1", "Complete", "2026-01-01T00:00:00Z"),
+            finished("ok-3", "Complete", "2026-01-03T00:00:00Z"),
+            finished("ok-2", "Complete", "2026-01-02T00:00:00Z"),
+            finished("bad-1", "Failed", "2026-01-01T00:00:00Z"),
+            finished("bad-2", "Failed", "2026-01-02T00:00:00Z"),
+            finished("running", "Active", "2025-01-01T00:00:00Z"),
+        ];
+        assert_eq!(jobs_to_prune(&jobs, 2, 1), ["ok-1", "bad-1"]);
+        assert_eq!(
+            jobs_to_prune(&jobs, 0, 0),
+            ["ok-3", "ok-2", "ok-1", "bad-2", "bad-1"]
+        );
+        assert!(jobs_to_prune(&jobs, 3, 3).is_empty());
     }
 
     #[test]

@@ -1,0 +1,390 @@
+//! The head check against real git servers on 127.0.0.1: `file://`, `git daemon`
+//! (git://) and smart HTTP (`git http-backend` behind lighttpd) with basic auth and a
+//! bearer token. Each result is compared with `git ls-remote --heads` of the same
+//! repository.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openvox_code_controller::codesource::heads::{
+    GitAuth, GixHeadLister, HeadCache, HeadError, HeadLister, HeadRequest, RemoteHeads,
+};
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "openvox-heads-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The path of a server binary, or a panic naming the Debian package.
+fn require(name: &str, package: &str) -> PathBuf {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/lib/git-core"])
+    {
+        let path = Path::new(dir).join(name);
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!("{name} is needed for this test: install the Debian package {package} (make deps)");
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository with branches production, staging and feature/login, and an
+/// annotated tag (which a head listing must leave out).
+fn control_repo(path: &Path) {
+    let work = path.with_extension("work");
+    std::fs::create_dir_all(&work).unwrap();
+    git(
+        path.parent().unwrap(),
+        &["init", "-q", "--bare", path.to_str().unwrap()],
+    );
+    git(&work, &["init", "-q", "-b", "production"]);
+    for (branch, content) in [
+        ("production", "p"),
+        ("staging", "s"),
+        ("feature/login", "f"),
+    ] {
+        git(&work, &["checkout", "-q", "-B", branch]);
+        std::fs::write(work.join("site.pp"), content).unwrap();
+        git(&work, &["add", "site.pp"]);
+        git(&work, &["commit", "-q", "-m", content]);
+        git(
+            &work,
+            &[
+                "push",
+                "-q",
+                path.to_str().unwrap(),
+                &format!("HEAD:refs/heads/{branch}"),
+            ],
+        );
+    }
+    git(&work, &["tag", "-a", "-m", "v1", "v1.0.0"]);
+    git(&work, &["push", "-q", path.to_str().unwrap(), "v1.0.0"]);
+}
+
+/// `git ls-remote --heads` of a local path, as branch → commit.
+fn ls_remote(path: &Path) -> RemoteHeads {
+    git(path, &["ls-remote", "--heads", path.to_str().unwrap()])
+        .lines()
+        .filter_map(|line| {
+            let (sha, name) = line.split_once('\t')?;
+            Some((
+                name.strip_prefix("refs/heads/")?.to_string(),
+                sha.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server process, killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(mut cmd: Command, port: u16, log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        let mut server = Self(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = server.0.try_wait() {
+                panic!(
+                    "{cmd:?} exited with {status}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{cmd:?} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn git_daemon(base: &Path, port: u16) -> Server {
+    let mut cmd = Command::new(require("git", "git"));
+    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--informative-errors",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.display()))
+        .arg(base);
+    Server::start(cmd, port, &base.join("daemon.log"))
+}
+
+/// Smart HTTP through lighttpd: `/git/private/` needs basic auth, `/git/token/` a
+/// bearer token, the rest is public.
+fn http_git(scratch: &Path, repos: &Path, user: (&str, &str), bearer: &str, port: u16) -> Server {
+    let lighttpd = require("lighttpd", "lighttpd");
+    let backend = require("git-http-backend", "git");
+    let users = scratch.join("users");
+    std::fs::write(&users, format!("{}:{}\n", user.0, user.1)).unwrap();
+    let docroot = scratch.join("www");
+    std::fs::create_dir_all(&docroot).unwrap();
+    let config = format!(
+        r#"
+server.document-root = "{docroot}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.modules = ("mod_access", "mod_alias", "mod_auth", "mod_authn_file", "mod_setenv", "mod_cgi")
+server.errorlog = "{errorlog}"
+alias.url = ("/git" => "{backend}")
+$HTTP["url"] =~ "^/git" {{
+  cgi.assign = ("" => "")
+  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{repos}", "GIT_HTTP_EXPORT_ALL" => "1",
+    "GIT_CONFIG_NOSYSTEM" => "1", "GIT_CONFIG_COUNT" => "1",
+    "GIT_CONFIG_KEY_0" => "safe.directory", "GIT_CONFIG_VALUE_0" => "*")
+}}
+auth.backend = "plain"
+auth.backend.plain.userfile = "{users}"
+auth.require = ("/git/private/" => ("method" => "basic", "realm" => "git", "require" => "valid-user"))
+$HTTP["url"] =~ "^/git/token/" {{
+  $REQUEST_HEADER["Authorization"] != "Bearer {bearer}" {{
+    url.access-deny = ("")
+  }}
+}}
+"#,
+        docroot = docroot.display(),
+        errorlog = scratch.join("lighttpd-error.log").display(),
+        backend = backend.display(),
+        repos = repos.display(),
+        users = users.display(),
+    );
+    let path = scratch.join("lighttpd.conf");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(lighttpd);
+    cmd.arg("-D").arg("-f").arg(&path);
+    Server::start(cmd, port, &scratch.join("lighttpd.log"))
+}
+
+fn request(url: String, auth: GitAuth) -> HeadRequest {
+    HeadRequest {
+        url,
+        auth,
+        timeout: Duration::from_secs(20),
+    }
+}
+
+async fn list(scratch: &Path, request: HeadRequest) -> Result<RemoteHeads, HeadError> {
+    GixHeadLister::new(scratch)
+        .unwrap()
+        .list_heads(request)
+        .await
+}
+
+#[tokio::test]
+async fn file_urls_list_the_same_heads_as_git_ls_remote() {
+    let scratch = Scratch::new("file");
+    let repo = scratch.0.join("control.git");
+    control_repo(&repo);
+    let heads = list(
+        &scratch.0,
+        request(format!("file://{}", repo.display()), GitAuth::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heads, ls_remote(&repo));
+    assert_eq!(
+        heads.keys().collect::<Vec<_>>(),
+        ["feature/login", "production", "staging"]
+    );
+}
+
+#[tokio::test]
+async fn git_daemon_urls_list_the_same_heads_as_git_ls_remote() {
+    let scratch = Scratch::new("daemon");
+    let repo = scratch.0.join("control.git");
+    control_repo(&repo);
+    let port = free_port();
+    let _daemon = git_daemon(&scratch.0, port);
+    let heads = list(
+        &scratch.0,
+        request(
+            format!("git://127.0.0.1:{port}/control.git"),
+            GitAuth::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(heads, ls_remote(&repo));
+}
+
+#[tokio::test]
+async fn smart_http_lists_heads_with_basic_auth_and_bearer_tokens() {
+    let scratch = Scratch::new("http");
+    let repos = scratch.0.join("repos");
+    for dir in ["public", "private", "token"] {
+        std::fs::create_dir_all(repos.join(dir)).unwrap();
+        control_repo(&repos.join(dir).join("control.git"));
+    }
+    let want = ls_remote(&repos.join("public/control.git"));
+    let port = free_port();
+    let _server = http_git(&scratch.0, &repos, ("bot", "s3cret"), "tok3n", port);
+    let base = format!("http://127.0.0.1:{port}/git");
+
+    let public = list(
+        &scratch.0,
+        request(format!("{base}/public/control.git"), GitAuth::default()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(public.len(), want.len());
+
+    let basic = GitAuth {
+        username: Some("bot".into()),
+        password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let private = list(
+        &scratch.0,
+        request(format!("{base}/private/control.git"), basic),
+    )
+    .await
+    .unwrap();
+    assert_eq!(private, ls_remote(&repos.join("private/control.git")));
+
+    let bearer = GitAuth {
+        bearer_token: Some("tok3n".into()),
+        ..Default::default()
+    };
+    let token = list(
+        &scratch.0,
+        request(format!("{base}/token/control.git"), bearer),
+    )
+    .await
+    .unwrap();
+    assert_eq!(token, ls_remote(&repos.join("token/control.git")));
+
+    // Wrong or missing credentials fail without prompting, and the message carries
+    // neither the password nor user info from the URL.
+    let wrong = GitAuth {
+        username: Some("bot".into()),
+        password: Some("wrong-pass".into()),
+        ..Default::default()
+    };
+    let err = list(
+        &scratch.0,
+        request(format!("{base}/private/control.git"), wrong),
+    )
+    .await
+    .unwrap_err();
+    assert!(!err.to_string().contains("wrong-pass"), "{err}");
+    // User info in the URL never shows up in a message, whatever the outcome.
+    let inline = format!("http://bot:inline-pass@127.0.0.1:{port}/git/private/control.git");
+    if let Err(e) = list(&scratch.0, request(inline, GitAuth::default())).await {
+        assert!(!e.to_string().contains("inline-pass"), "{e}");
+    }
+    let err = list(
+        &scratch.0,
+        request(format!("{base}/token/control.git"), GitAuth::default()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, HeadError::Git { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_missing_repository_is_an_error_naming_the_url() {
+    let scratch = Scratch::new("missing");
+    let port = free_port();
+    let _daemon = git_daemon(&scratch.0, port);
+    let url = format!("git://127.0.0.1:{port}/nothing-here.git");
+    let err = list(&scratch.0, request(url.clone(), GitAuth::default()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&url), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out() {
+    let scratch = Scratch::new("silent");
+    // Accepts connections and says nothing.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    let cache = HeadCache::new(
+        Arc::new(GixHeadLister::new(&scratch.0).unwrap()),
+        Duration::from_secs(10),
+    );
+    let mut req = request(
+        format!("git://127.0.0.1:{port}/control.git"),
+        GitAuth::default(),
+    );
+    req.timeout = Duration::from_millis(500);
+    let started = Instant::now();
+    let err = cache.heads(req, Instant::now()).await.unwrap_err();
+    assert_eq!(err, HeadError::Timeout(0));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
