@@ -634,3 +634,152 @@ async fn a_new_requested_at_builds_again_once() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> {
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-noconfig").await?;
+    let _node = node_running(&ns, "exit 0").await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", with_config(&repo.url(), "later")),
+    )
+    .await?;
+    eventually("the Job to complete", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+    })
+    .await?;
+    let digest = "registry.example/puppet-code@sha256:2222";
+    report_build(&ns, "prod", digest).await?;
+    let missing = eventually("ConfigUpdated=False", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "ConfigUpdated")
+            .filter(|c| c["status"] == "False")
+            .cloned())
+    })
+    .await?;
+    assert_eq!(missing["reason"], "ConfigNotFound");
+
+    // The Config appears: the retry (with backoff) fills it.
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        config(
+            "later",
+            json!([{"image": "registry.example/puppet-code@sha256:0000"}]),
+        ),
+    )
+    .await?;
+    eventually("ConfigUpdated=True", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "ConfigUpdated")
+            .filter(|c| c["status"] == "True")
+            .map(|_| ()))
+    })
+    .await?;
+    assert_eq!(config_code(&ns, "later").await?[0]["image"], digest);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_repository_is_reported_as_fetch_failed() -> Result<()> {
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-unreachable").await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("git://127.0.0.1:{port}/control.git");
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", spec(&url, "@hourly")),
+    )
+    .await?;
+    let failed = eventually("FetchFailed", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "FetchFailed").cloned())
+    })
+    .await?;
+    assert_eq!(failed["reason"], "GitOperationFailed");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&url),
+        "{failed}"
+    );
+    let st = status(&ns, "prod").await?;
+    assert_eq!(
+        condition(&st, "Ready").map(|c| c["status"].clone()),
+        Some(json!("False"))
+    );
+    assert!(worker_jobs(&ns, "prod").await?.is_empty());
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    eventually("a GitOperationFailed Event", || async {
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("GitOperationFailed")))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Result<()> {
+    // A control plane of its own, whose Config CRD has the older single-object shape.
+    let control_plane = harness::ControlPlane::start(&harness::Options {
+        gateway_api: false,
+        config_shape: harness::ConfigShape::Single,
+    })?;
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new_in(&control_plane, "cs-single").await?;
+    let _node = node_running(&ns, "exit 0").await?;
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        config(
+            "prod",
+            json!({"image": "registry.example/puppet-code@sha256:0000", "imagePullPolicy": "Always"}),
+        ),
+    )
+    .await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", with_config(&repo.url(), "prod")),
+    )
+    .await?;
+    eventually("the Job to complete", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+    })
+    .await?;
+    let digest = "registry.example/puppet-code@sha256:3333";
+    report_build(&ns, "prod", digest).await?;
+    eventually("ConfigUpdated", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "ConfigUpdated")
+            .filter(|c| c["status"] == "True")
+            .map(|_| ()))
+    })
+    .await?;
+    let code = config_code(&ns, "prod").await?;
+    assert_eq!(code["image"], digest, "{code}");
+    // Only `image` is ours: the pull policy someone else set stays.
+    assert_eq!(code["imagePullPolicy"], "Always", "{code}");
+    Ok(())
+}
