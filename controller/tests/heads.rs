@@ -388,3 +388,229 @@ async fn a_server_that_never_answers_times_out() {
     assert_eq!(err, HeadError::Timeout(0));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl. Returns
+/// (ca.crt, server.crt, server.key).
+fn pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = require("openssl", "openssl");
+    let (ca_key, ca) = (dir.join("ca.key"), dir.join("ca.crt"));
+    run(Command::new(&openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=heads test CA",
+        ])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    let (key, csr, cert) = (
+        dir.join("server.key"),
+        dir.join("server.csr"),
+        dir.join("server.crt"),
+    );
+    run(Command::new(&openssl)
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new(&openssl)
+        .args(["x509", "-req", "-days", "1", "-CAcreateserial", "-in"])
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&cert)
+        .arg("-extfile")
+        .arg(&ext));
+    (ca, cert, key)
+}
+
+/// Terminates TLS on `port` and forwards to `backend` (python3's ssl module).
+fn tls_proxy(dir: &Path, cert: &Path, key: &Path, port: u16, backend: u16) -> Server {
+    let script = dir.join("tls_proxy.py");
+    std::fs::write(
+        &script,
+        r#"
+import socket, ssl, sys, threading
+port, backend, cert, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
+def copy(src, dst):
+    try:
+        while (data := src.recv(65536)):
+            dst.sendall(data)
+    except OSError:
+        pass
+    for s in (src, dst):
+        try: s.shutdown(socket.SHUT_RDWR)
+        except OSError: pass
+def serve(conn):
+    try:
+        tls = ctx.wrap_socket(conn, server_side=True)
+    except (ssl.SSLError, OSError):
+        conn.close(); return
+    upstream = socket.create_connection(("127.0.0.1", backend))
+    threading.Thread(target=copy, args=(tls, upstream), daemon=True).start()
+    copy(upstream, tls)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#,
+    )
+    .unwrap();
+    let mut cmd = Command::new(require("python3", "python3"));
+    cmd.arg("-u")
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(backend.to_string())
+        .arg(cert)
+        .arg(key);
+    Server::start(cmd, port, &dir.join("tls_proxy.log"))
+}
+
+#[tokio::test]
+async fn https_with_the_secret_ca_lists_heads_and_without_it_fails() {
+    let scratch = Scratch::new("https");
+    let repos = scratch.0.join("repos");
+    std::fs::create_dir_all(repos.join("public")).unwrap();
+    control_repo(&repos.join("public/control.git"));
+    let http_port = free_port();
+    let _http = http_git(&scratch.0, &repos, ("bot", "pw"), "t", http_port);
+    let (ca, cert, key) = pki(&scratch.0);
+    let tls_port = free_port();
+    let _tls = tls_proxy(&scratch.0, &cert, &key, tls_port, http_port);
+    let url = format!("https://127.0.0.1:{tls_port}/git/public/control.git");
+
+    let with_ca = GitAuth {
+        ca_crt: Some(std::fs::read(&ca).unwrap()),
+        ..Default::default()
+    };
+    let heads = list(&scratch.0, request(url.clone(), with_ca))
+        .await
+        .unwrap();
+    assert_eq!(heads, ls_remote(&repos.join("public/control.git")));
+
+    let err = list(&scratch.0, request(url, GitAuth::default()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HeadError::Git { .. }), "{err:?}");
+
+    let bad_ca = GitAuth {
+        ca_crt: Some(b"not a certificate".to_vec()),
+        ..Default::default()
+    };
+    let err = list(
+        &scratch.0,
+        request(format!("https://127.0.0.1:{tls_port}/x.git"), bad_ca),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, HeadError::Credentials(_) | HeadError::Git { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn ssh_with_the_secret_key_and_known_hosts_lists_heads() {
+    let scratch = Scratch::new("ssh");
+    let repo = scratch.0.join("control.git");
+    control_repo(&repo);
+    let sshd = require("sshd", "openssh-server");
+    let keygen = require("ssh-keygen", "openssh-client");
+    require("ssh", "openssh-client");
+    // sshd refuses to start without its privilege separation directory.
+    std::fs::create_dir_all("/run/sshd").expect("sshd needs /run/sshd (run the tests as root)");
+    for key in ["host_key", "user_key", "other_host_key"] {
+        run(Command::new(&keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", key, "-f"])
+            .arg(scratch.0.join(key)));
+    }
+    std::fs::copy(
+        scratch.0.join("user_key.pub"),
+        scratch.0.join("authorized_keys"),
+    )
+    .unwrap();
+    let port = free_port();
+    let config = format!(
+        "ListenAddress 127.0.0.1:{port}\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
+         PidFile none\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nAcceptEnv GIT_PROTOCOL\n",
+        dir = scratch.0.display()
+    );
+    std::fs::write(scratch.0.join("sshd_config"), config).unwrap();
+    let mut cmd = Command::new(sshd);
+    cmd.arg("-D")
+        .arg("-e")
+        .arg("-f")
+        .arg(scratch.0.join("sshd_config"));
+    let _server = Server::start(cmd, port, &scratch.0.join("sshd.log"));
+
+    let host_key = |file: &str| {
+        let text = std::fs::read_to_string(scratch.0.join(file)).unwrap();
+        let parts: Vec<&str> = text.split_whitespace().take(2).collect();
+        format!("[127.0.0.1]:{port} {}\n", parts.join(" "))
+    };
+    let user = run(Command::new("id").arg("-un")).trim().to_string();
+    let url = format!("ssh://{user}@127.0.0.1:{port}{}", repo.display());
+    let identity = std::fs::read(scratch.0.join("user_key")).unwrap();
+
+    let good = GitAuth {
+        identity: Some(identity.clone()),
+        known_hosts: Some(host_key("host_key.pub").into_bytes()),
+        ..Default::default()
+    };
+    let heads = list(&scratch.0, request(url.clone(), good)).await.unwrap();
+    assert_eq!(heads, ls_remote(&repo));
+
+    // A known_hosts entry for another key: the host is refused, nothing is listed.
+    let wrong_host = GitAuth {
+        identity: Some(identity),
+        known_hosts: Some(host_key("other_host_key.pub").into_bytes()),
+        ..Default::default()
+    };
+    let err = list(&scratch.0, request(url, wrong_host))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, HeadError::Git { .. }), "{err:?}");
+}

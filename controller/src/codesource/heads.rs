@@ -386,7 +386,12 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
                     path.display()
                 ));
             }
-            overrides.push(format!("core.sshCommand={command}"));
+            // ssh's own messages ("Host key verification failed.") go to a file so
+            // the error can quote them, not to the controller's stderr.
+            overrides.push(format!(
+                "core.sshCommand={command} \"$@\" 2>>{}",
+                dir.path.join("ssh.log").display()
+            ));
             Some(dir)
         }
         None => None,
@@ -503,7 +508,20 @@ fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHe
 
     let (ref_map, _handshake) = connection
         .ref_map(gix::progress::Discard, Default::default())
-        .map_err(|e| git_err(&e))?;
+        .map_err(|e| match (git_err(&e), &_ssh_dir) {
+            (HeadError::Git { url, message }, Some(dir)) => {
+                let said = std::fs::read_to_string(dir.path.join("ssh.log")).unwrap_or_default();
+                let said: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+                let tail = said[said.len().saturating_sub(3)..].join(" ");
+                let message = if tail.is_empty() {
+                    message
+                } else {
+                    format!("{message} (ssh: {tail})")
+                };
+                HeadError::Git { url, message }
+            }
+            (other, _) => other,
+        })?;
     let mut heads = RemoteHeads::new();
     for r in &ref_map.remote_refs {
         let (name, target, peeled) = r.unpack();
