@@ -462,6 +462,19 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
     assert_eq!(code.as_array().map(Vec::len), Some(1), "{code}");
     assert_eq!(code[0]["image"], digest);
     assert_eq!(code[0]["imagePullSecret"], "pull");
+    // Events: the build started, the artifact landed, the Config took it.
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    for reason in ["BuildStarted", "NewArtifact", "ConfigUpdated"] {
+        eventually(reason, || async {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason)))
+        })
+        .await?;
+    }
     assert_eq!(st["lastLaunch"]["jobName"], job.name_any().as_str());
     Ok(())
 }

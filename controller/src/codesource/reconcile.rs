@@ -404,36 +404,39 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         )
         .await;
     }
+    // A build just landed when Ready leaves "Progressing" (a Job was running or its
+    // record was awaited) for "up to date"; otherwise an up-to-date check after a
+    // failure says so once.
     let was_ready = is_true(&old.conditions, types::READY);
-    let ready_message = find(&status.conditions, types::READY).map(|c| c.message.clone());
-    if up_to_date && (!was_ready || old_message(&old, types::READY) != ready_message.as_ref()) {
+    let was_building =
+        find(&old.conditions, types::READY).is_some_and(|c| c.reason == reasons::PROGRESSING);
+    if up_to_date && was_building {
         let image = old
             .last_build
             .as_ref()
             .map(|b| b.image.clone())
             .unwrap_or_default();
-        let built_now =
-            old.config.as_ref().map(|c| &c.image) != Some(&image) || status.config != old.config;
-        if built_now || !was_ready {
-            ctx.metrics.build("succeeded");
-            publish(
-                ctx,
-                cs,
-                EventType::Normal,
-                reasons::NEW_ARTIFACT,
-                "Build",
-                format!("stored artifact {image} for {}", revisions(&status.heads)),
-            )
-            .await;
-        }
-    } else if up_to_date && check_now && !was_ready {
+        ctx.metrics.build("succeeded");
+        publish(
+            ctx,
+            cs,
+            EventType::Normal,
+            reasons::NEW_ARTIFACT,
+            "Build",
+            format!("stored artifact {image} for {}", revisions(&status.heads)),
+        )
+        .await;
+    } else if up_to_date && !was_ready {
         publish(
             ctx,
             cs,
             EventType::Normal,
             reasons::UP_TO_DATE,
             "CheckHeads",
-            "no changes since the last build".into(),
+            format!(
+                "no changes since the last build ({})",
+                revisions(&status.heads)
+            ),
         )
         .await;
     }
