@@ -6,7 +6,7 @@
 //! annotation carries a value not yet handled. It is never launched while another Job
 //! of the CodeSource is active, nor twice for the same inputs: the launch is recorded in
 //! `status.lastLaunch` right after the Job is created. A launch whose Job failed is
-//! retried once per scheduled tick.
+//! retried at a scheduled tick, no sooner than [`retry_backoff`] after it started.
 
 use std::collections::BTreeMap;
 
@@ -140,6 +140,16 @@ pub fn inputs_hash(spec_hash: &str, heads: &BTreeMap<String, String>) -> String 
     hash
 }
 
+/// How long after a failed launch the next retry may start, after `failures` failed
+/// Jobs of the same inputs: 5 minutes, doubling, at most 6 hours.
+pub fn retry_backoff(failures: usize) -> jiff::SignedDuration {
+    let exponent = u32::try_from(failures.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(7);
+    let minutes = (5i64 << exponent).min(360);
+    jiff::SignedDuration::from_mins(minutes)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -198,16 +208,33 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     match job.map(|j| j.state) {
         Some(JobState::Succeeded) => Decision::AwaitingBuildRecord,
         // Failed, or gone (TTL) without a build record: a failure either way.
-        Some(JobState::Failed) | None => match facts.tick {
-            Some(tick) => Decision::Launch {
-                name_seed: format!("{inputs}/retry/{tick}"),
-                inputs_hash: inputs,
-                reason: LaunchReason::Retry,
-            },
-            None => Decision::FailedWaitingForRetry {
-                job: job.map(|j| j.name.clone()),
-            },
-        },
+        Some(JobState::Failed) | None => {
+            // Retries back off: the n-th failed Job of these inputs (as far as the
+            // failed-Jobs history still shows them) waits retry_backoff(n) after its
+            // launch, and then for a scheduled tick.
+            let failures = facts
+                .jobs
+                .iter()
+                .filter(|j| {
+                    j.state == JobState::Failed && j.inputs_hash.as_deref() == Some(&inputs)
+                })
+                .count();
+            let launched = facts.last_launch.map(|l| l.time.0);
+            let due = |tick: Timestamp| match launched {
+                Some(at) => tick.duration_since(at) >= retry_backoff(failures),
+                None => true,
+            };
+            match facts.tick.filter(|t| due(*t)) {
+                Some(tick) => Decision::Launch {
+                    name_seed: format!("{inputs}/retry/{tick}"),
+                    inputs_hash: inputs,
+                    reason: LaunchReason::Retry,
+                },
+                None => Decision::FailedWaitingForRetry {
+                    job: job.map(|j| j.name.clone()),
+                },
+            }
+        }
         // Active Jobs returned early above; this arm only keeps the match total.
         Some(JobState::Active) => Decision::WaitForJob(last_job.unwrap_or_default().to_string()),
     }
@@ -444,6 +471,48 @@ mod tests {
         };
         assert_eq!(reason, LaunchReason::Retry);
         assert!(name_seed.contains("retry"));
+    }
+
+    #[test]
+    fn given_repeated_failures_retries_back_off() {
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let mut last = launch(&inputs, "cs-3", &h);
+        last.time = Time(Timestamp::from_second(0).unwrap());
+        let failed = |name: &str| JobSummary {
+            name: name.into(),
+            inputs_hash: Some(inputs.clone()),
+            state: JobState::Failed,
+        };
+        let jobs = [failed("cs-1"), failed("cs-2"), failed("cs-3")];
+        // Three failures: 20 minutes must pass since the last launch.
+        let at = |minutes: i64| Some(Timestamp::from_second(minutes * 60).unwrap());
+        let f = Facts {
+            last_launch: Some(&last),
+            jobs: &jobs,
+            tick: at(10),
+            ..facts(&h)
+        };
+        assert_eq!(
+            decide(&f),
+            Decision::FailedWaitingForRetry {
+                job: Some("cs-3".into())
+            }
+        );
+        let f = Facts { tick: at(20), ..f };
+        assert!(matches!(
+            decide(&f),
+            Decision::Launch {
+                reason: LaunchReason::Retry,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_backoff_doubles_from_5_minutes_to_6_hours() {
+        let minutes: Vec<i64> = (0..=10).map(|n| retry_backoff(n).as_mins()).collect();
+        assert_eq!(minutes, [5, 5, 10, 20, 40, 80, 160, 320, 360, 360, 360]);
     }
 
     #[test]
