@@ -7,11 +7,14 @@
 //! - [`TestNamespace`]: one fresh namespace per test, deleted on drop.
 //! - [`apply`]: server-side apply of YAML or JSON objects of any kind, and the README
 //!   examples the CRD tests must accept.
+//! - [`fixtures`]: git daemon, bare repositories, an OCI registry and other real
+//!   servers on loopback, shared by the integration tests of every crate.
 //! - [`node_sim`]: plays kubelet (and scheduler) for the pods of Jobs, so the real Job
 //!   controller completes or fails them. See `tests/README.md` for what is simulated.
 
 pub mod apply;
 pub mod control_plane;
+pub mod fixtures;
 pub mod namespace;
 pub mod node_sim;
 mod time;

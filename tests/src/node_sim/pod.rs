@@ -387,6 +387,17 @@ impl PodRun {
             ("KUBERNETES_PORT".to_owned(), format!("tcp://{host}:{port}")),
         ];
         std::fs::create_dir_all(self.dir.join("home"))?;
+        // In a pod, client libraries find the API server through the service variables
+        // and the token + CA mounted at a fixed path. A host process cannot have that
+        // path, so it gets a kubeconfig naming the same token file and CA instead.
+        if let Some(account) = mounts.host_path(SERVICE_ACCOUNT_DIR) {
+            let kubeconfig = self.dir.join("kubeconfig");
+            std::fs::write(
+                &kubeconfig,
+                service_account_kubeconfig(host, *port, &account),
+            )?;
+            env.push(("KUBECONFIG".to_owned(), kubeconfig.display().to_string()));
+        }
         let set = |env: &mut Vec<(String, String)>, name: String, value: String| {
             env.retain(|(n, _)| *n != name);
             env.push((name, value));
@@ -827,4 +838,19 @@ mod tests {
         );
         assert!(lookup_image(&images, "exact:2").is_none());
     }
+}
+
+/// Where the kubelet mounts a pod's service-account token, CA and namespace.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// A kubeconfig that authenticates like in-cluster configuration would: the pod's
+/// projected token file and the cluster CA, against the API server's address.
+fn service_account_kubeconfig(host: &str, port: u16, account: &Path) -> String {
+    let namespace = std::fs::read_to_string(account.join("namespace")).unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: in-cluster\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority: {ca}\nusers:\n- name: service-account\n  user:\n    tokenFile: {token}\ncontexts:\n- name: in-cluster\n  context:\n    cluster: in-cluster\n    user: service-account\n    namespace: {namespace}\ncurrent-context: in-cluster\n",
+        ca = account.join("ca.crt").display(),
+        token = account.join("token").display(),
+        namespace = namespace.trim(),
+    )
 }
