@@ -129,13 +129,22 @@ async fn wait_for_image(
         {
             return Ok(image);
         }
+        let codesources: Api<CodeSource> = ns.api();
+        let status = codesources
+            .get("production")
+            .await
+            .ok()
+            .and_then(|c| c.status);
+        let failed = status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "BuildFailed" && c.status == "True")
+        });
+        if let Some(failed) = failed {
+            bail!("the build failed: {}", failed.message);
+        }
         if tokio::time::Instant::now() > deadline {
-            let codesources: Api<CodeSource> = ns.api();
-            let status = codesources
-                .get("production")
-                .await
-                .map(|c| serde_json::to_string_pretty(&c.status))
-                .ok();
+            let status = serde_json::to_string_pretty(&status).ok();
             bail!(
                 "no new image reached the Config in {TIMEOUT:?}; status: {status:?}\ncontroller log:\n{}",
                 std::fs::read_to_string(controller_log).unwrap_or_default()
