@@ -24,6 +24,9 @@ pub enum Command {
     /// Build the environments of the selected branches and write them into a directory
     /// (PVC layout: one symlink per environment, switched atomically).
     Sync(SyncArgs),
+    /// Build the environments of the selected branches into a digest-pinned OCI image
+    /// and push it (or write an OCI layout); prints the pinned reference last.
+    Build(crate::image::build::BuildArgs),
 }
 
 /// What to do with branch names that are not valid environment names.
@@ -252,7 +255,9 @@ mod tests {
             "10M",
         ])
         .unwrap();
-        let Command::Sync(args) = cli.command;
+        let Command::Sync(args) = cli.command else {
+            panic!("sync expected");
+        };
         let options = args.to_options().unwrap();
         assert_eq!(options.dir, PathBuf::from("/tmp/envs"));
         assert_eq!(options.source.timeout, Duration::from_secs(120));

@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use openvox_code_worker::cli::{Cli, Command};
 use openvox_code_worker::git::mask_text;
+use openvox_code_worker::image::build::run_build;
 use openvox_code_worker::progress::count;
 use openvox_code_worker::sync::sync;
+use openvox_crds::names::WORKER_PERMANENT_FAILURE_EXIT_CODE;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -63,6 +65,21 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Build(args) => match runtime.block_on(run_build(args)) {
+            Ok(built) => {
+                // The pinned reference is the last line of standard output.
+                println!("{}", built.reference);
+                match built.failure_summary() {
+                    Some(summary) => fail(&summary),
+                    None => ExitCode::SUCCESS,
+                }
+            }
+            Err(e) if e.is_permanent() => {
+                let _ = fail(&e.to_string());
+                ExitCode::from(WORKER_PERMANENT_FAILURE_EXIT_CODE as u8)
+            }
+            Err(e) => fail(&e.to_string()),
+        },
     }
 }
 

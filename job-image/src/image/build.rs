@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{ArgGroup, Args};
 
-use super::auth::DockerConfig;
+use super::auth::{AuthError, DockerConfig};
 use super::builder::{
     ImageEnvironment, ImageError, ImageOptions, ImageRequest, Output, PublishedImage, build_image,
 };
@@ -114,6 +114,24 @@ pub enum RunError {
     Push(#[from] PushError),
     #[error("{}", first_failure(.0))]
     AllFailed(Vec<EnvironmentFailure>),
+}
+
+impl RunError {
+    /// True when running again cannot help (bad arguments, unusable credentials
+    /// files): the worker then exits with
+    /// [`openvox_crds::names::WORKER_PERMANENT_FAILURE_EXIT_CODE`].
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            RunError::Cli(_)
+                | RunError::Usage(_)
+                | RunError::Push(
+                    PushError::Reference { .. }
+                        | PushError::Auth(AuthError::Config { .. })
+                        | PushError::Client(_)
+                )
+        )
+    }
 }
 
 fn first_failure(failures: &[EnvironmentFailure]) -> String {

@@ -1,0 +1,354 @@
+//! `openvox-code-worker build` end to end: a control repository made with git, served
+//! by `git daemon` (and `file://`), built into an image pushed to a real registry on 127.0.0.1 (or an OCI
+//! layout), checked with skopeo; the second run of unchanged branches sends nothing,
+//! and a commit on one branch sends one layer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod registry_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use registry_support::{TestRegistry, skopeo};
+
+fn git(repo: &Path, args: &[&str], date: &str) {
+    let output = Command::new("git")
+        .current_dir(repo)
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_AUTHOR_DATE", date)
+        .env("GIT_COMMITTER_DATE", date)
+        .output()
+        .expect("git is installed (Debian package git)");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A control repository with branches `production` and `staging`.
+fn control_repository(dir: &Path) -> std::path::PathBuf {
+    let repo = dir.join("control");
+    std::fs::create_dir_all(repo.join("manifests")).unwrap();
+    git(
+        &repo,
+        &["init", "-q", "-b", "production"],
+        "2024-01-01T00:00:00Z",
+    );
+    std::fs::write(repo.join("environment.conf"), "modulepath = site:modules\n").unwrap();
+    std::fs::write(repo.join("manifests/site.pp"), "node default {}\n").unwrap();
+    std::fs::create_dir_all(repo.join("site/role/manifests")).unwrap();
+    std::fs::write(repo.join("site/role/manifests/init.pp"), "class role {}\n").unwrap();
+    git(&repo, &["add", "-A"], "2024-01-01T00:00:00Z");
+    git(
+        &repo,
+        &["commit", "-q", "-m", "production"],
+        "2024-01-01T00:00:00Z",
+    );
+    git(
+        &repo,
+        &["checkout", "-q", "-b", "staging"],
+        "2024-01-01T00:00:00Z",
+    );
+    // Not directly on production's tip: the fetch's shallow check takes a wanted tip
+    // that is another wanted tip's parent for history beyond depth 1 (reported).
+    std::fs::write(repo.join("README.md"), "staging\n").unwrap();
+    git(&repo, &["add", "-A"], "2024-01-01T12:00:00Z");
+    git(
+        &repo,
+        &["commit", "-q", "-m", "readme"],
+        "2024-01-01T12:00:00Z",
+    );
+    std::fs::write(
+        repo.join("manifests/site.pp"),
+        "node default { include role }\n",
+    )
+    .unwrap();
+    git(
+        &repo,
+        &["commit", "-q", "-am", "staging"],
+        "2024-01-02T00:00:00Z",
+    );
+    repo
+}
+
+/// `git daemon` serving `base` on a free port of 127.0.0.1 (protocol v2, so fetches
+/// are really shallow), stopped when dropped.
+struct GitDaemon {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitDaemon {
+    fn start(base: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // `git daemon` runs git-daemon as a child that would outlive a kill of `git`;
+        // start git-daemon itself so the test stops what it started.
+        let exec_path = Command::new("git")
+            .arg("--exec-path")
+            .output()
+            .expect("git is installed (Debian package git)");
+        let daemon =
+            Path::new(String::from_utf8(exec_path.stdout).unwrap().trim()).join("git-daemon");
+        let child = Command::new(daemon)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("git-daemon starts");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "git daemon did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("git://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn worker(args: &[&str], work: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_openvox-code-worker"))
+        .args(args)
+        .arg("--work-dir")
+        .arg(work)
+        .arg("--termination-log")
+        .arg(work.join("termination-log"))
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn build_pushes_a_pinned_image_and_the_second_run_sends_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = control_repository(scratch.path());
+    let daemon = GitDaemon::start(scratch.path());
+    let url = daemon.url("control");
+    let registry = TestRegistry::start(Default::default());
+    let image = format!("{}/puppet/code", registry.host());
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let args = [
+        "build",
+        "--url",
+        &url,
+        "--branch",
+        "*",
+        "--image",
+        &image,
+        "--tag",
+        "latest",
+        "--insecure",
+    ];
+
+    let (ok, stdout, stderr) = worker(&args, &work);
+    assert!(ok, "{stderr}");
+    let reference = stdout.lines().last().unwrap().to_owned();
+    assert!(
+        reference.starts_with(&format!("{image}@sha256:")),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(work.join("termination-log")).unwrap(),
+        reference
+    );
+    assert!(
+        stderr.contains("layer    production"),
+        "progress lines: {stderr}"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{reference}"),
+    ]))
+    .unwrap();
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.created"],
+        "2024-01-02T00:00:00Z"
+    );
+    assert_eq!(
+        manifest["annotations"]["org.opencontainers.image.source"],
+        url.as_str()
+    );
+    let uploads = registry.blob_uploads("puppet/code").len();
+    assert_eq!(uploads, 3);
+
+    // Unchanged branches: the previous image (the tag) gives every layer; nothing sent.
+    let (ok, stdout, stderr) = worker(&args, &work);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.lines().last().unwrap(),
+        reference,
+        "same inputs, same digest"
+    );
+    assert_eq!(
+        registry.blob_uploads("puppet/code").len(),
+        uploads,
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 of 2 layers reused"), "{stderr}");
+
+    // A commit on staging: one layer and the config.
+    git(
+        &repo,
+        &["checkout", "-q", "staging"],
+        "2024-01-03T00:00:00Z",
+    );
+    std::fs::write(
+        repo.join("manifests/site.pp"),
+        "node default { include role::web }\n",
+    )
+    .unwrap();
+    git(
+        &repo,
+        &["commit", "-q", "-am", "web"],
+        "2024-01-03T00:00:00Z",
+    );
+    let (ok, stdout, stderr) = worker(&args, &work);
+    assert!(ok, "{stderr}");
+    assert_ne!(stdout.lines().last().unwrap(), reference);
+    assert_eq!(
+        registry.blob_uploads("puppet/code").len(),
+        uploads + 2,
+        "{stderr}"
+    );
+
+    // Copied out, the environments sit at the root with the commit time.
+    let copy = scratch.path().join("copy");
+    skopeo(&[
+        "copy",
+        "--insecure-policy",
+        "--src-tls-verify=false",
+        &format!("docker://{image}:latest"),
+        &format!("oci:{}:x", copy.display()),
+    ]);
+    let staging_layer = {
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(copy.join("index.json")).unwrap()).unwrap();
+        let manifest_digest = index["manifests"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_owned();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(copy.join("blobs/sha256").join(manifest_digest)).unwrap(),
+        )
+        .unwrap();
+        manifest["layers"][1]["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_owned()
+    };
+    let output = Command::new("tar")
+        .env("TZ", "UTC")
+        .arg("-tvzf")
+        .arg(copy.join("blobs/sha256").join(staging_layer))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(output.stdout).unwrap();
+    assert!(listing.contains("staging/manifests/site.pp"), "{listing}");
+    assert!(
+        listing.contains("2024-01-03 00:00"),
+        "mtime is the commit time: {listing}"
+    );
+    assert!(listing.contains("0/0"), "owner 0:0: {listing}");
+}
+
+#[test]
+fn build_writes_an_oci_layout_without_a_registry() {
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = control_repository(scratch.path());
+    let url = format!("file://{}", repo.display());
+    let layout = scratch.path().join("layout");
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let layout_arg = layout.display().to_string();
+    let args = [
+        "build",
+        "--url",
+        &url,
+        "--branch",
+        "production",
+        "--oci-layout",
+        &layout_arg,
+        "--tag",
+        "v1",
+    ];
+    let (ok, stdout, stderr) = worker(&args, &work);
+    assert!(ok, "{stderr}");
+    let reference = stdout.lines().last().unwrap();
+    assert!(
+        reference.starts_with(&format!("oci:{}@sha256:", layout.display())),
+        "{stdout}"
+    );
+    let inspected: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        &format!("oci:{}:v1", layout.display()),
+    ]))
+    .unwrap();
+    assert!(reference.ends_with(inspected["Digest"].as_str().unwrap()));
+}
+
+#[test]
+fn unusable_arguments_fail_with_the_permanent_exit_code() {
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_openvox-code-worker"))
+        .args([
+            "build",
+            "--url",
+            "file:///nonexistent",
+            "--branch",
+            "x",
+            "--image",
+            "r.example/code:tag",
+        ])
+        .arg("--termination-log")
+        .arg(scratch.path().join("termination-log"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(openvox_crds::names::WORKER_PERMANENT_FAILURE_EXIT_CODE)
+    );
+    let message = std::fs::read_to_string(scratch.path().join("termination-log")).unwrap();
+    assert!(message.contains("without tag"), "{message}");
+}
