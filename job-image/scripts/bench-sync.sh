@@ -143,6 +143,7 @@ echo "control repository: $(echo "$branch_list" | wc -l) branches, objects $pack
 # `time -v` into a file; prints "<wall seconds> <max RSS KiB>".
 measure() {
   local out=$1; shift
+  sync  # flush what earlier steps wrote, so no run pays for another's writeback
   /usr/bin/time -v -o "$out" "$@" >"$out.stdout" 2>"$out.stderr" || { echo "FAILED: $*" >&2; tail -5 "$out.stderr" >&2; exit 1; }
   python3 - "$out" <<'PY'
 import re, sys
@@ -151,8 +152,9 @@ wall = re.search(r"Elapsed \(wall clock\) time.*: (.*)", t).group(1).strip()
 parts = [float(p) for p in wall.split(":")]
 secs = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
 rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1))
-cpu = float(re.search(r"User time \(seconds\): (.*)", t).group(1)) + float(re.search(r"System time \(seconds\): (.*)", t).group(1))
-print(f"{secs:.2f} {rss} {cpu:.2f}")
+user = float(re.search(r"User time \(seconds\): (.*)", t).group(1))
+system = float(re.search(r"System time \(seconds\): (.*)", t).group(1))
+print(f"{secs:.2f} {rss} {user:.2f}/{system:.2f}")
 PY
 }
 
@@ -173,12 +175,6 @@ sample_rss() {
 }
 
 echo "running..." >&2
-/usr/bin/time -v -o "$work/sync-split" "$WORKER" sync --url "$control" --branch '*' --forge-url "$forge" \
-  --dir "$work/out-split" --work-dir "$work/tmp" >/dev/null 2>&1 &
-split_pid=$!
-split=$(sample_rss "$split_pid")
-wait "$split_pid" || { echo "FAILED: sync (RSS split run)" >&2; exit 1; }
-rm -rf "$work/out-split"
 sync_cold=$(measure "$work/sync-cold" "$WORKER" sync --url "$control" --branch '*' --forge-url "$forge" \
   --dir "$work/out" --work-dir "$work/tmp")
 sync_warm=$(measure "$work/sync-warm" "$WORKER" sync --url "$control" --branch '*' --forge-url "$forge" \
@@ -187,6 +183,12 @@ clone_script="set -e; for b in $(echo $branch_list); do git clone -q --depth 1 -
 mkdir -p "$work/clones"
 clones=$(measure "$work/clones.time" bash -c "$clone_script")
 
+/usr/bin/time -v -o "$work/sync-split" "$WORKER" sync --url "$control" --branch '*' --forge-url "$forge" \
+  --dir "$work/out-split" --work-dir "$work/tmp" >/dev/null 2>&1 &
+split_pid=$!
+split=$(sample_rss "$split_pid")
+wait "$split_pid" || { echo "FAILED: sync (RSS split run)" >&2; exit 1; }
+rm -rf "$work/out-split"
 out_size=$(du -sh --apparent-size "$work/out/.versions" | cut -f1)
 clone_size=$(du -sh --apparent-size --exclude=.git "$work/clones" | cut -f1)
 read -r sc_wall sc_rss sc_cpu <<<"$sync_cold"
@@ -194,12 +196,12 @@ read -r sw_wall sw_rss sw_cpu <<<"$sync_warm"
 read -r cl_wall cl_rss cl_cpu <<<"$clones"
 printf '\n%s branches x %s files (~%s MB each, %s%% shared), %s modules (%s git, %s Forge); %s cores\n' \
   "$BRANCHES" "$FILES" "$MB" "$SHARED" "$MODULES" "$GIT_MODULES" "$((MODULES - GIT_MODULES))" "$(nproc)"
-printf '%-44s %9s %12s %9s\n' "run" "wall s" "peak RSS MiB" "CPU s"
-printf '%-44s %9s %12s %9s\n' "sync, cold (fetch + modules + write)" "$sc_wall" "$((sc_rss / 1024))" "$sc_cpu"
-printf '%-44s %9s %12s %9s\n' "sync, nothing changed" "$sw_wall" "$((sw_rss / 1024))" "$sw_cpu"
-printf '%-44s %9s %12s %9s\n' "git clone --depth 1, one per branch" "$cl_wall" "$((cl_rss / 1024))" "$cl_cpu"
+printf '%-44s %9s %12s %14s\n' "run" "wall s" "peak RSS MiB" "user/sys CPU s"
+printf '%-44s %9s %12s %14s\n' "sync, cold (fetch + modules + write)" "$sc_wall" "$((sc_rss / 1024))" "$sc_cpu"
+printf '%-44s %9s %12s %14s\n' "sync, nothing changed" "$sw_wall" "$((sw_rss / 1024))" "$sw_cpu"
+printf '%-44s %9s %12s %14s\n' "git clone --depth 1, one per branch" "$cl_wall" "$((cl_rss / 1024))" "$cl_cpu"
 printf 'written: sync %s (environments with modules), clones %s (without .git, without modules)\n' "$out_size" "$clone_size"
 read -r split_anon split_file <<<"$split"
-printf 'sync peak RSS split (sampled every 20 ms, separate cold run): anonymous %s MiB, file-backed (mmapped packs) %s MiB\n' \
+printf 'sync peak RSS split (sampled every 20 ms, separate cold run after the others): anonymous %s MiB, file-backed (mmapped packs) %s MiB\n' \
   "$split_anon" "$split_file"
 grep -E ' (fetch|env|write) ' "$work/sync-cold.stderr" | sed 's/^[^ ]* *//' | head -20
