@@ -796,3 +796,68 @@ async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Res
     assert_eq!(code["imagePullPolicy"], "Always", "{code}");
     Ok(())
 }
+
+#[tokio::test]
+async fn missing_secrets_are_named_and_the_build_follows_once_they_exist() -> Result<()> {
+    let repo = Repo::new()?;
+    let scratch = temp_dir("cs-scratch")?;
+    let ns = TestNamespace::new("cs-secrets").await?;
+    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let mut s = spec(&repo.url(), "@hourly");
+    s["git"]["secretRef"] = json!({"name": "git-auth"});
+    s["output"]["pushSecretRef"] = json!({"name": "regcred"});
+    harness::apply::apply(ns.client(), Some(ns.name()), codesource("prod", s)).await?;
+
+    // The git Secret is missing: the head check says so.
+    let fetch = eventually("FetchFailed", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "FetchFailed").cloned())
+    })
+    .await?;
+    assert_eq!(fetch["reason"], "SecretNotFound");
+    assert!(
+        fetch["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("git-auth"),
+        "{fetch}"
+    );
+
+    // With the git Secret, the push Secret is missing: no Job, Ready says why.
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-auth"},
+               "stringData": {"username": "u", "password": "p"}}),
+    )
+    .await?;
+    let ready = eventually("Ready=False naming regcred", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "Ready")
+            .filter(|c| {
+                c["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("regcred")
+            })
+            .cloned())
+    })
+    .await?;
+    assert_eq!(ready["reason"], "SecretNotFound");
+    assert!(worker_jobs(&ns, "prod").await?.is_empty());
+
+    // With both, the build is launched on the next retry.
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+               "type": "kubernetes.io/dockerconfigjson",
+               "stringData": {".dockerconfigjson": "{\"auths\": {}}"}}),
+    )
+    .await?;
+    eventually("a Job", || async {
+        Ok(worker_jobs(&ns, "prod").await?.into_iter().next())
+    })
+    .await?;
+    Ok(())
+}

@@ -126,6 +126,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 invalid_spec: Some(message.clone()),
                 suspended: false,
                 fetch_failed: None,
+                launch_blocked: None,
                 no_matching_branches: false,
                 building: None,
                 build_failed: None,
@@ -202,7 +203,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     };
 
     // Head check (deduplicated across CodeSources).
-    let mut fetch_failed: Option<String> = None;
+    let mut fetch_failed: Option<(&'static str, String)> = None;
     let mut fetch_error: Option<Error> = None;
     if check_now {
         // A scheduled tick may share a listing made since the tick came due; anything
@@ -230,7 +231,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 }
             }
             Err(e) => {
-                fetch_failed = Some(e.to_string());
+                fetch_failed = Some((e.reason(), e.to_string()));
                 fetch_error = Some(e);
             }
         }
@@ -258,14 +259,35 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     // Apply.
     let mut building: Option<String> = None;
     let mut build_failed: Option<String> = None;
-    match &decision {
+    // A launch held up by a missing or wrong Secret: reported, retried with backoff.
+    let mut launch_error: Option<Error> = None;
+    let launched = match &decision {
         Decision::Launch {
             inputs_hash,
             name_seed,
-            reason,
+            ..
         } => {
             let job = job_name(&name, name_seed);
-            launch(ctx, cs, &ns, &job, inputs_hash).await?;
+            match launch(ctx, cs, &ns, &job, inputs_hash).await {
+                Ok(()) => Some(job),
+                Err(e @ Error::Secret { .. }) => {
+                    launch_error = Some(e);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        _ => None,
+    };
+    match (&decision, launched) {
+        (
+            Decision::Launch {
+                inputs_hash,
+                reason,
+                ..
+            },
+            Some(job),
+        ) => {
             // Recorded at once: a restart or the Job's TTL must never launch it again.
             status.last_launch = Some(LaunchRecord {
                 job_name: job.clone(),
@@ -298,8 +320,8 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             .await;
             building = Some(job);
         }
-        Decision::WaitForJob(job) => building = Some(job.clone()),
-        Decision::FailedWaitingForRetry { job } => {
+        (Decision::WaitForJob(job), _) => building = Some(job.clone()),
+        (Decision::FailedWaitingForRetry { job }, _) => {
             build_failed = Some(failure_message(ctx, &ns, job.as_deref(), &jobs, &old).await);
         }
         _ => {}
@@ -362,6 +384,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         invalid_spec: None,
         suspended: cs.spec.suspend,
         fetch_failed: fetch_failed.clone(),
+        launch_blocked: launch_error.as_ref().map(|e| (e.reason(), e.to_string())),
         no_matching_branches: matches!(decision, Decision::NoMatchingBranches),
         building,
         build_failed: build_failed.clone(),
@@ -378,16 +401,29 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     write_status(ctx, cs, &ns, &status).await?;
 
     // Events, on transitions only.
-    if let Some(message) = &fetch_failed
+    if let Some((reason, message)) = &fetch_failed
         && !is_true(&old.conditions, types::FETCH_FAILED)
     {
         publish(
             ctx,
             cs,
             EventType::Warning,
-            reasons::GIT_OPERATION_FAILED,
+            reason,
             "CheckHeads",
             message.clone(),
+        )
+        .await;
+    }
+    if let Some(e) = &launch_error
+        && find(&old.conditions, types::READY).is_none_or(|c| c.reason != e.reason())
+    {
+        publish(
+            ctx,
+            cs,
+            EventType::Warning,
+            e.reason(),
+            "Build",
+            e.to_string(),
         )
         .await;
     }
@@ -467,7 +503,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     // Prune finished Jobs beyond the history limits.
     prune_history(ctx, cs, &ns, &jobs).await?;
 
-    if let Some(e) = fetch_error.or(config_error) {
+    if let Some(e) = fetch_error.or(launch_error).or(config_error) {
         return Err(e);
     }
     Ok(match (cs.spec.suspend, tick.next) {
@@ -562,6 +598,30 @@ async fn launch(
     job: &str,
     inputs_hash: &str,
 ) -> Result<(), Error> {
+    // A missing push Secret would leave the pod waiting for its volume until the
+    // deadline; say so now instead.
+    if let Some(secret_ref) = &cs.spec.output.push_secret_ref {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+        let secret = secrets
+            .get_opt(&secret_ref.name)
+            .await
+            .map_err(kube("get push Secret"))?
+            .ok_or_else(|| Error::Secret {
+                name: secret_ref.name.clone(),
+                problem: "does not exist (output.pushSecretRef)".into(),
+            })?;
+        if !secret
+            .data
+            .is_some_and(|d| d.contains_key(".dockerconfigjson"))
+        {
+            return Err(Error::Secret {
+                name: secret_ref.name.clone(),
+                problem: "has no .dockerconfigjson key (output.pushSecretRef wants a \
+                          kubernetes.io/dockerconfigjson Secret)"
+                    .into(),
+            });
+        }
+    }
     let previous_image = cs
         .status
         .as_ref()

@@ -36,8 +36,12 @@ pub struct Observed {
     pub invalid_spec: Option<String>,
     /// `spec.suspend`.
     pub suspended: bool,
-    /// Listing the heads failed (message).
-    pub fetch_failed: Option<String>,
+    /// Listing the heads failed: reason (`GitOperationFailed`, `SecretNotFound`) and
+    /// message.
+    pub fetch_failed: Option<(&'static str, String)>,
+    /// A build could not be launched (reason, message), for example because the push
+    /// Secret is missing.
+    pub launch_blocked: Option<(&'static str, String)>,
     /// No branch matches (message).
     pub no_matching_branches: bool,
     /// A worker Job runs (name).
@@ -77,13 +81,10 @@ pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
             reasons::SUSPENDED,
             "suspended; the last image stays in place".into(),
         )
-    } else if let Some(message) = &o.fetch_failed {
-        (
-            types::READY,
-            "False",
-            reasons::GIT_OPERATION_FAILED,
-            message.clone(),
-        )
+    } else if let Some((reason, message)) = &o.fetch_failed {
+        (types::READY, "False", reason, message.clone())
+    } else if let Some((reason, message)) = &o.launch_blocked {
+        (types::READY, "False", reason, message.clone())
     } else if let Some(job) = &o.building {
         (
             types::READY,
@@ -144,13 +145,8 @@ pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
             format!("building in job {job}"),
         ));
     }
-    if let Some(message) = &o.fetch_failed {
-        out.push((
-            types::FETCH_FAILED,
-            "True",
-            reasons::GIT_OPERATION_FAILED,
-            message.clone(),
-        ));
+    if let Some((reason, message)) = &o.fetch_failed {
+        out.push((types::FETCH_FAILED, "True", reason, message.clone()));
     }
     if let Some(message) = &o.build_failed {
         out.push((
@@ -193,6 +189,7 @@ mod tests {
             invalid_spec: None,
             suspended: false,
             fetch_failed: None,
+            launch_blocked: None,
             no_matching_branches: false,
             building: None,
             build_failed: None,
@@ -252,11 +249,39 @@ mod tests {
     #[test]
     fn given_a_failed_fetch_fetch_failed_is_set() {
         let c = codesource_conditions(&Observed {
-            fetch_failed: Some("timeout".into()),
+            fetch_failed: Some((reasons::GIT_OPERATION_FAILED, "timeout".into())),
             ..healthy()
         });
         assert_eq!(get(&c, "FetchFailed").unwrap().2, "GitOperationFailed");
         assert_eq!(get(&c, "Ready").unwrap().1, "False");
+    }
+
+    #[test]
+    fn given_a_missing_git_secret_the_reason_says_so() {
+        let c = codesource_conditions(&Observed {
+            fetch_failed: Some((
+                reasons::SECRET_NOT_FOUND,
+                "secret \"git\": does not exist".into(),
+            )),
+            ..healthy()
+        });
+        assert_eq!(get(&c, "FetchFailed").unwrap().2, "SecretNotFound");
+        assert_eq!(get(&c, "Ready").unwrap().2, "SecretNotFound");
+    }
+
+    #[test]
+    fn given_a_blocked_launch_ready_says_why() {
+        let c = codesource_conditions(&Observed {
+            launch_blocked: Some((
+                reasons::SECRET_NOT_FOUND,
+                "secret \"regcred\": does not exist".into(),
+            )),
+            up_to_date: false,
+            ..healthy()
+        });
+        let ready = get(&c, "Ready").unwrap();
+        assert_eq!((ready.1, ready.2), ("False", "SecretNotFound"));
+        assert!(ready.3.contains("regcred"));
     }
 
     #[test]
