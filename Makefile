@@ -2,13 +2,19 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test deps lint fmt crds unit cluster-up cluster-down clean-cache
+.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 test: deps lint ## Install what the tests need, then run every test tier
+	# The end-to-end tests run the controller and worker binaries as processes.
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --all-targets --locked
+
+demo: deps ## See the whole product work on this machine (control plane, git, registry, controller)
+	$(CARGO) build --locked -p openvox-code-controller -p openvox-code-worker -p openvox-code-e2e --bins
+	target/debug/openvox-demo --controller target/debug/openvox-code-controller --worker target/debug/openvox-code-worker
 
 deps: ## Install test dependencies (idempotent; heavy builds cached in ~/.cache/openvox-code)
 	bash tests/scripts/install-deps.sh

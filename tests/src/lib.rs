@@ -9,6 +9,8 @@
 //!   examples the CRD tests must accept.
 //! - [`fixtures`]: git daemon, bare repositories, an OCI registry and other real
 //!   servers on loopback, shared by the integration tests of every crate.
+//! - [`world`]: a complete installation on loopback (git, registry, worker, controller)
+//!   for the end-to-end test and `make demo`.
 //! - [`node_sim`]: plays kubelet (and scheduler) for the pods of Jobs, so the real Job
 //!   controller completes or fails them. See `tests/README.md` for what is simulated.
 
@@ -18,6 +20,7 @@ pub mod fixtures;
 pub mod namespace;
 pub mod node_sim;
 mod time;
+pub mod world;
 
 pub use control_plane::{ConfigShape, ControlPlane, Options};
 pub use namespace::TestNamespace;

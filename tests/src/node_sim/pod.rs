@@ -793,6 +793,21 @@ fn expand(value: &str, env: &[(String, String)]) -> String {
     out
 }
 
+/// Where the kubelet mounts a pod's service-account token, CA and namespace.
+const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// A kubeconfig that authenticates like in-cluster configuration would: the pod's
+/// projected token file and the cluster CA, against the API server's address.
+fn service_account_kubeconfig(host: &str, port: u16, account: &Path) -> String {
+    let namespace = std::fs::read_to_string(account.join("namespace")).unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: in-cluster\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority: {ca}\nusers:\n- name: service-account\n  user:\n    tokenFile: {token}\ncontexts:\n- name: in-cluster\n  context:\n    cluster: in-cluster\n    user: service-account\n    namespace: {namespace}\ncurrent-context: in-cluster\n",
+        ca = account.join("ca.crt").display(),
+        token = account.join("token").display(),
+        namespace = namespace.trim(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -838,19 +853,4 @@ mod tests {
         );
         assert!(lookup_image(&images, "exact:2").is_none());
     }
-}
-
-/// Where the kubelet mounts a pod's service-account token, CA and namespace.
-const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-
-/// A kubeconfig that authenticates like in-cluster configuration would: the pod's
-/// projected token file and the cluster CA, against the API server's address.
-fn service_account_kubeconfig(host: &str, port: u16, account: &Path) -> String {
-    let namespace = std::fs::read_to_string(account.join("namespace")).unwrap_or_default();
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: in-cluster\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority: {ca}\nusers:\n- name: service-account\n  user:\n    tokenFile: {token}\ncontexts:\n- name: in-cluster\n  context:\n    cluster: in-cluster\n    user: service-account\n    namespace: {namespace}\ncurrent-context: in-cluster\n",
-        ca = account.join("ca.crt").display(),
-        token = account.join("token").display(),
-        namespace = namespace.trim(),
-    )
 }

@@ -1,0 +1,236 @@
+//! A small, complete openvox-code installation on loopback, for the end-to-end test and
+//! `make demo`: a git daemon serving a control repository (two branches, a Puppetfile
+//! with a git module), a real OCI registry, node simulation running the real worker
+//! binary, the controller binary as a process, and a Config plus a CodeSource in one
+//! namespace of a real control plane.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::fixtures::registry::{Settings as RegistrySettings, TestRegistry, skopeo};
+use crate::fixtures::{Bare, Scratch, Server, file, git_daemon};
+use crate::{NodeSim, TestNamespace};
+
+/// Image name the Jobs use; node simulation maps it to the local worker binary.
+pub const WORKER_IMAGE: &str = "openvox-code-worker:local";
+/// Name of the Config and the CodeSource.
+pub const NAME: &str = "production";
+
+/// The running installation. Everything stops when it is dropped.
+#[derive(Debug)]
+pub struct World {
+    /// Namespace of the Config and CodeSource.
+    pub ns: TestNamespace,
+    /// Where the image is pushed (`127.0.0.1:<port>/puppet/code`).
+    pub repository: String,
+    /// The control repository.
+    pub control: Bare,
+    controller_log: PathBuf,
+    daemon: Server,
+    _registry: TestRegistry,
+    _node: NodeSim,
+    _controller: Process,
+    _scratch: Scratch,
+}
+
+#[derive(Debug)]
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn puppetfile(daemon_port: u16) -> String {
+    format!(
+        "mod 'motd',\n  :git => 'git://127.0.0.1:{daemon_port}/modules/motd.git',\n  :branch => 'main'\n"
+    )
+}
+
+impl World {
+    /// Starts everything in `ns` with the given binaries and applies the Config and
+    /// CodeSource; returns without waiting for the first build.
+    pub async fn start(ns: TestNamespace, controller: &Path, worker: &Path) -> Result<Self> {
+        let scratch = Scratch::new();
+        let repos = scratch.mkdir("repos");
+        let daemon = git_daemon(&repos, scratch.path("git-daemon.log"));
+        let module = Bare::init(&repos.join("modules/motd.git"));
+        module.commit(
+            "main",
+            "motd module",
+            &[
+                (
+                    "manifests/init.pp",
+                    file("class motd { notify { 'hello from motd': } }\n"),
+                ),
+                (
+                    "metadata.json",
+                    file("{\"name\": \"example-motd\", \"version\": \"1.0.0\"}\n"),
+                ),
+            ],
+        );
+        let control = Bare::init(&repos.join("control.git"));
+        for branch in ["production", "staging"] {
+            control.commit(
+                branch,
+                "initial",
+                &Self::tree(daemon.port, &format!("# {branch}")),
+            );
+        }
+        let registry = TestRegistry::start(RegistrySettings::default());
+        let worker = worker.display().to_string();
+        let node =
+            NodeSim::for_namespace_with(&ns, |c| c.with_image(WORKER_IMAGE, &[&worker])).await?;
+
+        let controller_log = scratch.path("controller.log");
+        let log = std::fs::File::create(&controller_log)?;
+        let child = Command::new(controller)
+            .env("KUBECONFIG", ns.control_plane().kubeconfig())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .args(["--worker-image", WORKER_IMAGE, "--namespace", ns.name()])
+            .args(["--enable-pool", "false", "--metrics-addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", controller.display()))?;
+
+        let repository = format!("{}/puppet/code", registry.host());
+        crate::apply::apply(
+            ns.client(),
+            Some(ns.name()),
+            json!({
+                "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Config",
+                "metadata": {"name": NAME}, "spec": {"image": {"tag": "8.10.0"}},
+            }),
+        )
+        .await?;
+        crate::apply::apply(ns.client(), Some(ns.name()), json!({
+            "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
+            "metadata": {"name": NAME},
+            "spec": {
+                "configRef": NAME,
+                "git": {"url": format!("git://127.0.0.1:{}/control.git", daemon.port), "branches": ["production", "staging"]},
+                "schedule": "@hourly",
+                "output": {"image": repository, "insecure": true},
+            },
+        }))
+        .await?;
+        Ok(Self {
+            ns,
+            repository,
+            control,
+            controller_log,
+            daemon,
+            _registry: registry,
+            _node: node,
+            _controller: Process(child),
+            _scratch: scratch,
+        })
+    }
+
+    fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, crate::fixtures::Node)> {
+        vec![
+            ("Puppetfile", file(&puppetfile(daemon_port))),
+            (
+                "environment.conf",
+                file("modulepath = site:modules:$basemodulepath\n"),
+            ),
+            (
+                "manifests/site.pp",
+                file(&format!("node default {{ include motd }} {comment}\n")),
+            ),
+        ]
+    }
+
+    /// Commits a change to `branch` of the control repository.
+    pub fn commit(&self, branch: &str, comment: &str) -> String {
+        self.control.commit(
+            branch,
+            comment,
+            &Self::tree(self.daemon.port, &format!("# {comment}")),
+        )
+    }
+
+    /// Asks the controller to look at the heads now (as a webhook would).
+    pub async fn request_check(&self, value: &str) -> Result<()> {
+        let codesources: Api<openvox_crds::CodeSource> = self.ns.api();
+        let annotation = openvox_crds::names::annotations::CHECK_REQUESTED_AT;
+        codesources
+            .patch(
+                NAME,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {annotation: value}}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The image reference in the Config's `spec.code`, if any.
+    pub async fn config_image(&self) -> Option<String> {
+        let configs: Api<openvox_crds::operator::Config> = self.ns.api();
+        let code = serde_json::to_value(configs.get_opt(NAME).await.ok()??.spec.code?).ok()?;
+        let entry = if code.is_array() {
+            code[0].clone()
+        } else {
+            code
+        };
+        entry["image"].as_str().map(str::to_owned)
+    }
+
+    /// Waits until the Config names an image other than `not`; fails at once with the
+    /// worker's reason when the build fails.
+    pub async fn wait_for_image(&self, not: Option<&str>, timeout: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let codesources: Api<openvox_crds::CodeSource> = self.ns.api();
+        loop {
+            if let Some(image) = self.config_image().await
+                && Some(image.as_str()) != not
+            {
+                return Ok(image);
+            }
+            let status = codesources.get(NAME).await.ok().and_then(|c| c.status);
+            if let Some(failed) = status.as_ref().and_then(|s| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "BuildFailed" && c.status == "True")
+            }) {
+                bail!("the build failed: {}", failed.message);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "no new image reached the Config in {timeout:?}; status: {}\ncontroller log:\n{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default(),
+                    std::fs::read_to_string(&self.controller_log).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Layer digests of `image`, in order (one per environment, by name).
+    pub fn layers(image: &str) -> Result<Vec<String>> {
+        let raw = skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{image}"),
+        ]);
+        let manifest: Value = serde_json::from_str(&raw)?;
+        Ok(manifest["layers"]
+            .as_array()
+            .context("manifest has no layers")?
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap_or_default().to_owned())
+            .collect())
+    }
+}
