@@ -223,8 +223,52 @@ fn line(what: &str, input: u64, elapsed: Duration, output: Option<u64>, rss: f64
     );
 }
 
+/// `floor FILE...`: the files (tar streams) through the layer compressor on every
+/// core; prints the wall time. The gzip floor of `scripts/bench-image.sh`.
+fn floor(files: &[String]) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let data: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let input: u64 = data.iter().map(|d| d.len() as u64).sum();
+    let started = Instant::now();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let output = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..cores.min(data.len()) {
+            scope.spawn(|| {
+                while let Some(bytes) =
+                    data.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                {
+                    let mut encoder = LayerEncoder::new(std::io::sink());
+                    for piece in bytes.chunks(128 * 1024) {
+                        encoder.write_all(piece).unwrap();
+                    }
+                    let size = encoder.finish().unwrap().1.size;
+                    output.fetch_add(size, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let elapsed = started.elapsed();
+    line(
+        &format!(
+            "gzip floor: {} tars, {} threads",
+            data.len(),
+            cores.min(data.len())
+        ),
+        input,
+        elapsed,
+        Some(output.into_inner()),
+        f64::NAN,
+    );
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.first().map(String::as_str) == Some("floor") {
+        floor(&all[1..]);
+        return;
+    }
+    let mut args = all.into_iter();
     let mb: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let environments: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4).max(1);
     let cores = std::thread::available_parallelism().map_or(1, usize::from);

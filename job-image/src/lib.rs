@@ -17,5 +17,6 @@ pub mod limits;
 pub mod progress;
 pub mod puppetfile;
 pub mod pvc;
+pub mod status;
 pub mod sync;
 pub mod tree;

@@ -18,7 +18,12 @@ use super::reuse::PreviousImage;
 use crate::cli::{CliError, SourceArgs};
 use crate::environments::{BuildError, EnvironmentFailure, build_environments};
 use crate::git::{FetchedRepo, mask_text, mask_url};
+use openvox_crds::codesource::BuildRecord;
+
 use crate::progress::Step;
+use crate::status::{
+    BuildContext, CodeSourceRef, StatusClient, StatusError, build_record, job_name_from_hostname,
+};
 
 /// Default path of the termination message in a pod.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -67,6 +72,17 @@ pub struct BuildArgs {
     /// Blobs sent at a time.
     #[arg(long, default_value_t = 4)]
     pub upload_jobs: usize,
+    /// CodeSource (`<namespace>/<name>`) whose `status.lastBuild` receives the result
+    /// (and names the previous image when --previous is not given).
+    #[arg(long, value_name = "NAMESPACE/NAME", env = "OPENVOX_CODE_CODESOURCE")]
+    pub codesource: Option<String>,
+    /// Hash of the inputs the controller launched this build for (`lastBuild.inputsHash`).
+    #[arg(long)]
+    pub inputs_hash: Option<String>,
+    /// Name of the worker Job (`lastBuild.jobName`). Default: the pod name without the
+    /// Job controller's suffix.
+    #[arg(long, env = "OPENVOX_CODE_JOB_NAME")]
+    pub job_name: Option<String>,
     /// Where the one-line result (the reference, or the failure) is written for the
     /// controller. Written only when the file's directory exists.
     #[arg(long, default_value = TERMINATION_LOG, value_name = "PATH")]
@@ -114,6 +130,8 @@ pub enum RunError {
     Push(#[from] PushError),
     #[error("{}", first_failure(.0))]
     AllFailed(Vec<EnvironmentFailure>),
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 impl RunError {
@@ -125,6 +143,7 @@ impl RunError {
             self,
             RunError::Cli(_)
                 | RunError::Usage(_)
+                | RunError::Status(StatusError::Reference(_))
                 | RunError::Push(
                     PushError::Reference { .. }
                         | PushError::Auth(AuthError::Config { .. })
@@ -285,7 +304,22 @@ pub async fn run_build(args: BuildArgs) -> Result<BuiltImage, RunError> {
 
 async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
     args.validate()?;
+    let start_time = jiff::Timestamp::now();
     let source = args.source.to_source_options()?;
+    let status = match &args.codesource {
+        Some(text) => Some(StatusClient::connect(CodeSourceRef::parse(text)?).await?),
+        None => None,
+    };
+    let last_build = match &status {
+        Some(client) => match client.last_build().await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!("{e}; building without the previous build's record");
+                None
+            }
+        },
+        None => None,
+    };
     // Output first: a bad repository or credentials file fails before any git work.
     let registry_options = args.registry_options()?;
     let output = match (&args.image, &args.oci_layout) {
@@ -326,8 +360,14 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         }
     }
 
-    let previous = match (&args.previous, &output) {
-        (Some(reference), _) => previous_from_registry(reference, &registry_options).await,
+    let from_status = last_build
+        .as_ref()
+        .map(|b| b.image.clone())
+        .filter(|i| !i.starts_with("oci:") && !i.is_empty());
+    let previous = match (args.previous.as_ref().or(from_status.as_ref()), &output) {
+        (Some(reference), Output::Registry(_)) => {
+            previous_from_registry(reference, &registry_options).await
+        }
         (None, Output::Registry(registry)) => match args.tags.first() {
             Some(tag) => {
                 previous_from_registry(
@@ -338,7 +378,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
             }
             None => None,
         },
-        (None, Output::Layout(layout)) => match layout.previous() {
+        (_, Output::Layout(layout)) => match layout.previous() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("{e}; building every layer");
@@ -386,11 +426,59 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
     }
     failures.sort_by(|a, b| a.branch.cmp(&b.branch));
     drop(environments);
+    if let Some(client) = &status {
+        let context = BuildContext {
+            inputs_hash: args.inputs_hash.clone(),
+            job_name: args.job_name.clone().or_else(|| {
+                std::env::var("HOSTNAME")
+                    .ok()
+                    .as_deref()
+                    .and_then(job_name_from_hostname)
+            }),
+            start_time: Some(start_time),
+            completion_time: Some(jiff::Timestamp::now()),
+        };
+        let record = build_record(&image, last_build.as_ref(), &context);
+        write_status(
+            client,
+            &record,
+            args.codesource.as_deref().unwrap_or_default(),
+        )
+        .await?;
+    }
     Ok(BuiltImage {
         reference: image.reference.clone(),
         image,
         failures,
     })
+}
+
+/// Applies `status.lastBuild`, trying three times: the image is published, and without
+/// the record the controller would not know it.
+async fn write_status(
+    client: &StatusClient,
+    record: &BuildRecord,
+    codesource: &str,
+) -> Result<(), StatusError> {
+    let step = Step::start("status", codesource);
+    let mut attempt: u32 = 1;
+    loop {
+        match client.write_last_build(record).await {
+            Ok(()) => {
+                step.done(format!("lastBuild {}", record.image));
+                return Ok(());
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!("{e} (try {attempt} of 3)");
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                step.failed(&e);
+                return Err(e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
