@@ -5,12 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use harness::fixtures::{Server, free_port, git_daemon, require, run};
 use openvox_code_controller::codesource::heads::{
     GitAuth, GixHeadLister, HeadCache, HeadError, HeadLister, HeadRequest, RemoteHeads,
 };
@@ -35,21 +36,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// The path of a server binary, or a panic naming the Debian package.
-fn require(name: &str, package: &str) -> PathBuf {
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/lib/git-core"])
-    {
-        let path = Path::new(dir).join(name);
-        if path.is_file() {
-            return path;
-        }
-    }
-    panic!("{name} is needed for this test: install the Debian package {package} (make deps)");
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {
@@ -116,69 +102,6 @@ fn ls_remote(path: &Path) -> RemoteHeads {
         .collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Server {
-    fn start(mut cmd: Command, port: u16, log: &Path) -> Self {
-        let file = std::fs::File::create(log).unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        let mut server = Self(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = server.0.try_wait() {
-                panic!(
-                    "{cmd:?} exited with {status}: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{cmd:?} did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn git_daemon(base: &Path, port: u16) -> Server {
-    let mut cmd = Command::new(require("git", "git"));
-    cmd.env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args([
-            "daemon",
-            "--reuseaddr",
-            "--export-all",
-            "--informative-errors",
-            "--listen=127.0.0.1",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={}", base.display()))
-        .arg(base);
-    Server::start(cmd, port, &base.join("daemon.log"))
-}
-
 /// Smart HTTP through lighttpd: `/git/private/` needs basic auth, `/git/token/` a
 /// bearer token, the rest is public.
 fn http_git(scratch: &Path, repos: &Path, user: (&str, &str), bearer: &str, port: u16) -> Server {
@@ -221,7 +144,7 @@ $HTTP["url"] =~ "^/git/token/" {{
     std::fs::write(&path, config).unwrap();
     let mut cmd = Command::new(lighttpd);
     cmd.arg("-D").arg("-f").arg(&path);
-    Server::start(cmd, port, &scratch.join("lighttpd.log"))
+    Server::start("lighttpd", cmd, port, scratch.join("lighttpd.log"))
 }
 
 fn request(url: String, auth: GitAuth) -> HeadRequest {
@@ -262,8 +185,8 @@ async fn git_daemon_urls_list_the_same_heads_as_git_ls_remote() {
     let scratch = Scratch::new("daemon");
     let repo = scratch.0.join("control.git");
     control_repo(&repo);
-    let port = free_port();
-    let _daemon = git_daemon(&scratch.0, port);
+    let daemon = git_daemon(&scratch.0, scratch.0.join("daemon.log"));
+    let port = daemon.port;
     let heads = list(
         &scratch.0,
         request(
@@ -353,8 +276,8 @@ async fn smart_http_lists_heads_with_basic_auth_and_bearer_tokens() {
 #[tokio::test]
 async fn a_missing_repository_is_an_error_naming_the_url() {
     let scratch = Scratch::new("missing");
-    let port = free_port();
-    let _daemon = git_daemon(&scratch.0, port);
+    let daemon = git_daemon(&scratch.0, scratch.0.join("daemon.log"));
+    let port = daemon.port;
     let url = format!("git://127.0.0.1:{port}/nothing-here.git");
     let err = list(&scratch.0, request(url.clone(), GitAuth::default()))
         .await
@@ -387,16 +310,6 @@ async fn a_server_that_never_answers_times_out() {
     let err = cache.heads(req, Instant::now()).await.unwrap_err();
     assert_eq!(err, HeadError::Timeout(0));
     assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A CA and a server certificate for 127.0.0.1, made with openssl. Returns
@@ -505,7 +418,7 @@ while True:
         .arg(backend.to_string())
         .arg(cert)
         .arg(key);
-    Server::start(cmd, port, &dir.join("tls_proxy.log"))
+    Server::start("tls proxy", cmd, port, dir.join("tls_proxy.log"))
 }
 
 #[tokio::test]
@@ -584,7 +497,7 @@ async fn ssh_with_the_secret_key_and_known_hosts_lists_heads() {
         .arg("-e")
         .arg("-f")
         .arg(scratch.0.join("sshd_config"));
-    let _server = Server::start(cmd, port, &scratch.0.join("sshd.log"));
+    let _server = Server::start("sshd", cmd, port, scratch.0.join("sshd.log"));
 
     let host_key = |file: &str| {
         let text = std::fs::read_to_string(scratch.0.join(file)).unwrap();
