@@ -508,21 +508,45 @@ fn a_silent_server_times_out() {
         }
         std::thread::sleep(Duration::from_secs(30));
     });
-    let remote = Remote::anonymous(
-        &format!("git://127.0.0.1:{port}/control.git"),
+    let scratch = Scratch::new();
+    let temp_root = scratch.mkdir("library-tmp");
+    let url = format!("git://127.0.0.1:{port}/control.git");
+    let access = GitAccess::new_in(
+        Credentials::none(),
+        RepoUrl::parse(&url).unwrap(),
         Duration::from_millis(800),
+        &temp_root,
     )
     .unwrap();
     let started = Instant::now();
-    let err = remote.list_heads().unwrap_err();
+    let err = access.origin().unwrap().list_heads().unwrap_err();
     assert!(matches!(err, GitError::Timeout { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "took {:?}",
         started.elapsed()
     );
+    // The abandoned operation's scratch repository is gone although its thread still waits.
+    assert!(
+        leftovers(&temp_root).is_empty(),
+        "left behind: {:?}",
+        leftovers(&temp_root)
+    );
+    let err = access
+        .origin()
+        .unwrap()
+        .fetch(
+            &[FetchWant::Ref("refs/heads/production".into())],
+            Depth::Shallow,
+        )
+        .unwrap_err();
+    assert!(matches!(err, GitError::Timeout { .. }), "{err}");
+    assert!(
+        leftovers(&temp_root).is_empty(),
+        "left behind: {:?}",
+        leftovers(&temp_root)
+    );
 
-    let scratch = Scratch::new();
     let tmp = scratch.path("tmp");
     let run = worker(
         &[

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use super::remote::{Remote, ScratchRepo};
+use super::remote::{Remote, ScratchDir, ScratchRepo};
 use super::{GitError, error_chain, run_with_deadline};
 
 /// Something to fetch.
@@ -124,9 +124,13 @@ impl Remote {
         let mut this = self.clone();
         let wants = wants.to_vec();
         let url = self.display_url();
-        run_with_deadline(self.timeout(), "fetch", &url, move |interrupt| {
-            this.fetch_now(&wants, depth, interrupt)
-        })
+        let dir = ScratchDir::new(self.temp_root())?;
+        let thread_dir = dir.clone();
+        let result = run_with_deadline(self.timeout(), "fetch", &url, move |interrupt| {
+            this.fetch_now(&wants, depth, interrupt, &thread_dir)
+        });
+        dir.remove_if_abandoned(&result);
+        result
     }
 
     fn fetch_now(
@@ -134,12 +138,13 @@ impl Remote {
         wants: &[FetchWant],
         depth: Depth,
         interrupt: &AtomicBool,
+        dir: &ScratchDir,
     ) -> Result<FetchedRepo, GitError> {
         let url = self.display_url();
         if wants.is_empty() {
             return Err(GitError::Local(format!("fetch {url}: nothing to fetch")));
         }
-        let scratch = self.scratch_repo("fetch")?;
+        let scratch = self.scratch_repo("fetch", dir)?;
         let repo = scratch.repo.to_thread_local();
         let specs: Vec<String> = wants
             .iter()

@@ -241,6 +241,10 @@ impl Remote {
         self.timeout
     }
 
+    pub(crate) fn temp_root(&self) -> &Path {
+        &self.temp_root
+    }
+
     /// Whether a non-shallow answer to a shallow fetch is only a warning.
     pub fn allows_full_history(&self) -> bool {
         self.allow_full_history
@@ -268,8 +272,10 @@ impl Remote {
         let mut this = self.clone();
         let specs: Vec<String> = prefixes.iter().map(|p| format!("+{p}*:{p}*")).collect();
         let url = self.display_url();
-        run_with_deadline(self.timeout, "list refs of", &url, move |_interrupt| {
-            let scratch = this.scratch_repo("list refs of")?;
+        let dir = ScratchDir::new(&self.temp_root)?;
+        let thread_dir = dir.clone();
+        let result = run_with_deadline(self.timeout, "list refs of", &url, move |_interrupt| {
+            let scratch = this.scratch_repo("list refs of", &thread_dir)?;
             let repo = scratch.repo.to_thread_local();
             let remote = repo
                 .remote_at(this.url.as_str())
@@ -303,7 +309,9 @@ impl Remote {
             }
             refs.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(refs)
-        })
+        });
+        dir.remove_if_abandoned(&result);
+        result
     }
 
     /// Options to open or create a local repository used with this remote: isolated
@@ -340,11 +348,8 @@ impl Remote {
     pub(crate) fn scratch_repo(
         &mut self,
         operation: &'static str,
+        dir: &ScratchDir,
     ) -> Result<ScratchRepo, GitError> {
-        let dir = tempfile::Builder::new()
-            .prefix("openvox-code-git-")
-            .tempdir_in(&self.temp_root)
-            .map_err(|e| GitError::Local(format!("cannot create a temporary directory: {e}")))?;
         if self.ssh.is_some() {
             self.ssh_log = Some(dir.path().join("ssh-messages.log"));
         }
@@ -361,7 +366,10 @@ impl Remote {
                 error_chain(&e)
             ))
         })?;
-        Ok(ScratchRepo { dir, repo })
+        Ok(ScratchRepo {
+            dir: dir.clone(),
+            repo,
+        })
     }
 
     /// Connects `remote` with this remote's credentials and transport settings.
@@ -496,8 +504,45 @@ impl Remote {
 /// A bare repository in a temporary directory, removed when dropped.
 #[derive(Debug)]
 pub(crate) struct ScratchRepo {
-    pub(crate) dir: tempfile::TempDir,
+    pub(crate) dir: ScratchDir,
     pub(crate) repo: gix::ThreadSafeRepository,
+}
+
+/// A temporary directory shared by an operation's thread and its caller. It is removed
+/// when the last holder drops it, or at once when the caller gives up on the operation
+/// at its deadline (the thread may be stuck in a read for much longer).
+#[derive(Debug, Clone)]
+pub(crate) struct ScratchDir {
+    path: std::path::PathBuf,
+    slot: Arc<Mutex<Option<tempfile::TempDir>>>,
+}
+
+impl ScratchDir {
+    pub(crate) fn new(root: &Path) -> Result<Self, GitError> {
+        let dir = tempfile::Builder::new()
+            .prefix("openvox-code-git-")
+            .tempdir_in(root)
+            .map_err(|e| GitError::Local(format!("cannot create a temporary directory: {e}")))?;
+        Ok(Self {
+            path: dir.path().to_owned(),
+            slot: Arc::new(Mutex::new(Some(dir))),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory now if `result` says the operation was abandoned.
+    pub(crate) fn remove_if_abandoned<T>(&self, result: &Result<T, GitError>) {
+        if matches!(result, Err(GitError::Timeout { .. })) {
+            let taken = match self.slot.lock() {
+                Ok(mut guard) => guard.take(),
+                Err(poisoned) => poisoned.into_inner().take(),
+            };
+            drop(taken);
+        }
+    }
 }
 
 fn prefixes_match(name: &str, specs: &[String]) -> bool {
