@@ -124,6 +124,8 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
         format!("{}/{}", cs.namespace().unwrap_or_default(), cs.name_any()),
         "--inputs-hash".into(),
         params.inputs_hash.into(),
+        "--job-name".into(),
+        params.job_name.into(),
     ]);
     args
 }
@@ -427,7 +429,8 @@ mod tests {
              --image registry.example/puppet-code --tag latest \
              --registry-config /var/run/secrets/openvox-code/registry/config.json \
              --previous registry.example/puppet-code@sha256:0000 \
-             --codesource puppet/production --inputs-hash 0123abcd0123abcd0123abcd0123abcd"
+             --codesource puppet/production --inputs-hash 0123abcd0123abcd0123abcd0123abcd \
+             --job-name production-0123abcd"
         );
         assert_eq!(
             container(&job).image.as_deref(),
