@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
 use harness::world::{NAME, World};
 use harness::{ControlPlane, Options, TestNamespace};
@@ -34,6 +34,19 @@ fn step(started: Instant, text: &str) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    // Worker pods run in their own directories: hand node simulation absolute paths.
+    let controller = std::fs::canonicalize(&args.controller).with_context(|| {
+        format!(
+            "{} (build it first, or run `make demo`)",
+            args.controller.display()
+        )
+    })?;
+    let worker = std::fs::canonicalize(&args.worker).with_context(|| {
+        format!(
+            "{} (build it first, or run `make demo`)",
+            args.worker.display()
+        )
+    })?;
     let started = Instant::now();
     step(
         started,
@@ -46,7 +59,7 @@ async fn main() -> Result<()> {
         started,
         "starting a git daemon, an OCI registry, the controller, and a node for worker pods",
     );
-    let world = World::start(ns, &args.controller, &args.worker).await?;
+    let world = World::start(ns, &controller, &worker).await?;
     step(
         started,
         &format!(
