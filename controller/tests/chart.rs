@@ -144,7 +144,7 @@ fn rbac_grants_no_wildcards_and_reads_secrets_only_by_get() -> Result<()> {
             }
         }
     }
-    // The CRD reader is limited to the two operator CRDs it inspects.
+    // The CRD reader is limited to the four CRDs it inspects, by name.
     let reader = of_kind(&docs, "ClusterRole")
         .into_iter()
         .find(|r| r["metadata"]["name"] == "oc-openvox-code-crd-reader")
@@ -154,7 +154,7 @@ fn rbac_grants_no_wildcards_and_reads_secrets_only_by_get() -> Result<()> {
             .as_array()
             .unwrap()
             .len(),
-        2
+        4
     );
     Ok(())
 }
