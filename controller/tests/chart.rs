@@ -311,6 +311,9 @@ async fn helm_install_works_and_its_rbac_runs_the_pool_controller() -> Result<()
         .token
         .context("empty token")?;
     let client = control_plane.token_client(&token).await?;
+    // RBAC is enforced from the API server's informer cache: wait until the new
+    // bindings are visible, so the controller's watches do not start in a 403 backoff.
+    wait_until_allowed(&client, ns.name(), "pools", "watch").await?;
 
     let (tx, rx) = oneshot::channel::<()>();
     let settings = Settings {
@@ -370,4 +373,41 @@ async fn helm_install_works_and_its_rbac_runs_the_pool_controller() -> Result<()
     let _ = tx.send(());
     let _ = controller.await;
     Ok(())
+}
+
+/// Waits until `client` may `verb` `resource` (our API group) in `namespace`.
+async fn wait_until_allowed(
+    client: &kube::Client,
+    namespace: &str,
+    resource: &str,
+    verb: &str,
+) -> Result<()> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("openvox.voxpupuli.org".into()),
+                resource: Some(resource.into()),
+                verb: Some(verb.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = reviews.create(&PostParams::default(), &review).await?;
+        if answer.status.is_some_and(|s| s.allowed) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the chart's ServiceAccount may not {verb} {resource} in {namespace}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
