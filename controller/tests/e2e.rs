@@ -12,7 +12,9 @@ use anyhow::{Context, Result, bail};
 use harness::TestNamespace;
 use harness::world::{NAME, World};
 use k8s_openapi::api::batch::v1::Job;
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
 use openvox_crds::CodeSource;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -33,7 +35,16 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
 #[tokio::test]
 async fn a_commit_becomes_a_new_digest_in_the_config_through_the_real_worker() -> Result<()> {
     let (controller, worker) = binaries()?;
-    let world = World::start(TestNamespace::new("e2e").await?, &controller, &worker).await?;
+    let ns = TestNamespace::new("e2e").await?;
+    // The worker pod must pass the "restricted" Pod Security Standard: enforce it, so
+    // the API server refuses the pod (and the build never happens) if it does not.
+    let namespaces: Api<Namespace> = Api::all(ns.client().clone());
+    let restricted = json!({"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }}});
+    namespaces.patch(ns.name(), &PatchParams::default(), &Patch::Merge(&restricted)).await?;
+    let world = World::start(ns, &controller, &worker).await?;
 
     let first = world.wait_for_image(None, TIMEOUT).await?;
     assert!(
