@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use harness::TestNamespace;
-use harness::world::{NAME, World};
+use harness::world::{NAME, World, WorldOptions};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use serde_json::json;
 use openvox_crds::CodeSource;
+use serde_json::json;
 
 const TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -43,7 +43,13 @@ async fn a_commit_becomes_a_new_digest_in_the_config_through_the_real_worker() -
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest",
     }}});
-    namespaces.patch(ns.name(), &PatchParams::default(), &Patch::Merge(&restricted)).await?;
+    namespaces
+        .patch(
+            ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&restricted),
+        )
+        .await?;
     let world = World::start(ns, &controller, &worker).await?;
 
     let first = world.wait_for_image(None, TIMEOUT).await?;
@@ -88,6 +94,73 @@ async fn a_commit_becomes_a_new_digest_in_the_config_through_the_real_worker() -
         jobs.list(&ListParams::default()).await?.items.len(),
         2,
         "one Job per build, no more"
+    );
+    Ok(())
+}
+
+/// Everything a person or another program can read about a build: the controller's
+/// log, the worker's log, Events, the CodeSource (status included) and the Job specs.
+/// Returns all of it, and the worker logs alone.
+async fn observable_text(world: &World) -> Result<(String, String)> {
+    let mut text = std::fs::read_to_string(&world.controller_log)?;
+    let mut worker_logs = String::new();
+    let jobs: Api<Job> = world.ns.api();
+    for job in jobs.list(&ListParams::default()).await?.items {
+        text.push_str(&serde_json::to_string(&job)?);
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = world.ns.api();
+        let selector = format!("job-name={}", job.metadata.name.clone().unwrap_or_default());
+        for pod in pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+        {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            worker_logs.push_str(&world.node.log(world.ns.name(), &name, "worker"));
+            text.push_str(&serde_json::to_string(&pod.status)?);
+        }
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = world.ns.api();
+    text.push_str(&serde_json::to_string(
+        &events.list(&ListParams::default()).await?.items,
+    )?);
+    let codesources: Api<CodeSource> = world.ns.api();
+    text.push_str(&serde_json::to_string(&codesources.get(NAME).await?)?);
+    text.push_str(&worker_logs);
+    Ok((text, worker_logs))
+}
+
+#[tokio::test]
+async fn a_registry_password_never_shows_in_logs_events_status_or_job_specs() -> Result<()> {
+    const PASSWORD: &str = "planted-Registry-Secret-7f3a";
+    let (controller, worker) = binaries()?;
+    let options = WorldOptions {
+        registry_auth: Some(("pusher", PASSWORD)),
+    };
+    let world = World::start_with(
+        TestNamespace::new("e2e-secret").await?,
+        &controller,
+        &worker,
+        options,
+    )
+    .await?;
+    let image = world.wait_for_image(None, TIMEOUT).await?;
+    assert!(
+        image.starts_with(&world.repository),
+        "the authenticated push worked: {image}"
+    );
+
+    let (text, worker_logs) = observable_text(&world).await?;
+    // The scan must include the worker's own log, which ends with the pinned reference.
+    assert!(
+        worker_logs.contains(&image),
+        "the worker log was not read: {worker_logs}"
+    );
+    assert!(!text.contains(PASSWORD), "the registry password leaked");
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("pusher:{PASSWORD}"));
+    assert!(
+        !text.contains(&encoded),
+        "the encoded registry credentials leaked"
     );
     Ok(())
 }

@@ -31,10 +31,12 @@ pub struct World {
     pub repository: String,
     /// The control repository.
     pub control: Bare,
-    controller_log: PathBuf,
+    /// Log file of the controller process.
+    pub controller_log: PathBuf,
     daemon: Server,
     _registry: TestRegistry,
-    _node: NodeSim,
+    /// The node running the worker pods (their logs).
+    pub node: NodeSim,
     _controller: Process,
     _scratch: Scratch,
 }
@@ -55,10 +57,28 @@ fn puppetfile(daemon_port: u16) -> String {
     )
 }
 
+/// Variations of the installation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorldOptions {
+    /// Make the registry require this user and password (htpasswd), and give the
+    /// CodeSource a `kubernetes.io/dockerconfigjson` push Secret with them.
+    pub registry_auth: Option<(&'static str, &'static str)>,
+}
+
 impl World {
     /// Starts everything in `ns` with the given binaries and applies the Config and
     /// CodeSource; returns without waiting for the first build.
     pub async fn start(ns: TestNamespace, controller: &Path, worker: &Path) -> Result<Self> {
+        Self::start_with(ns, controller, worker, WorldOptions::default()).await
+    }
+
+    /// [`World::start`] with options.
+    pub async fn start_with(
+        ns: TestNamespace,
+        controller: &Path,
+        worker: &Path,
+        options: WorldOptions,
+    ) -> Result<Self> {
         let scratch = Scratch::new();
         let repos = scratch.mkdir("repos");
         let daemon = git_daemon(&repos, scratch.path("git-daemon.log"));
@@ -85,7 +105,10 @@ impl World {
                 &Self::tree(daemon.port, &format!("# {branch}")),
             );
         }
-        let registry = TestRegistry::start(RegistrySettings::default());
+        let registry = TestRegistry::start(RegistrySettings {
+            basic_auth: options.registry_auth,
+            ..RegistrySettings::default()
+        });
         let worker = worker.display().to_string();
         let node =
             NodeSim::for_namespace_with(&ns, |c| c.with_image(WORKER_IMAGE, &[&worker])).await?;
@@ -105,6 +128,24 @@ impl World {
             .with_context(|| format!("starting {}", controller.display()))?;
 
         let repository = format!("{}/puppet/code", registry.host());
+        let mut output = json!({"image": repository, "insecure": true});
+        if let Some((user, password)) = options.registry_auth {
+            use base64::Engine as _;
+            let auth =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let config = json!({"auths": {registry.host(): {"auth": auth}}}).to_string();
+            crate::apply::apply(
+                ns.client(),
+                Some(ns.name()),
+                json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+                    "type": "kubernetes.io/dockerconfigjson",
+                    "stringData": {".dockerconfigjson": config},
+                }),
+            )
+            .await?;
+            output["pushSecretRef"] = json!({"name": "regcred"});
+        }
         crate::apply::apply(
             ns.client(),
             Some(ns.name()),
@@ -121,7 +162,7 @@ impl World {
                 "configRef": NAME,
                 "git": {"url": format!("git://127.0.0.1:{}/control.git", daemon.port), "branches": ["production", "staging"]},
                 "schedule": "@hourly",
-                "output": {"image": repository, "insecure": true},
+                "output": output,
             },
         }))
         .await?;
@@ -132,7 +173,7 @@ impl World {
             controller_log,
             daemon,
             _registry: registry,
-            _node: node,
+            node,
             _controller: Process(child),
             _scratch: scratch,
         })
