@@ -8,7 +8,7 @@
 mod common;
 
 use common::world::World;
-use common::*;
+use harness::fixtures::*;
 
 /// A world with a `production` branch that is always fine.
 fn world() -> World {

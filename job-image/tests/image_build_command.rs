@@ -5,12 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod registry_support;
-
 use std::path::Path;
 use std::process::Command;
 
-use registry_support::{TestRegistry, skopeo};
+use harness::fixtures::registry::{TestRegistry, skopeo};
 
 fn git(repo: &Path, args: &[&str], date: &str) {
     let output = Command::new("git")

@@ -6,13 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod registry_support;
-
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use harness::fixtures::registry::{TestRegistry, skopeo};
 use openvox_code_worker::environments::EnvironmentInputs;
 use openvox_code_worker::image::builder::{
     ImageEnvironment, ImageOptions, ImageRequest, LayerOrigin, Output, PublishedImage, Transfer,
@@ -24,7 +23,6 @@ use openvox_code_worker::image::reuse::PreviousImage;
 use openvox_code_worker::image::{annotations, auth::DockerConfig};
 use openvox_code_worker::limits::Limits;
 use openvox_code_worker::tree::{EnvironmentTree, LocalDir, LocalEntry, LocalKind};
-use registry_support::{TestRegistry, skopeo};
 
 /// An environment made of real files: `(path, content)`; `None` is a directory, a
 /// leading `!` makes an executable.
@@ -479,7 +477,7 @@ async fn layers_of_another_repository_are_mounted_not_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn basic_auth_over_tls_with_a_docker_config() {
-    let registry = TestRegistry::start(registry_support::Settings {
+    let registry = TestRegistry::start(harness::fixtures::registry::Settings {
         tls: true,
         basic_auth: Some(("pusher", "s3cret pass")),
     });

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::world::World;
-use common::*;
+use harness::fixtures::*;
 
 /// Module repositories and Forge releases used by the control branches.
 struct Modules {

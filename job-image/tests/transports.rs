@@ -9,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use harness::fixtures::*;
 use openvox_code_worker::git::fetch::Depth;
 use openvox_code_worker::git::{
     Credentials, FetchWant, GitAccess, GitError, Remote, RepoUrl, Secret, SshAuth,

@@ -3,7 +3,9 @@
 
 use std::path::PathBuf;
 
-use super::*;
+use harness::fixtures::{Bare, ForgeDir, Scratch, Server, git_daemon, static_http};
+
+use super::{Run, leftovers, worker};
 
 pub struct World {
     pub scratch: Scratch,
