@@ -130,7 +130,7 @@ build=("$WORKER" build --url "$control" --branch '*' --image "$image" --tag late
        --work-dir "$work/tmp" --termination-log "$work/termination-log")
 measure "cold build + push" "${build[@]}"
 cold=$(cat "$work/last-wall")
-grep -E 'publish' "$work/err.txt" | sed 's/^.*publish/  publish/' || true
+grep -E ' (fetch|reuse|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
 
 # One commit on one branch.
 GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null git -C "$work/repos/control.git" fast-import --quiet <<EOF
@@ -146,7 +146,7 @@ node default { include profile }
 EOF
 measure "incremental (1 branch changed)" "${build[@]}"
 incremental=$(cat "$work/last-wall")
-grep -E 'reuse|publish' "$work/err.txt" | sed 's/^.*\(reuse\|publish\)/  \1/' || true
+grep -E ' (fetch|reuse|layer|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
 
 # Baseline: clone, tar | gzip -1, an OCI layout, skopeo copy.
 baseline() {
@@ -191,6 +191,7 @@ floor_line=$("$BENCH" floor "$work"/baseline/*.tar)
 echo "$floor_line"
 floor=$(echo "$floor_line" | awk '{for (i=1;i<=NF;i++) if ($i=="s") print $(i-1)}' | head -1)
 
+echo "load average during the run: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores: above 2 means other work shared the CPU)"
 python3 - "$cold" "$incremental" "$floor" "$baseline_wall" <<'PY'
 import sys
 cold, inc, floor, base = map(float, sys.argv[1:5])
