@@ -1,5 +1,6 @@
 //! Git credentials from a mounted secret directory (one file per key, as Kubernetes
-//! mounts a Secret).
+//! mounts a Secret; the worker) or from a Secret's data read through the API (the
+//! controller, which keeps secrets off the disk except the ssh files `ssh` must read).
 //!
 //! | key | used for |
 //! |---|---|
@@ -9,10 +10,11 @@
 //! | `known_hosts` | ssh host keys, checked strictly; required with `identity` |
 //! | `ca.crt` | extra PEM CA certificates trusted for https (git and Forge) |
 //!
-//! Other files in the directory are ignored. Values of `username`, `password` and
-//! `bearerToken` lose one trailing newline (secrets made with `echo` have one).
+//! Other keys are ignored. Values of `username`, `password` and `bearerToken` lose one
+//! trailing newline (secrets made with `echo` have one).
 //! Credentials never appear in `Debug` output, logs or errors.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use std::path::{Path, PathBuf};
 /// Largest credential file read (a key, a known_hosts or a CA bundle).
 const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
 
-/// A secret directory that cannot be used.
+/// Secret data (a directory or a Secret's data) that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialsError {
     #[error("secret directory {dir}: {source}")]
@@ -28,14 +30,15 @@ pub enum CredentialsError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("secret key {key:?} in {dir}: {reason}")]
+    /// `secret` names where the key came from: the directory, or "the Secret".
+    #[error("secret key {key:?} in {secret}: {reason}")]
     Key {
-        dir: PathBuf,
+        secret: String,
         key: &'static str,
         reason: String,
     },
-    #[error("secret {dir}: {reason}")]
-    Combination { dir: PathBuf, reason: String },
+    #[error("secret {secret}: {reason}")]
+    Combination { secret: String, reason: String },
 }
 
 /// A string that is never printed.
@@ -109,14 +112,33 @@ impl Credentials {
                 source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
             });
         }
-        let username = read_key(dir, "username", true)?;
-        let password = read_key(dir, "password", true)?;
-        let bearer = read_key(dir, "bearerToken", true)?;
-        let identity = read_key(dir, "identity", false)?;
-        let known_hosts = read_key(dir, "known_hosts", false)?;
-        let ca = read_key(dir, "ca.crt", false)?;
+        let secret = dir.display().to_string();
+        Self::from_keys(&secret, |key, trim| read_key(dir, &secret, key, trim))
+    }
+
+    /// Reads the documented keys from a Secret's `data` (as the API returns it), with the
+    /// same rules as [`Credentials::from_secret_dir`].
+    pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Result<Self, CredentialsError> {
+        let secret = "the Secret";
+        Self::from_keys(secret, |key, trim| match data.get(key) {
+            None => Ok(None),
+            Some(bytes) => value_text(bytes.clone(), secret, key, trim).map(Some),
+        })
+    }
+
+    /// Checks the values `read(key, trim_newline)` gives for the documented keys.
+    fn from_keys(
+        secret: &str,
+        mut read: impl FnMut(&'static str, bool) -> Result<Option<String>, CredentialsError>,
+    ) -> Result<Self, CredentialsError> {
+        let username = read("username", true)?;
+        let password = read("password", true)?;
+        let bearer = read("bearerToken", true)?;
+        let identity = read("identity", false)?;
+        let known_hosts = read("known_hosts", false)?;
+        let ca = read("ca.crt", false)?;
         let combination = |reason: &str| CredentialsError::Combination {
-            dir: dir.to_owned(),
+            secret: secret.to_owned(),
             reason: reason.to_owned(),
         };
 
@@ -153,21 +175,21 @@ impl Credentials {
             (Some(identity), Some(known_hosts)) => {
                 if !identity.contains("PRIVATE KEY") {
                     return Err(CredentialsError::Key {
-                        dir: dir.to_owned(),
+                        secret: secret.to_owned(),
                         key: "identity",
                         reason: "is not a private key (no PRIVATE KEY block)".into(),
                     });
                 }
                 if identity.contains("ENCRYPTED") || identity.contains("Proc-Type: 4,ENCRYPTED") {
                     return Err(CredentialsError::Key {
-                        dir: dir.to_owned(),
+                        secret: secret.to_owned(),
                         key: "identity",
                         reason: "is encrypted; give an unencrypted deploy key".into(),
                     });
                 }
                 if known_hosts.trim().is_empty() {
                     return Err(CredentialsError::Key {
-                        dir: dir.to_owned(),
+                        secret: secret.to_owned(),
                         key: "known_hosts",
                         reason: "is empty; the server's host key must be known".into(),
                     });
@@ -197,7 +219,7 @@ impl Credentials {
             Some(pem) => {
                 if !pem.contains("BEGIN CERTIFICATE") {
                     return Err(CredentialsError::Key {
-                        dir: dir.to_owned(),
+                        secret: secret.to_owned(),
                         key: "ca.crt",
                         reason: "has no PEM certificate".into(),
                     });
@@ -211,15 +233,11 @@ impl Credentials {
     /// The secret values, for redacting them from any text that might echo them.
     /// Includes the base64 form of `username:password`, as sent in a basic auth header.
     pub fn secret_values(&self) -> Vec<String> {
-        use base64::Engine as _;
         let mut out = Vec::new();
         match &self.http {
             Some(HttpAuth::Basic { username, password }) => {
                 out.push(password.expose().to_owned());
-                out.push(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{}", password.expose())),
-                );
+                out.push(basic_auth_token(username, password));
             }
             Some(HttpAuth::Bearer(token)) => out.push(token.expose().to_owned()),
             None => {}
@@ -228,43 +246,56 @@ impl Credentials {
     }
 }
 
+/// The token of an `Authorization: Basic` header: standard base64 of `username:password`.
+pub(crate) fn basic_auth_token(username: &str, password: &Secret) -> String {
+    base64_standard(format!("{username}:{}", password.expose()).as_bytes())
+}
+
+fn base64_standard(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 fn read_key(
     dir: &Path,
+    secret: &str,
     key: &'static str,
     trim_newline: bool,
 ) -> Result<Option<String>, CredentialsError> {
-    let path = dir.join(key);
-    let file = match std::fs::File::open(&path) {
+    let unreadable = |e: std::io::Error| CredentialsError::Key {
+        secret: secret.to_owned(),
+        key,
+        reason: format!("cannot be read: {e}"),
+    };
+    let file = match std::fs::File::open(dir.join(key)) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(CredentialsError::Key {
-                dir: dir.to_owned(),
-                key,
-                reason: format!("cannot be read: {e}"),
-            });
-        }
+        Err(e) => return Err(unreadable(e)),
     };
     let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| CredentialsError::Key {
-            dir: dir.to_owned(),
-            key,
-            reason: format!("cannot be read: {e}"),
-        })?;
-    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(CredentialsError::Key {
-            dir: dir.to_owned(),
-            key,
-            reason: "is larger than 1 MiB".into(),
-        });
-    }
-    let mut text = String::from_utf8(bytes).map_err(|_| CredentialsError::Key {
-        dir: dir.to_owned(),
+        .map_err(unreadable)?;
+    value_text(bytes, secret, key, trim_newline).map(Some)
+}
+
+/// A key's value as text: bounded, UTF-8, and for one-line values without the trailing
+/// newline.
+fn value_text(
+    bytes: Vec<u8>,
+    secret: &str,
+    key: &'static str,
+    trim_newline: bool,
+) -> Result<String, CredentialsError> {
+    let refuse = |reason: &str| CredentialsError::Key {
+        secret: secret.to_owned(),
         key,
-        reason: "is not UTF-8 text".into(),
-    })?;
+        reason: reason.to_owned(),
+    };
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(refuse("is larger than 1 MiB"));
+    }
+    let mut text = String::from_utf8(bytes).map_err(|_| refuse("is not UTF-8 text"))?;
     if trim_newline {
         if text.ends_with('\n') {
             text.pop();
@@ -273,7 +304,7 @@ fn read_key(
             text.pop();
         }
     }
-    Ok(Some(text))
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -347,6 +378,60 @@ mod tests {
         }
         let missing = Credentials::from_secret_dir(Path::new("/nonexistent/secret"));
         assert!(matches!(missing, Err(CredentialsError::Directory { .. })));
+    }
+
+    #[test]
+    fn secret_data_follows_the_directory_rules() {
+        let data = |pairs: &[(&str, &str)]| -> BTreeMap<String, Vec<u8>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        let c = Credentials::from_secret_data(&data(&[
+            ("username", "deploy\n"),
+            ("password", "hunter22\n"),
+            ("other", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.http,
+            Some(HttpAuth::Basic {
+                username: "deploy".into(),
+                password: Secret::new("hunter22")
+            })
+        );
+        assert_eq!(
+            Credentials::from_secret_data(&BTreeMap::new()).unwrap(),
+            Credentials::none()
+        );
+        let e = Credentials::from_secret_data(&data(&[("ca.crt", "topsecret")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "secret key \"ca.crt\" in the Secret: has no PEM certificate"
+        );
+        let e = Credentials::from_secret_data(&data(&[("password", "topsecret")])).unwrap_err();
+        assert!(!e.to_string().contains("topsecret"), "{e}");
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_examples() {
+        let cases = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in cases {
+            assert_eq!(base64_standard(plain.as_bytes()), encoded);
+        }
+        assert_eq!(
+            basic_auth_token("deploy", &Secret::new("hunter22")),
+            "ZGVwbG95Omh1bnRlcjIy"
+        );
     }
 
     #[test]

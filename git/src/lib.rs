@@ -1,5 +1,6 @@
-//! Git with gix: listing remote heads, shallow fetches into bare temporary repositories,
-//! credentials and URL masking.
+//! Git for openvox-code, shared by the controller (head checks) and the worker (builds):
+//! listing remote heads, shallow fetches into bare temporary repositories, credentials
+//! (from a mounted secret directory or a Secret's data), URL masking and branch globs.
 //!
 //! Transports: `https://`/`http://` (reqwest with rustls on ring; basic auth, bearer token,
 //! extra CA), `ssh://` and scp-like URLs (the `ssh` binary with a private key and strict
@@ -15,6 +16,7 @@
 
 pub mod credentials;
 pub mod fetch;
+pub mod glob;
 pub mod remote;
 pub mod url;
 
@@ -24,8 +26,9 @@ use std::time::Duration;
 
 pub use credentials::{Credentials, CredentialsError, HttpAuth, Secret, SshAuth};
 pub use fetch::{FetchWant, FetchedRepo};
-pub use remote::{GitAccess, Head, Remote, RemoteRef};
-pub use url::{RepoUrl, Transport, UrlError, mask_text, mask_url};
+pub use glob::{branch_matches, branch_selected};
+pub use remote::{GitAccess, Head, Remote, RemoteRef, list_heads};
+pub use url::{RepoUrl, Transport, UrlError, mask_text, mask_url, strip_user_info};
 
 /// A git operation that failed. Every text is masked and redacted (the secret values,
 /// and for basic auth also their base64 form, never appear).

@@ -1,7 +1,7 @@
 //! Connecting to a remote with the right credentials, and listing its refs without
 //! fetching any object (the `git ls-remote` equivalent, through gix's
-//! `Connection::ref_map`). [`Remote::list_heads`] is what a controller needs to decide
-//! whether anything changed; it depends only on this `git` module.
+//! `Connection::ref_map`). [`list_heads`] is what the controller needs to decide
+//! whether anything changed.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use std::time::Duration;
 use gix::protocol::transport::client::blocking_io::Transport as GixTransport;
 use gix::protocol::transport::client::blocking_io::http;
 
-use super::credentials::{Credentials, HttpAuth};
+use super::credentials::{Credentials, HttpAuth, basic_auth_token};
 use super::url::{RepoUrl, Transport, redact};
 use super::{GitError, error_chain, install_tls_provider, run_with_deadline};
 
@@ -37,6 +37,21 @@ impl RemoteRef {
 pub struct Head {
     pub branch: String,
     pub commit: gix::ObjectId,
+}
+
+/// The branch heads of `url` (`refs/heads/*`, sorted by branch name), listed with
+/// `credentials` within `timeout`; no object is fetched. Scratch files (the ssh key,
+/// an empty repository) live below `temp_root` for the duration of the listing.
+pub fn list_heads(
+    url: &str,
+    credentials: Credentials,
+    timeout: Duration,
+    temp_root: &Path,
+) -> Result<Vec<Head>, GitError> {
+    let origin = RepoUrl::parse(url)?;
+    GitAccess::new_in(credentials, origin, timeout, temp_root)?
+        .origin()?
+        .list_heads()
 }
 
 /// The ssh key and known_hosts written to files `ssh` can read, and the command line
@@ -379,9 +394,14 @@ impl Remote {
         operation: &'static str,
     ) -> Result<Connection<'remote, 'repo>, GitError> {
         install_tls_provider();
-        let connection = remote
-            .connect(gix::remote::Direction::Fetch)
-            .map_err(|e| self.failure(operation, &e))?;
+        let connection = match self.url.transport() {
+            Transport::Git => {
+                remote.to_connection_with_transport(self.git_daemon_transport(remote, operation)?)
+            }
+            _ => remote
+                .connect(gix::remote::Direction::Fetch)
+                .map_err(|e| self.failure(operation, &e))?,
+        };
         // Credentials go out with the first request (see `http_options`); a challenge
         // after that means they were refused, so the callback never offers more (and
         // never falls back to credential helpers or prompts).
@@ -392,18 +412,59 @@ impl Remote {
         Ok(connection)
     }
 
+    /// git://: our own socket with read and write timeouts, so a server that goes silent
+    /// ends the operation's thread too, not only the caller's wait (a long-running
+    /// controller must not collect stuck threads).
+    fn git_daemon_transport(
+        &self,
+        remote: &gix::Remote<'_>,
+        operation: &'static str,
+    ) -> Result<Box<dyn GixTransport + Send>, GitError> {
+        let fail = |message: String| GitError::Remote {
+            operation,
+            url: self.display_url(),
+            message: self.redact(&message),
+        };
+        let url = remote
+            .url(gix::remote::Direction::Fetch)
+            .ok_or_else(|| fail("no URL".to_owned()))?;
+        let host = url.host().unwrap_or("localhost").to_owned();
+        let port = url.port.unwrap_or(9418);
+        let timeout = self.timeout;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+            .map_err(|e| fail(error_chain(&e)))?
+            .next()
+            .ok_or_else(|| fail(format!("{host}: no address")))?;
+        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| fail(error_chain(&e)))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| fail(error_chain(&e)))?;
+        let write = stream.try_clone().map_err(|e| fail(error_chain(&e)))?;
+        Ok(Box::new(
+            gix::protocol::transport::client::git::blocking_io::Connection::new(
+                stream,
+                write,
+                gix::protocol::transport::Protocol::V2,
+                url.path.clone(),
+                Some((host, url.port)),
+                gix::protocol::transport::client::git::ConnectMode::Daemon,
+                false,
+            ),
+        ))
+    }
+
     fn http_options(&self) -> http::Options {
-        use base64::Engine as _;
         let mut extra_headers = Vec::new();
         match &self.http {
             Some(HttpAuth::Bearer(token)) => {
                 extra_headers.push(format!("Authorization: Bearer {}", token.expose()))
             }
-            Some(HttpAuth::Basic { username, password }) => {
-                let pair = format!("{username}:{}", password.expose());
-                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-                extra_headers.push(format!("Authorization: Basic {encoded}"));
-            }
+            Some(HttpAuth::Basic { username, password }) => extra_headers.push(format!(
+                "Authorization: Basic {}",
+                basic_auth_token(username, password)
+            )),
             None => {}
         }
         if self.http.is_some() && self.url.transport() == Transport::Http {

@@ -160,6 +160,22 @@ pub fn mask_text(text: &str) -> String {
     out
 }
 
+/// `url` without user info (`https://user:token@host/x` → `https://host/x`, and
+/// `ssh://git@host/x` → `ssh://host/x`), for the controller's status messages and logs,
+/// which name a repository rather than how to log in to it. scp-like `user@host:path`
+/// is kept: its user is not a secret.
+pub fn strip_user_info(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if path.is_empty() && !rest.contains('/') {
+            return format!("{scheme}://{host}");
+        }
+        return format!("{scheme}://{host}/{path}");
+    }
+    url.to_string()
+}
+
 /// `text` with every non-empty secret replaced by `***`, then URLs masked.
 pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
@@ -206,6 +222,23 @@ mod tests {
         ];
         for (input, want) in cases {
             assert_eq!(mask_text(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn urls_lose_their_user_info() {
+        let cases = [
+            (
+                "https://user:token@git.example/a/b.git",
+                "https://git.example/a/b.git",
+            ),
+            ("https://git.example/a.git", "https://git.example/a.git"),
+            ("ssh://git@host:22/r.git", "ssh://host:22/r.git"),
+            ("git@github.com:org/repo.git", "git@github.com:org/repo.git"),
+            ("http://u:p@host", "http://host"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(strip_user_info(url), want);
         }
     }
 

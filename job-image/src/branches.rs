@@ -1,9 +1,8 @@
 //! Which branches become environments, and under which names. Pure: no I/O.
 //!
 //! Selection: a branch is wanted when it equals one of the `include` entries or matches
-//! one of them as a glob, and matches none of the `exclude` globs. Globs follow git's
-//! wildmatch (`*`, `?`, `[a-z]`, `[!x]`); `*` also matches `/`, so `feature*` selects
-//! `feature/login` as well as `feature_login`.
+//! one of them as a glob, and matches none of the `exclude` globs; the rule is
+//! [`openvox_git::glob`], shared with the controller's head check.
 //!
 //! Naming: Puppet accepts environment names matching `\A[a-z0-9_]+\z`. With
 //! [`InvalidBranches::Correct`] every other character becomes `_` and letters are
@@ -13,8 +12,6 @@
 
 use std::collections::BTreeMap;
 
-use gix::bstr::BStr;
-use gix::glob::wildmatch;
 pub use openvox_crds::codesource::InvalidBranches;
 
 /// Why a branch did not become an environment.
@@ -69,8 +66,7 @@ impl BranchSelection {
 
     /// Whether `branch` (a short name, without `refs/heads/`) is wanted.
     pub fn matches(&self, branch: &str) -> bool {
-        let included = self.include.iter().any(|p| pattern_matches(p, branch));
-        included && !self.exclude.iter().any(|p| pattern_matches(p, branch))
+        openvox_git::branch_selected(branch, &self.include, &self.exclude)
     }
 
     /// The wanted branches among `branches`, sorted and without duplicates.
@@ -89,15 +85,6 @@ impl BranchSelection {
     pub fn include(&self) -> &[String] {
         &self.include
     }
-}
-
-fn pattern_matches(pattern: &str, branch: &str) -> bool {
-    pattern == branch
-        || wildmatch(
-            BStr::new(pattern),
-            BStr::new(branch),
-            wildmatch::Mode::empty(),
-        )
 }
 
 /// Whether `name` is a valid Puppet environment name.

@@ -11,7 +11,8 @@ pub mod branches;
 pub mod cli;
 pub mod environments;
 pub mod forge;
-pub mod git;
+/// Git (transports, credentials, URL masking), shared with the controller.
+pub use openvox_git as git;
 pub mod image;
 pub mod limits;
 pub mod progress;
