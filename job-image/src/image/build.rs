@@ -273,6 +273,12 @@ async fn previous_from_registry(
     }
 }
 
+/// The control repository for `org.opencontainers.image.source`: the URL without any
+/// credentials (masked user info is dropped, not shown as `***`).
+pub fn source_annotation(url: &str) -> String {
+    mask_url(url).replace("***@", "")
+}
+
 /// Writes `text` as the termination message when the file's directory exists (in a
 /// pod, `/dev`); errors are only logged: the message is a courtesy to the controller.
 pub fn write_termination_message(path: &Path, text: &str) {
@@ -388,7 +394,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
     };
 
     let options = ImageOptions {
-        source: mask_url(&args.source.url),
+        source: source_annotation(&args.source.url),
         architecture: args.architecture.clone(),
         tags: args.tags.clone(),
         work_dir: args.work_dir(),
@@ -554,6 +560,26 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn source_annotations_carry_no_credentials() {
+        assert_eq!(
+            source_annotation("https://user:pw@git.example/c.git"),
+            "https://git.example/c.git"
+        );
+        assert_eq!(
+            source_annotation("https://token@git.example/c.git"),
+            "https://git.example/c.git"
+        );
+        assert_eq!(
+            source_annotation("git@git.example:puppet/c.git"),
+            "git@git.example:puppet/c.git"
+        );
+        assert_eq!(
+            source_annotation("git://127.0.0.1/c.git"),
+            "git://127.0.0.1/c.git"
+        );
     }
 
     #[test]
