@@ -4,12 +4,12 @@
 //! writes `status.lastBuild` itself under the worker's field manager, as the worker does.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use harness::TestNamespace;
+use harness::fixtures::{ControlRepo, Scratch};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -47,96 +47,6 @@ fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running
         },
     ));
     Running(Some(tx))
-}
-
-/// A control repository: a bare repo with one commit on `production`.
-struct Repo {
-    _dir: TempDir,
-    bare: PathBuf,
-    work: PathBuf,
-}
-
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(prefix: &str) -> Result<TempDir> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(TempDir(dir))
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=production",
-        ])
-        .args(args)
-        .output()
-        .with_context(|| format!("git {args:?}"))?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-impl Repo {
-    fn new() -> Result<Self> {
-        let dir = temp_dir("cs-repo")?;
-        let bare = dir.0.join("control.git");
-        let work = dir.0.join("work");
-        std::fs::create_dir_all(&work)?;
-        git(
-            &dir.0,
-            &["init", "--bare", "-q", bare.to_str().unwrap_or_default()],
-        )?;
-        git(&work, &["init", "-q"])?;
-        git(
-            &work,
-            &["remote", "add", "origin", bare.to_str().unwrap_or_default()],
-        )?;
-        let repo = Self {
-            _dir: dir,
-            bare,
-            work,
-        };
-        repo.commit("first")?;
-        Ok(repo)
-    }
-
-    fn url(&self) -> String {
-        format!("file://{}", self.bare.display())
-    }
-
-    fn commit(&self, message: &str) -> Result<String> {
-        std::fs::create_dir_all(self.work.join("manifests"))?;
-        std::fs::write(
-            self.work.join("manifests/site.pp"),
-            format!("# {message}\n"),
-        )?;
-        git(&self.work, &["add", "-A"])?;
-        git(&self.work, &["commit", "-q", "-m", message])?;
-        git(
-            &self.work,
-            &["push", "-q", "origin", "HEAD:refs/heads/production"],
-        )?;
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
 }
 
 fn codesource(name: &str, spec: Value) -> Value {
@@ -190,10 +100,10 @@ where
 
 #[tokio::test]
 async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-launch").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -217,7 +127,7 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
     })
     .await?;
     assert_eq!(st["activeJob"], job_name.as_str());
-    let first_commit = git(&repo.work, &["rev-parse", "HEAD"])?;
+    let first_commit = repo.head();
     assert_eq!(
         st["heads"]["production"],
         format!("production@sha1:{first_commit}")
@@ -282,7 +192,7 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
     );
 
     // A new commit, seen at the next look, launches a new Job under a new name.
-    let second = repo.commit("second")?;
+    let second = repo.commit("second");
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -307,10 +217,10 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
 
 #[tokio::test]
 async fn a_suspended_codesource_launches_nothing() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-suspend").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     let mut s = spec(&repo.url(), "* * * * *");
     s["suspend"] = json!(true);
     harness::apply::apply(ns.client(), Some(ns.name()), codesource("held", s)).await?;
@@ -328,9 +238,9 @@ async fn a_suspended_codesource_launches_nothing() -> Result<()> {
 
 #[tokio::test]
 async fn an_invalid_schedule_stalls_with_a_clear_message() -> Result<()> {
-    let scratch = temp_dir("cs-scratch")?;
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-invalid").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -409,8 +319,8 @@ fn with_config(url: &str, config: &str) -> Value {
 
 #[tokio::test]
 async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-publish").await?;
     let _node = node_running(&ns, "echo building; exit 0").await?;
     harness::apply::apply(
@@ -422,7 +332,7 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
         ),
     )
     .await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -481,8 +391,8 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
 
 #[tokio::test]
 async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-fail").await?;
     let _node = node_running(
         &ns,
@@ -496,7 +406,7 @@ async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
         config("prod", json!([{"image": old}])),
     )
     .await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -540,11 +450,11 @@ async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
 
 #[tokio::test]
 async fn a_restarted_controller_does_not_launch_a_running_build_again() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-restart").await?;
     // No node: the Job stays active, like a build in progress.
-    let controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -558,9 +468,9 @@ async fn a_restarted_controller_does_not_launch_a_running_build_again() -> Resul
     drop(controller);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     // A new commit and a spec change while the build runs: still one Job at a time.
-    repo.commit("second")?;
+    repo.commit("second");
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -585,11 +495,11 @@ async fn a_restarted_controller_does_not_launch_a_running_build_again() -> Resul
 
 #[tokio::test]
 async fn a_new_requested_at_builds_again_once() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-manual").await?;
     let _node = node_running(&ns, "exit 0").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -650,11 +560,11 @@ async fn a_new_requested_at_builds_again_once() -> Result<()> {
 
 #[tokio::test]
 async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-noconfig").await?;
     let _node = node_running(&ns, "exit 0").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -702,9 +612,9 @@ async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> 
 
 #[tokio::test]
 async fn an_unreachable_repository_is_reported_as_fetch_failed() -> Result<()> {
-    let scratch = temp_dir("cs-scratch")?;
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-unreachable").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -754,8 +664,8 @@ async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Res
         gateway_api: false,
         config_shape: harness::ConfigShape::Single,
     })?;
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new_in(&control_plane, "cs-single").await?;
     let _node = node_running(&ns, "exit 0").await?;
     harness::apply::apply(
@@ -767,7 +677,7 @@ async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Res
         ),
     )
     .await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
@@ -799,10 +709,10 @@ async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Res
 
 #[tokio::test]
 async fn missing_secrets_are_named_and_the_build_follows_once_they_exist() -> Result<()> {
-    let repo = Repo::new()?;
-    let scratch = temp_dir("cs-scratch")?;
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-secrets").await?;
-    let _controller = start_controller(ns.client(), ns.name(), &scratch.0);
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     let mut s = spec(&repo.url(), "@hourly");
     s["git"]["secretRef"] = json!({"name": "git-auth"});
     s["output"]["pushSecretRef"] = json!({"name": "regcred"});

@@ -7,12 +7,11 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use harness::TestNamespace;
+use harness::fixtures::{ControlRepo, Scratch};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -419,52 +418,6 @@ async fn unknown_targets_bad_bodies_and_wrong_methods_get_clear_4xx_answers() ->
 
 // --- The whole path: hook → annotation → the CodeSource controller lists the heads. ---
 
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(prefix: &str) -> Result<TempDir> {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(TempDir(dir))
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=t",
-            "-c",
-            "user.email=t@example.com",
-            "-c",
-            "init.defaultBranch=production",
-        ])
-        .args(args)
-        .output()
-        .with_context(|| format!("git {args:?}"))?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn commit(work: &Path, message: &str) -> Result<String> {
-    std::fs::create_dir_all(work.join("manifests"))?;
-    std::fs::write(work.join("manifests/site.pp"), format!("# {message}\n"))?;
-    git(work, &["add", "-A"])?;
-    git(work, &["commit", "-q", "-m", message])?;
-    git(
-        work,
-        &["push", "-q", "origin", "HEAD:refs/heads/production"],
-    )?;
-    git(work, &["rev-parse", "HEAD"])
-}
-
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -485,27 +438,16 @@ where
 #[tokio::test]
 async fn an_accepted_hook_makes_the_controller_list_the_heads_afresh_without_forcing_a_build()
 -> Result<()> {
-    let dir = temp_dir("hook-e2e")?;
-    let bare = dir.0.join("control.git");
-    let work = dir.0.join("work");
-    std::fs::create_dir_all(&work)?;
-    git(
-        &dir.0,
-        &["init", "--bare", "-q", bare.to_str().unwrap_or_default()],
-    )?;
-    git(&work, &["init", "-q"])?;
-    git(
-        &work,
-        &["remote", "add", "origin", bare.to_str().unwrap_or_default()],
-    )?;
-    let first = commit(&work, "first")?;
-    let repo_url = format!("file://{}", bare.display());
+    let repo = ControlRepo::new();
+    let first = repo.head();
+    let scratch = Scratch::new();
+    let repo_url = repo.url();
 
     let ns = TestNamespace::new("hook-e2e").await?;
     let (stop_controller, stopped) = oneshot::channel::<()>();
     let mut settings = Settings::new("openvox-code-worker:test");
     settings.namespace = Some(ns.name().to_string());
-    settings.scratch_dir = dir.0.clone();
+    settings.scratch_dir = scratch.dir.path().to_path_buf();
     tokio::spawn(codesource::run(
         ns.client().clone(),
         settings,
@@ -536,7 +478,7 @@ async fn an_accepted_hook_makes_the_controller_list_the_heads_afresh_without_for
         .len();
 
     // A new commit; the yearly schedule would not look for months. The hook does.
-    let second = commit(&work, "second")?;
+    let second = repo.commit("second");
     let receiver = start_receiver(ns.client(), ns.name()).await?;
     let (body, signature) = github_push("production", &repo_url, SECRET);
     let (status, a) =
