@@ -11,6 +11,7 @@ test: deps lint ## Install what the tests need, then run every test tier
 	# The end-to-end tests run the controller and worker binaries as processes.
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --all-targets --locked
+	python3 tests/scripts/check-dockerfiles.py
 
 demo: deps ## See the whole product work on this machine (control plane, git, registry, controller)
 	$(CARGO) build --locked -p openvox-code-controller -p openvox-code-worker -p openvox-code-e2e --bins

@@ -24,3 +24,8 @@ bash "$here/cluster.sh" fetch-gateway-api >/dev/null
 if [[ -f "$here/install-kubectl-helm.sh" ]]; then
   bash "$here/install-kubectl-helm.sh" >/dev/null
 fi
+
+# BuildKit's Dockerfile parser (a Go binding on PyPI) for tests/scripts/check-dockerfiles.py.
+if ! python3 -c "import dockerfile" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "dockerfile==3.4.0" >&2
+fi
