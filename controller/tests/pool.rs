@@ -165,7 +165,10 @@ async fn service_matches_the_operator_and_keeps_an_assigned_node_port() -> Resul
     let spec = svc.spec.unwrap();
     assert_eq!(spec.ports.unwrap()[0].node_port, Some(assigned));
     assert!(
-        !svc.metadata.annotations.unwrap_or_default().contains_key("example.com/lb"),
+        !svc.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key("example.com/lb"),
         "dropped annotation is removed"
     );
     Ok(())
