@@ -12,7 +12,19 @@ use openvox_code_worker::sync::sync;
 use openvox_crds::names::WORKER_PERMANENT_FAILURE_EXIT_CODE;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Wrong arguments will not get better on a retry: exit with the permanent
+        // failure code so the Job fails at once instead of using up its backoff.
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(permanent_failure_code());
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -76,7 +88,7 @@ fn main() -> ExitCode {
             }
             Err(e) if e.is_permanent() => {
                 let _ = fail(&e.to_string());
-                ExitCode::from(WORKER_PERMANENT_FAILURE_EXIT_CODE as u8)
+                ExitCode::from(permanent_failure_code())
             }
             Err(e) => fail(&e.to_string()),
         },
@@ -84,6 +96,10 @@ fn main() -> ExitCode {
 }
 
 /// Prints the one-line reason and returns the failure exit code.
+fn permanent_failure_code() -> u8 {
+    u8::try_from(WORKER_PERMANENT_FAILURE_EXIT_CODE).unwrap_or(1)
+}
+
 fn fail(reason: &str) -> ExitCode {
     eprintln!("error: {}", mask_text(&reason.replace('\n', " ")));
     ExitCode::FAILURE
