@@ -5,13 +5,12 @@
 //! shows that a hook leads to a fresh head check of a real git repository.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result};
 use harness::TestNamespace;
-use harness::fixtures::{ControlRepo, Scratch};
+use harness::fixtures::{ControlRepo, Scratch, eventually};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
@@ -417,23 +416,6 @@ async fn unknown_targets_bad_bodies_and_wrong_methods_get_clear_4xx_answers() ->
 }
 
 // --- The whole path: hook → annotation → the CodeSource controller lists the heads. ---
-
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(value) = probe().await? {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 #[tokio::test]
 async fn an_accepted_hook_makes_the_controller_list_the_heads_afresh_without_forcing_a_build()
