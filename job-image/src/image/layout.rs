@@ -54,10 +54,21 @@ fn io_error(path: &Path) -> impl Fn(std::io::Error) -> LayoutError + '_ {
 
 impl Layout {
     /// Opens `dir` as a layout, creating it (and `oci-layout`, `blobs/sha256`) if needed.
+    /// A directory that exists, is not empty and has no `oci-layout` file is refused:
+    /// the build would otherwise remove files from it.
     pub fn open(dir: &Path) -> Result<Self, LayoutError> {
+        let marker = dir.join("oci-layout");
+        let non_empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        if non_empty && !marker.exists() {
+            return Err(LayoutError::Invalid {
+                dir: dir.to_owned(),
+                message: "not empty and not an OCI image layout (no oci-layout file); give a new or empty directory".into(),
+            });
+        }
         let blobs = dir.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
-        let marker = dir.join("oci-layout");
         if !marker.exists() {
             write_atomically(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
@@ -286,6 +297,18 @@ mod tests {
             [digest.trim_start_matches("sha256:").to_owned()],
             "no temporary files left"
         );
+    }
+
+    #[test]
+    fn other_directories_are_not_taken_for_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        let err = Layout::open(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not an OCI image layout"), "{err}");
+        assert!(!dir.path().join("blobs").exists());
+        let empty = tempfile::tempdir().unwrap();
+        Layout::open(empty.path()).unwrap();
+        Layout::open(empty.path()).unwrap();
     }
 
     #[test]
