@@ -136,15 +136,28 @@ impl Drop for GitDaemon {
 }
 
 fn worker(args: &[&str], work: &Path) -> (bool, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_openvox-code-worker"))
+    worker_with_docker_config(args, work, None)
+}
+
+/// Runs the worker with `DOCKER_CONFIG` set to `docker_config` (or unset), as the
+/// controller's Job mounts the push Secret.
+fn worker_with_docker_config(
+    args: &[&str],
+    work: &Path,
+    docker_config: Option<&Path>,
+) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_openvox-code-worker"));
+    command
         .args(args)
         .arg("--work-dir")
         .arg(work)
         .arg("--termination-log")
         .arg(work.join("termination-log"))
-        .env_remove("DOCKER_CONFIG")
-        .output()
-        .unwrap();
+        .env_remove("DOCKER_CONFIG");
+    if let Some(dir) = docker_config {
+        command.env("DOCKER_CONFIG", dir);
+    }
+    let output = command.output().unwrap();
     (
         output.status.success(),
         String::from_utf8(output.stdout).unwrap(),
@@ -289,6 +302,68 @@ fn build_pushes_a_pinned_image_and_the_second_run_sends_nothing() {
         "mtime is the commit time: {listing}"
     );
     assert!(listing.contains("0/0"), "owner 0:0: {listing}");
+}
+
+#[test]
+fn build_pushes_over_tls_with_the_mounted_docker_config() {
+    use base64::Engine as _;
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = control_repository(scratch.path());
+    let url = format!("file://{}", repo.display());
+    let registry = TestRegistry::start(harness::fixtures::registry::Settings {
+        tls: true,
+        basic_auth: Some(("pusher", "planted-Pa55word")),
+    });
+    let secret = scratch.path().join("registry-secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("pusher:planted-Pa55word");
+    std::fs::write(
+        secret.join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{auth}"}}}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let image = format!("{}/puppet/code", registry.host());
+    let ca = registry.ca_path().unwrap().display().to_string();
+    let args = [
+        "build",
+        "--url",
+        &url,
+        "--branch",
+        "production",
+        "--image",
+        &image,
+        "--registry-ca",
+        &ca,
+    ];
+    let (ok, stdout, stderr) = worker_with_docker_config(&args, &work, Some(&secret));
+    assert!(ok, "{stderr}");
+    let reference = stdout.lines().last().unwrap();
+    for text in [&stdout, &stderr] {
+        assert!(
+            !text.contains("planted-Pa55word") && !text.contains(&auth),
+            "credentials leaked: {text}"
+        );
+    }
+    skopeo(&[
+        "inspect",
+        "--raw",
+        "--creds",
+        "pusher:planted-Pa55word",
+        "--cert-dir",
+        registry.cert_dir().unwrap().to_str().unwrap(),
+        &format!("docker://{reference}"),
+    ]);
+
+    // Without the CA the registry's certificate is refused; the message says where.
+    let (ok, _, stderr) = worker_with_docker_config(&args[..7], &work, Some(&secret));
+    assert!(!ok);
+    assert!(stderr.contains(&registry.host()) && stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains("try 2 of"), "a refused certificate is not retried: {stderr}");
 }
 
 #[test]

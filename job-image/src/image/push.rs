@@ -252,7 +252,12 @@ pub fn is_transient(error: &OciDistributionError) -> bool {
         return is_transient_status(code);
     }
     match error {
-        OciDistributionError::RequestError(e) => !e.is_builder() && !e.is_redirect(),
+        // A certificate the client refuses stays refused: no point in waiting.
+        OciDistributionError::RequestError(e) => {
+            !e.is_builder()
+                && !e.is_redirect()
+                && !error_chain(e).to_ascii_lowercase().contains("certificate")
+        }
         OciDistributionError::RegistryError { envelope, .. } => envelope
             .errors
             .iter()
