@@ -362,8 +362,14 @@ fn build_pushes_over_tls_with_the_mounted_docker_config() {
     // Without the CA the registry's certificate is refused; the message says where.
     let (ok, _, stderr) = worker_with_docker_config(&args[..7], &work, Some(&secret));
     assert!(!ok);
-    assert!(stderr.contains(&registry.host()) && stderr.contains("certificate"), "{stderr}");
-    assert!(!stderr.contains("try 2 of"), "a refused certificate is not retried: {stderr}");
+    assert!(
+        stderr.contains(&registry.host()) && stderr.contains("certificate"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("try 2 of"),
+        "a refused certificate is not retried: {stderr}"
+    );
 }
 
 #[test]
