@@ -209,11 +209,17 @@ impl Remote {
         }
 
         if depth == Depth::Shallow {
+            // A parent that is itself a wanted tip (a branch one commit ahead of
+            // another) arrived because it was asked for, not because the fetch was deep.
+            let tip_ids: std::collections::HashSet<_> =
+                tips.iter().map(|(_, commit)| *commit).collect();
             for (want, commit) in &tips {
                 let object = repo
                     .find_commit(*commit)
                     .map_err(|e| GitError::Local(format!("{url}: {want}: {}", error_chain(&e))))?;
-                let has_parent_locally = object.parent_ids().any(|parent| repo.has_object(parent));
+                let has_parent_locally = object
+                    .parent_ids()
+                    .any(|parent| !tip_ids.contains(&parent.detach()) && repo.has_object(parent));
                 if has_parent_locally {
                     let error = GitError::NotShallow {
                         url: url.clone(),

@@ -644,3 +644,22 @@ fn a_second_sync_of_the_same_directory_is_refused() {
         run.reason()
     );
 }
+
+#[test]
+fn a_branch_one_commit_ahead_of_another_is_still_a_shallow_fetch() {
+    let world = World::new();
+    let base = world
+        .control
+        .commit("production", "p", &[("manifests/site.pp", file("p\n"))]);
+    // feature starts at production's tip and adds one commit: with depth 1, the
+    // parent of feature's tip is production's tip, which was asked for anyway.
+    run(git(&world.control.path).args(["update-ref", "refs/heads/feature", &base]));
+    world
+        .control
+        .commit("feature", "f", &[("manifests/site.pp", file("f\n"))]);
+    world
+        .sync(&["--branch", "production", "--branch", "feature"])
+        .assert_ok();
+    assert_eq!(world.read("production", "manifests/site.pp"), "p\n");
+    assert_eq!(world.read("feature", "manifests/site.pp"), "f\n");
+}
