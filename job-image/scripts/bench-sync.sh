@@ -55,7 +55,8 @@ wait_port() {
 
 mkdir -p "$work/repos" "$work/forge" "$work/tmp"
 git_port=$(free_port)
-GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null git daemon --reuseaddr --export-all --listen=127.0.0.1 \
+# git-daemon itself (not the `git daemon` wrapper, whose child would outlive a kill).
+GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null "$(git --exec-path)/git-daemon" --reuseaddr --export-all --listen=127.0.0.1 \
   --port="$git_port" --base-path="$work/repos" "$work/repos" 2>"$work/git-daemon.log" &
 pids+=($!)
 forge_port=$(free_port)
