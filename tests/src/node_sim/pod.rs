@@ -479,9 +479,17 @@ impl PodRun {
         env: &[(String, String)],
         mounts: &Mounts,
     ) -> Result<Vec<String>, (&'static str, String)> {
-        let args = container.args.clone().unwrap_or_default();
+        let in_container = |words: &[String]| -> Vec<String> {
+            words
+                .iter()
+                .map(|a| mounts.rewrite(&expand(a, env)))
+                .collect()
+        };
+        let args = in_container(container.args.as_deref().unwrap_or_default());
         let mut argv = match container.command.as_ref().filter(|c| !c.is_empty()) {
-            Some(command) => command.clone(),
+            Some(command) => in_container(command),
+            // A host path that stands in for the image: never rewritten, even when it
+            // lies under a directory the pod mounts a volume at (such as /tmp).
             None => {
                 let image = container.image.as_deref().unwrap_or_default();
                 match lookup_image(&self.context.config.images, image) {
@@ -499,10 +507,7 @@ impl PodRun {
             }
         };
         argv.extend(args);
-        Ok(argv
-            .iter()
-            .map(|a| mounts.rewrite(&expand(a, env)))
-            .collect())
+        Ok(argv)
     }
 
     async fn secret(
