@@ -4,6 +4,7 @@
 
 pub mod codesource;
 pub mod crd;
+pub mod duration;
 pub mod names;
 pub mod operator;
 pub mod pool;

@@ -73,7 +73,7 @@ pub struct SourceArgs {
     #[arg(long, default_value = "https://forgeapi.puppet.com")]
     pub forge_url: String,
     /// Time limit of one git operation or Forge request (`60s`, `2m`, `1m30s`).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = openvox_crds::duration::parse)]
     pub timeout: Duration,
     /// Network operations (ref listings, fetches, Forge requests) at a time.
     #[arg(long, default_value_t = 8)]
@@ -170,69 +170,9 @@ pub enum CliError {
     Usage(String),
 }
 
-/// Parses a duration as written in the CodeSource (`git.timeout`): one or more
-/// `<number><unit>` with units `ms`, `s`, `m`, `h` (`60s`, `1m30s`, `1.5s`, `500ms`).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("{text:?} is not a duration (examples: 60s, 2m, 1m30s, 500ms)");
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        if number_end == 0 {
-            return Err(invalid());
-        }
-        let number: f64 = rest[..number_end].parse().map_err(|_| invalid())?;
-        rest = &rest[number_end..];
-        let (unit, seconds) = if let Some(r) = rest.strip_prefix("ms") {
-            (r, 0.001)
-        } else if let Some(r) = rest.strip_prefix('s') {
-            (r, 1.0)
-        } else if let Some(r) = rest.strip_prefix('m') {
-            (r, 60.0)
-        } else if let Some(r) = rest.strip_prefix('h') {
-            (r, 3600.0)
-        } else {
-            return Err(invalid());
-        };
-        total += number * seconds;
-        rest = unit;
-    }
-    if !(total > 0.0 && total < 1e9) {
-        return Err(format!("{text:?} must be more than zero"));
-    }
-    Ok(Duration::from_secs_f64(total))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_are_parsed_like_the_codesource_field() {
-        let cases = [
-            ("60s", Some(60_000)),
-            ("2m", Some(120_000)),
-            ("1m30s", Some(90_000)),
-            ("1.5s", Some(1_500)),
-            ("500ms", Some(500)),
-            ("1h", Some(3_600_000)),
-            ("", None),
-            ("60", None),
-            ("s", None),
-            ("0s", None),
-            ("5x", None),
-            ("1m-3s", None),
-        ];
-        for (text, want) in cases {
-            let got = parse_duration(text).ok().map(|d| d.as_millis() as u64);
-            assert_eq!(got, want, "{text:?}");
-        }
-    }
 
     #[test]
     fn sync_arguments_are_read() {

@@ -20,7 +20,8 @@ pub struct Validated {
 pub fn validate(spec: &CodeSourceSpec) -> Result<Validated, String> {
     let schedule =
         Schedule::parse(&spec.schedule, spec.time_zone.as_deref()).map_err(|e| e.to_string())?;
-    let git_timeout = parse_duration(&spec.git.timeout)
+    let git_timeout = openvox_crds::duration::parse(&spec.git.timeout)
+        .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| {
             format!(
@@ -39,34 +40,6 @@ pub fn validate(spec: &CodeSourceSpec) -> Result<Validated, String> {
     })
 }
 
-/// A Go-style duration (`90s`, `1m30s`, `1.5h`, `500ms`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let number: f64 = rest[..number_end].parse().ok()?;
-        rest = &rest[number_end..];
-        let (unit, seconds) = if let Some(r) = rest.strip_prefix("ms") {
-            (r, 0.001)
-        } else if let Some(r) = rest.strip_prefix('s') {
-            (r, 1.0)
-        } else if let Some(r) = rest.strip_prefix('m') {
-            (r, 60.0)
-        } else if let Some(r) = rest.strip_prefix('h') {
-            (r, 3600.0)
-        } else {
-            return None;
-        };
-        total += number * seconds;
-        rest = unit;
-    }
-    Duration::try_from_secs_f64(total).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,27 +51,6 @@ mod tests {
             "output": {"image": "registry/code"}
         }))
         .unwrap()
-    }
-
-    #[test]
-    fn durations_parse_like_go() {
-        let cases = [
-            ("60s", Some(60_000)),
-            ("2m", Some(120_000)),
-            ("1m30s", Some(90_000)),
-            ("1.5h", Some(5_400_000)),
-            ("500ms", Some(500)),
-            ("", None),
-            ("10", None),
-            ("5d", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(
-                parse_duration(text).map(|d| d.as_millis() as u64),
-                want,
-                "{text:?}"
-            );
-        }
     }
 
     #[test]
