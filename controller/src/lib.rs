@@ -6,6 +6,7 @@ pub mod args;
 pub mod codesource;
 pub mod conditions;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod pool;

@@ -14,7 +14,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use openvox_crds::codesource::{ConfigRecord, LaunchRecord};
 use openvox_crds::names::{CONTROLLER_MANAGER, annotations, conditions as types, labels, reasons};
@@ -742,23 +742,11 @@ async fn failure_message(
                     })
             })
         })
-        .map(|m| truncate(m.trim(), MAX_FAILURE_MESSAGE));
+        .map(|m| crate::events::truncate_keeping_end(m.trim(), MAX_FAILURE_MESSAGE));
     match termination {
         Some(t) => format!("job {job} failed ({job_reason}): {t}"),
         None => format!("job {job} failed ({job_reason})"),
     }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    // Keep the end: the last lines say why a build failed.
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("…{}", &s[start..])
 }
 
 async fn config_shape(ctx: &Context) -> Result<ShapeKind, Error> {
@@ -933,16 +921,15 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
+    crate::events::publish(
+        &ctx.recorder,
+        &cs.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(truncate(&note, 1000)),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &cs.object_ref(&())).await {
-        warn!(codesource = %key(cs), "cannot publish event {reason}: {e}");
-    }
+        reason,
+        action,
+        &note,
+    )
+    .await;
 }
 
 /// A URL fit for logs.
@@ -1010,7 +997,7 @@ mod tests {
     #[test]
     fn long_messages_keep_their_end() {
         let long = format!("{}tail", "x".repeat(2000));
-        let cut = truncate(&long, 100);
+        let cut = crate::events::truncate_keeping_end(&long, 100);
         assert!(cut.ends_with("tail") && cut.len() <= 104);
     }
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use openvox_crds::names::{CONTROLLER_MANAGER, annotations};
@@ -416,14 +416,13 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
+    crate::events::publish(
+        &ctx.recorder,
+        &pool.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &pool.object_ref(&())).await {
-        warn!(error = %e, "could not publish event");
-    }
+        reason,
+        action,
+        &note,
+    )
+    .await;
 }
