@@ -152,7 +152,9 @@ taken_ports=" "
 free_port() {
   local port
   for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 30000))
+    # Below the kernel's ephemeral range (32768+ by default), where outgoing
+    # connections take local ports that a listening check cannot see.
+    port=$((20000 + RANDOM % 12000))
     [[ "$taken_ports" == *" $port "* ]] && continue
     if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       taken_ports+="$port "

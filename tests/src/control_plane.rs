@@ -90,6 +90,21 @@ impl ControlPlane {
     /// CRDs). It is stopped when the value is dropped, or when the test binary exits.
     /// Blocks until the API server is ready and the CRDs are installed.
     pub fn start(options: &Options) -> Result<ControlPlane> {
+        // Ports are chosen free but not reserved, so another process can take one
+        // between the choice and the bind; a fresh attempt picks new ports.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(options) {
+                Err(e) if attempt < 3 => {
+                    eprintln!("control plane start {attempt} failed, trying again: {e:#}");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(options: &Options) -> Result<ControlPlane> {
         let n = STARTED.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir()
             .join("openvox-code-e2e")
