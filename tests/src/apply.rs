@@ -129,18 +129,22 @@ pub async fn wait_for_crd(client: &Client, name: &str, timeout: Duration) -> Res
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let deadline = Instant::now() + timeout;
     loop {
-        let established = crds
-            .get_opt(name)
-            .await?
-            .and_then(|crd| crd.status)
+        let crd = crds.get_opt(name).await?;
+        let established = crd
+            .as_ref()
+            .and_then(|crd| crd.status.as_ref())
             .is_some_and(|status| {
                 status
                     .conditions
-                    .unwrap_or_default()
                     .iter()
+                    .flatten()
                     .any(|c| c.type_ == "Established" && c.status == "True")
             });
-        if established {
+        // Established is not enough: the API server's discovery document catches up a
+        // moment later, and clients (kubectl, kube's discovery) resolve kinds through it.
+        if let Some(crd) = crd.filter(|_| established)
+            && served_by_discovery(client, &crd).await
+        {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -148,6 +152,17 @@ pub async fn wait_for_crd(client: &Client, name: &str, timeout: Duration) -> Res
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Whether discovery resolves every served version of `crd`'s kind.
+async fn served_by_discovery(client: &Client, crd: &CustomResourceDefinition) -> bool {
+    for version in crd.spec.versions.iter().filter(|v| v.served) {
+        let gvk = GroupVersionKind::gvk(&crd.spec.group, &version.name, &crd.spec.names.kind);
+        if kube::discovery::pinned_kind(client, &gvk).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// The README's example object of `kind` (a ```yaml block in README.md), exactly as
