@@ -399,6 +399,24 @@ pub struct BuildRecord {
     /// When the image was published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Selected branches whose environment failed to build in this build. The image
+    /// keeps the environment's previous layer when it had one; the controller retries
+    /// them with backoff.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedEnvironment>,
+}
+
+/// A selected branch whose environment did not build.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedEnvironment {
+    /// Branch that failed.
+    pub branch: String,
+    /// Environment name, when the branch name could be mapped to one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Why, in one line (credentials never included).
+    pub reason: String,
 }
 
 /// One Puppet environment of a build.

@@ -186,6 +186,7 @@ pub fn build_record(
         job_name: context.job_name.clone(),
         start_time: context.start_time.map(Time),
         completion_time: context.completion_time.map(Time),
+        failed: Vec::new(),
     }
 }
 

@@ -28,6 +28,11 @@ fn record(image: &str) -> BuildRecord {
                 checksum: Some(format!("sha256:{}", "2".repeat(64))),
             }],
         }],
+        failed: vec![openvox_crds::codesource::FailedEnvironment {
+            branch: "feature/x".into(),
+            name: Some("feature_x".into()),
+            reason: "Puppetfile line 3: unsupported option :svn".into(),
+        }],
         job_name: Some("production-0123456789abcdef".into()),
         start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::from_second(1_700_000_000).unwrap(),
