@@ -10,7 +10,8 @@ help: ## List the targets
 test: deps lint ## Install what the tests need, then run every test tier
 	# The end-to-end tests run the controller and worker binaries as processes.
 	$(CARGO) build --workspace --bins --locked
-	$(CARGO) test --workspace --all-targets --locked
+	# --no-fail-fast: one CI run shows every failing test binary, not just the first.
+	$(CARGO) test --workspace --all-targets --locked --no-fail-fast
 	python3 tests/scripts/check-dockerfiles.py
 
 demo: deps ## See the whole product work on this machine (control plane, git, registry, controller)
