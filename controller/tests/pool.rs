@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use harness::{ControlPlane, Options, TestNamespace};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -18,24 +18,17 @@ use openvox_crds::operator::Certificate;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns `Some`, or fails after [`TIMEOUT`] with `what`.
+/// Polls `check` until it returns `Some` (the harness's poll, for probes that cannot fail).
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let probe = || {
+        let next = check();
+        async move { Ok(next.await) }
+    };
+    harness::fixtures::eventually(what, probe).await
 }
 
 /// Runs the Pool controller for one namespace until the guard is dropped.
