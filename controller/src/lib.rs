@@ -3,6 +3,7 @@
 //! share. `main.rs` only wires these together.
 
 pub mod args;
+pub mod client;
 pub mod codesource;
 pub mod conditions;
 pub mod error;

@@ -17,7 +17,7 @@ use kube::Client;
 use kube::api::Api;
 use openvox_code_controller::args::{Args, LogFormat};
 use openvox_code_controller::metrics::Metrics;
-use openvox_code_controller::{codesource, leader, pool, tls, webhook};
+use openvox_code_controller::{client, codesource, leader, pool, tls, webhook};
 use tokio::sync::watch;
 use tracing::{error, info};
 
@@ -33,12 +33,12 @@ async fn main() -> Result<()> {
     init_logging(args.log_format);
     tls::install_ring_provider();
 
-    let client = Client::try_default()
+    let metrics = Metrics::new();
+    let client = client::counted_client(metrics.clone())
         .await
         .context("cannot reach the Kubernetes API")?;
     check_crds(&client, &args).await?;
 
-    let metrics = Metrics::new();
     let health = Health {
         ready: Arc::new(AtomicBool::new(false)),
         metrics: metrics.clone(),

@@ -40,6 +40,17 @@ pub struct HeadCheckLabels {
     pub result: String,
 }
 
+/// Labels of a request to the Kubernetes API.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiRequestLabels {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`, …
+    pub verb: String,
+    /// Resource (plural), with the subresource: `jobs`, `codesources/status`.
+    pub resource: String,
+    /// HTTP status code, or `error` when no response came.
+    pub code: String,
+}
+
 /// Labels of a webhook request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
@@ -60,6 +71,7 @@ pub struct Metrics {
     head_checks: Family<HeadCheckLabels, Histogram>,
     reconcile_duration: Family<ControllerLabels, Histogram>,
     webhooks: Family<WebhookLabels, Counter>,
+    api_requests: Family<ApiRequestLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +117,12 @@ impl Metrics {
             "Webhook requests by provider and result",
             webhooks.clone(),
         );
+        let api_requests = Family::<ApiRequestLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API by verb, resource and response code",
+            api_requests.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -113,7 +131,19 @@ impl Metrics {
             head_checks,
             reconcile_duration,
             webhooks,
+            api_requests,
         }
+    }
+
+    /// Counts one request to the Kubernetes API.
+    pub fn api_request(&self, verb: &str, resource: &str, code: &str) {
+        self.api_requests
+            .get_or_create(&ApiRequestLabels {
+                verb: verb.into(),
+                resource: resource.into(),
+                code: code.into(),
+            })
+            .inc();
     }
 
     /// Counts one webhook request.
