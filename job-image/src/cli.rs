@@ -9,6 +9,7 @@ use crate::branches::{BranchSelection, InvalidBranches};
 use crate::environments::SourceOptions;
 use crate::git::{Credentials, CredentialsError};
 use crate::limits::{Limits, parse_bytes};
+use crate::status::{CodeSourceRef, StatusClient, StatusError, job_name_from_hostname};
 use crate::sync::SyncOptions;
 
 /// openvox-code worker: turns a control repository into Puppet environments.
@@ -136,10 +137,59 @@ impl SourceArgs {
     }
 }
 
+/// Where a run reports to: the CodeSource whose `status.lastBuild` receives the result
+/// and the termination message. Shared by `build` and `sync`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// CodeSource (`<namespace>/<name>`) whose `status.lastBuild` receives the result.
+    #[arg(long, value_name = "NAMESPACE/NAME", env = "OPENVOX_CODE_CODESOURCE")]
+    pub codesource: Option<String>,
+    /// Hash of the inputs the controller launched this build for (`lastBuild.inputsHash`).
+    #[arg(long)]
+    pub inputs_hash: Option<String>,
+    /// Name of the worker Job (`lastBuild.jobName`). Default: the pod name without the
+    /// Job controller's suffix.
+    #[arg(long, env = "OPENVOX_CODE_JOB_NAME")]
+    pub job_name: Option<String>,
+    /// Where the one-line result (the reference, or the failure) is written for the
+    /// controller. Written only when the file's directory exists.
+    #[arg(long, default_value = crate::image::build::TERMINATION_LOG, value_name = "PATH")]
+    pub termination_log: PathBuf,
+}
+
+impl ReportArgs {
+    /// A status client for `--codesource`, or `None` without it.
+    pub async fn status_client(&self) -> Result<Option<StatusClient>, StatusError> {
+        match &self.codesource {
+            Some(text) => Ok(Some(
+                StatusClient::connect(CodeSourceRef::parse(text)?).await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// `--job-name`, or the Job of this pod from `HOSTNAME`.
+    pub fn job_name(&self) -> Option<String> {
+        self.job_name.clone().or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .as_deref()
+                .and_then(job_name_from_hostname)
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     #[command(flatten)]
     pub source: SourceArgs,
+    /// Where the result is reported (shared with `build`).
+    #[command(flatten)]
+    pub report: ReportArgs,
+    /// Name of the PersistentVolumeClaim mounted at --dir, for the record in
+    /// `status.lastBuild.image` (`pvc:<claim>@sha256:…`). Default: the directory.
+    #[arg(long, value_name = "NAME")]
+    pub claim_name: Option<String>,
     /// Output directory: environments appear as `<dir>/<environment>`.
     #[arg(long)]
     pub dir: PathBuf,

@@ -12,6 +12,7 @@ use openvox_crds::names::WORKER_MANAGER;
 
 use crate::git::error_chain;
 use crate::image::builder::PublishedImage;
+use crate::progress::Step;
 
 /// A status that cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +124,30 @@ impl StatusClient {
             .await
             .map_err(|e| self.api_error("apply status.lastBuild", &e))?;
         Ok(())
+    }
+}
+
+/// Applies `status.lastBuild`, trying three times: the output is published, and
+/// without the record the controller would not know it.
+pub async fn write_status(client: &StatusClient, record: &BuildRecord) -> Result<(), StatusError> {
+    let step = Step::start("status", &client.target);
+    let mut attempt: u32 = 1;
+    loop {
+        match client.write_last_build(record).await {
+            Ok(()) => {
+                step.done(format!("lastBuild {}", record.image));
+                return Ok(());
+            }
+            Err(e) if attempt < 3 => {
+                tracing::warn!("{e} (try {attempt} of 3)");
+                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                step.failed(&e);
+                return Err(e);
+            }
+        }
     }
 }
 

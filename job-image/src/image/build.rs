@@ -15,15 +15,12 @@ use super::builder::{
 use super::layout::Layout;
 use super::push::{PushError, Registry, RegistryOptions, Repository, RetryPolicy, read_ca};
 use super::reuse::PreviousImage;
-use crate::cli::{CliError, SourceArgs};
+use crate::cli::{CliError, ReportArgs, SourceArgs};
 use crate::environments::{BuildError, EnvironmentFailure, build_environments};
 use crate::git::{FetchedRepo, mask_text, mask_url};
-use openvox_crds::codesource::BuildRecord;
 
 use crate::progress::Step;
-use crate::status::{
-    BuildContext, CodeSourceRef, StatusClient, StatusError, build_record, job_name_from_hostname,
-};
+use crate::status::{BuildContext, StatusError, build_record, write_status};
 
 /// Default path of the termination message in a pod.
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -72,21 +69,10 @@ pub struct BuildArgs {
     /// Blobs sent at a time.
     #[arg(long, default_value_t = 4)]
     pub upload_jobs: usize,
-    /// CodeSource (`<namespace>/<name>`) whose `status.lastBuild` receives the result
-    /// (and names the previous image when --previous is not given).
-    #[arg(long, value_name = "NAMESPACE/NAME", env = "OPENVOX_CODE_CODESOURCE")]
-    pub codesource: Option<String>,
-    /// Hash of the inputs the controller launched this build for (`lastBuild.inputsHash`).
-    #[arg(long)]
-    pub inputs_hash: Option<String>,
-    /// Name of the worker Job (`lastBuild.jobName`). Default: the pod name without the
-    /// Job controller's suffix.
-    #[arg(long, env = "OPENVOX_CODE_JOB_NAME")]
-    pub job_name: Option<String>,
-    /// Where the one-line result (the reference, or the failure) is written for the
-    /// controller. Written only when the file's directory exists.
-    #[arg(long, default_value = TERMINATION_LOG, value_name = "PATH")]
-    pub termination_log: PathBuf,
+    /// Where the result is reported (shared with `sync`). The CodeSource's
+    /// `status.lastBuild` also names the previous image when --previous is not given.
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 /// The result of `build`.
@@ -302,8 +288,8 @@ pub fn write_termination_message(path: &Path, text: &str) {
 pub async fn run_build(args: BuildArgs) -> Result<BuiltImage, RunError> {
     let result = build(&args).await;
     match &result {
-        Ok(built) => write_termination_message(&args.termination_log, &built.reference),
-        Err(e) => write_termination_message(&args.termination_log, &e.to_string()),
+        Ok(built) => write_termination_message(&args.report.termination_log, &built.reference),
+        Err(e) => write_termination_message(&args.report.termination_log, &e.to_string()),
     }
     result
 }
@@ -312,10 +298,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
     args.validate()?;
     let start_time = jiff::Timestamp::now();
     let source = args.source.to_source_options()?;
-    let status = match &args.codesource {
-        Some(text) => Some(StatusClient::connect(CodeSourceRef::parse(text)?).await?),
-        None => None,
-    };
+    let status = args.report.status_client().await?;
     let last_build = match &status {
         Some(client) => match client.last_build().await {
             Ok(record) => record,
@@ -434,57 +417,19 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
     drop(environments);
     if let Some(client) = &status {
         let context = BuildContext {
-            inputs_hash: args.inputs_hash.clone(),
-            job_name: args.job_name.clone().or_else(|| {
-                std::env::var("HOSTNAME")
-                    .ok()
-                    .as_deref()
-                    .and_then(job_name_from_hostname)
-            }),
+            inputs_hash: args.report.inputs_hash.clone(),
+            job_name: args.report.job_name(),
             start_time: Some(start_time),
             completion_time: Some(jiff::Timestamp::now()),
         };
         let record = build_record(&image, last_build.as_ref(), &context);
-        write_status(
-            client,
-            &record,
-            args.codesource.as_deref().unwrap_or_default(),
-        )
-        .await?;
+        write_status(client, &record).await?;
     }
     Ok(BuiltImage {
         reference: image.reference.clone(),
         image,
         failures,
     })
-}
-
-/// Applies `status.lastBuild`, trying three times: the image is published, and without
-/// the record the controller would not know it.
-async fn write_status(
-    client: &StatusClient,
-    record: &BuildRecord,
-    codesource: &str,
-) -> Result<(), StatusError> {
-    let step = Step::start("status", codesource);
-    let mut attempt: u32 = 1;
-    loop {
-        match client.write_last_build(record).await {
-            Ok(()) => {
-                step.done(format!("lastBuild {}", record.image));
-                return Ok(());
-            }
-            Err(e) if attempt < 3 => {
-                tracing::warn!("{e} (try {attempt} of 3)");
-                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                step.failed(&e);
-                return Err(e);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
