@@ -5,6 +5,11 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 
+use crate::codesource::worker_defaults::{
+    NodeSelector, Resources, Tolerations, WorkerDefaults, parse_node_selector, parse_resources,
+    parse_tolerations,
+};
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -22,6 +27,23 @@ pub struct Args {
     /// Default worker image for build Jobs (a CodeSource may override it in spec.job.image).
     #[arg(long, env = "OPENVOX_CODE_WORKER_IMAGE")]
     pub worker_image: String,
+
+    /// Default resources of the worker container, as JSON
+    /// (`{"requests":{"cpu":"500m"},"limits":{"memory":"2Gi"}}`). A CodeSource's
+    /// `spec.job.resources` replaces it whole.
+    #[arg(long, env = "OPENVOX_CODE_WORKER_RESOURCES", value_name = "JSON", value_parser = parse_resources)]
+    pub worker_resources: Option<Resources>,
+
+    /// Default node selector of worker pods, as a JSON object (`{"pool":"builds"}`). A
+    /// CodeSource's non-empty `spec.job.nodeSelector` replaces it whole.
+    #[arg(long, env = "OPENVOX_CODE_WORKER_NODE_SELECTOR", value_name = "JSON", value_parser = parse_node_selector)]
+    pub worker_node_selector: Option<NodeSelector>,
+
+    /// Default tolerations of worker pods, as a JSON list
+    /// (`[{"key":"builds","operator":"Exists","effect":"NoSchedule"}]`). A CodeSource's
+    /// non-empty `spec.job.tolerations` replaces them whole.
+    #[arg(long, env = "OPENVOX_CODE_WORKER_TOLERATIONS", value_name = "JSON", value_parser = parse_tolerations)]
+    pub worker_tolerations: Option<Tolerations>,
 
     /// Watch only this namespace. Unset: all namespaces.
     #[arg(long, env = "OPENVOX_CODE_NAMESPACE")]
@@ -72,6 +94,26 @@ pub struct Args {
     /// no receiver.
     #[arg(long, env = "OPENVOX_CODE_WEBHOOK_ADDR")]
     pub webhook_addr: Option<SocketAddr>,
+}
+
+impl Args {
+    /// The worker pod defaults from `--worker-resources`, `--worker-node-selector` and
+    /// `--worker-tolerations`.
+    pub fn worker_defaults(&self) -> WorkerDefaults {
+        WorkerDefaults {
+            resources: self.worker_resources.clone().and_then(|r| r.0),
+            node_selector: self
+                .worker_node_selector
+                .clone()
+                .map(|n| n.0)
+                .unwrap_or_default(),
+            tolerations: self
+                .worker_tolerations
+                .clone()
+                .map(|t| t.0)
+                .unwrap_or_default(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,5 +181,40 @@ mod tests {
             Args::try_parse_from(["c"]).is_err()
                 || std::env::var("OPENVOX_CODE_WORKER_IMAGE").is_ok()
         );
+    }
+
+    #[test]
+    fn worker_defaults_are_read_from_json_flags() {
+        let args = Args::try_parse_from([
+            "c",
+            "--worker-image",
+            "w:1",
+            r#"--worker-resources={"requests":{"cpu":"500m"},"limits":{"memory":"2Gi"}}"#,
+            r#"--worker-node-selector={"pool":"builds"}"#,
+            r#"--worker-tolerations=[{"key":"builds","operator":"Exists","effect":"NoSchedule"}]"#,
+        ])
+        .unwrap();
+        let d = args.worker_defaults();
+        assert_eq!(d.resources.unwrap().requests.unwrap()["cpu"].0, "500m");
+        assert_eq!(d.node_selector["pool"], "builds");
+        assert_eq!(d.tolerations[0].key.as_deref(), Some("builds"));
+    }
+
+    #[test]
+    fn a_wrong_worker_default_is_an_error_naming_the_flag() {
+        for (flag, value) in [
+            ("--worker-resources", r#"{"requests":{"cpu":"lots"}}"#),
+            ("--worker-node-selector", "pool=builds"),
+            (
+                "--worker-tolerations",
+                r#"[{"key":"a","operator":"Maybe"}]"#,
+            ),
+        ] {
+            let e =
+                Args::try_parse_from(["c", "--worker-image", "w:1", &format!("{flag}={value}")])
+                    .unwrap_err()
+                    .to_string();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 }

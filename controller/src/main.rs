@@ -104,6 +104,7 @@ async fn main() -> Result<()> {
         let mut settings = codesource::Settings::new(args.worker_image.clone());
         settings.namespace = args.namespace.clone();
         settings.concurrency = args.concurrency;
+        settings.worker_defaults = args.worker_defaults();
         let (client, metrics, stop) = (client.clone(), metrics.clone(), shutdown());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = codesource::run(client, settings, metrics, stop).await {

@@ -232,6 +232,60 @@ fn values_reach_the_deployment() -> Result<()> {
 }
 
 #[test]
+fn worker_defaults_reach_the_controller_as_values_it_accepts() -> Result<()> {
+    use openvox_code_controller::codesource::worker_defaults::{
+        parse_node_selector, parse_resources, parse_tolerations,
+    };
+    let env_of = |docs: &[Value], name: &str| -> String {
+        of_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The chart's own defaults: resources set, no selector, no tolerations.
+    let docs = template(&[])?;
+    let resources = parse_resources(&env_of(&docs, "OPENVOX_CODE_WORKER_RESOURCES"))
+        .map_err(anyhow::Error::msg)?
+        .0
+        .context("the chart sets default worker resources")?;
+    assert_eq!(resources.requests.unwrap()["cpu"].0, "500m");
+    assert!(
+        parse_node_selector(&env_of(&docs, "OPENVOX_CODE_WORKER_NODE_SELECTOR"))
+            .map_err(anyhow::Error::msg)?
+            .0
+            .is_empty()
+    );
+    assert!(
+        parse_tolerations(&env_of(&docs, "OPENVOX_CODE_WORKER_TOLERATIONS"))
+            .map_err(anyhow::Error::msg)?
+            .0
+            .is_empty()
+    );
+    // Values set by a user.
+    let docs = template(&[
+        "worker.nodeSelector.pool=builds",
+        "worker.tolerations[0].key=builds",
+        "worker.tolerations[0].operator=Exists",
+        "worker.tolerations[0].effect=NoSchedule",
+        "worker.resources.requests.cpu=2",
+    ])?;
+    let selector = parse_node_selector(&env_of(&docs, "OPENVOX_CODE_WORKER_NODE_SELECTOR"))
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(selector.0["pool"], "builds");
+    let tolerations = parse_tolerations(&env_of(&docs, "OPENVOX_CODE_WORKER_TOLERATIONS"))
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(tolerations.0[0].effect.as_deref(), Some("NoSchedule"));
+    let resources = parse_resources(&env_of(&docs, "OPENVOX_CODE_WORKER_RESOURCES"))
+        .map_err(anyhow::Error::msg)?
+        .0
+        .context("resources")?;
+    assert_eq!(resources.requests.unwrap()["cpu"].0, "2");
+    Ok(())
+}
+
+#[test]
 fn crds_are_kept_on_uninstall_and_can_be_left_out() -> Result<()> {
     let docs = template(&[])?;
     let crds = of_kind(&docs, "CustomResourceDefinition");

@@ -14,6 +14,9 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
+use openvox_code_controller::codesource::worker_defaults::{
+    WorkerDefaults, parse_node_selector, parse_resources, parse_tolerations,
+};
 use openvox_code_controller::codesource::{self, Settings};
 use openvox_code_controller::metrics::Metrics;
 use openvox_crds::CodeSource;
@@ -37,6 +40,8 @@ fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running
     let mut settings = Settings::new("openvox-code-worker:test");
     settings.namespace = Some(namespace.to_string());
     settings.scratch_dir = scratch.to_path_buf();
+    // What the chart's worker.* values give; `spec.job` overrides them field by field.
+    settings.worker_defaults = worker_defaults();
     tokio::spawn(codesource::run(
         client.clone(),
         settings,
@@ -46,6 +51,20 @@ fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running
         },
     ));
     Running(Some(tx))
+}
+
+fn worker_defaults() -> WorkerDefaults {
+    WorkerDefaults {
+        resources: parse_resources(r#"{"requests":{"cpu":"250m"},"limits":{"memory":"1Gi"}}"#)
+            .unwrap()
+            .0,
+        node_selector: parse_node_selector(r#"{"openvox.example/pool":"builds"}"#)
+            .unwrap()
+            .0,
+        tolerations: parse_tolerations(r#"[{"key":"builds","operator":"Exists"}]"#)
+            .unwrap()
+            .0,
+    }
 }
 
 fn codesource(name: &str, spec: Value) -> Value {
@@ -86,12 +105,10 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
     let scratch = Scratch::new();
     let ns = TestNamespace::new("cs-launch").await?;
     let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "@hourly")),
-    )
-    .await?;
+    let mut first = spec(&repo.url(), "@hourly");
+    first["job"] =
+        json!({"tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]});
+    harness::apply::apply(ns.client(), Some(ns.name()), codesource("prod", first)).await?;
 
     // A Job with a deterministic name, recorded in status, with the worker's identity.
     let job = eventually("the first Job", || async {
@@ -127,6 +144,17 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
         .and_then(|s| s.template.spec.as_ref())
         .context("pod spec")?;
     assert_eq!(pod.service_account_name.as_deref(), Some(identity));
+    // The controller's worker defaults, except what spec.job sets (the tolerations),
+    // as the API server stored them.
+    let defaults = worker_defaults();
+    assert_eq!(pod.node_selector.as_ref(), Some(&defaults.node_selector));
+    assert_eq!(
+        pod.containers[0].resources.as_ref(),
+        defaults.resources.as_ref()
+    );
+    let tolerations = pod.tolerations.clone().unwrap_or_default();
+    assert_eq!(tolerations.len(), 1, "{tolerations:?}");
+    assert_eq!(tolerations[0].key.as_deref(), Some("spot"));
 
     // The worker reports the build; then the Job disappears (its TTL).
     let inputs = st["lastLaunch"]["inputsHash"]

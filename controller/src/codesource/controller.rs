@@ -21,6 +21,7 @@ use tracing::{debug, warn};
 use super::heads::{GixHeadLister, HeadCache, HeadError};
 use super::job::COMPONENT;
 use super::reconcile::{Context, error_policy, reconcile};
+use super::worker_defaults::WorkerDefaults;
 use crate::metrics::Metrics;
 
 /// Settings of the CodeSource controller.
@@ -30,6 +31,8 @@ pub struct Settings {
     pub namespace: Option<String>,
     /// Default worker image.
     pub worker_image: String,
+    /// Defaults of every worker pod that `spec.job` may override.
+    pub worker_defaults: WorkerDefaults,
     /// Reconciles running at once.
     pub concurrency: u16,
     /// How long a head listing is shared; shorter than the shortest schedule (1 min).
@@ -44,6 +47,7 @@ impl Settings {
         Self {
             namespace: None,
             worker_image: worker_image.into(),
+            worker_defaults: WorkerDefaults::default(),
             concurrency: 4,
             head_cache_ttl: Duration::from_secs(20),
             scratch_dir: std::env::temp_dir(),
@@ -69,6 +73,7 @@ pub fn context(
         ),
         client,
         worker_image: settings.worker_image.clone(),
+        worker_defaults: settings.worker_defaults.clone(),
         heads,
         metrics,
         config_shape: Mutex::new(None),

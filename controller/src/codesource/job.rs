@@ -25,6 +25,7 @@ use openvox_crds::codesource::InvalidBranches;
 use openvox_crds::names::{WORKER_PERMANENT_FAILURE_EXIT_CODE, annotations, labels};
 
 use super::names::{codesource_label, worker_identity};
+use super::worker_defaults::{WorkerDefaults, effective_job};
 
 /// Name of the worker container (the pod failure policy refers to it).
 pub const CONTAINER: &str = "worker";
@@ -50,6 +51,8 @@ pub struct LaunchParams<'a> {
     pub worker_image: &'a str,
     /// The last image built (`status.lastBuild.image`), for layer reuse.
     pub previous_image: Option<&'a str>,
+    /// The controller's worker pod defaults, under `spec.job` (see `worker_defaults`).
+    pub defaults: &'a WorkerDefaults,
 }
 
 /// Labels on the worker Job, its pod, ServiceAccount, Role and RoleBinding.
@@ -133,6 +136,7 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
 /// The worker Job for one launch of `cs`.
 pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
     let spec = &cs.spec;
+    let placement = effective_job(&spec.job, params.defaults);
     let name = cs.name_any();
     let mut labels = worker_labels(&name);
     labels.insert(labels::INPUTS.to_string(), params.inputs_hash.to_string());
@@ -226,7 +230,7 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(worker_args(cs, params)),
         env: Some(env),
-        resources: spec.job.resources.clone(),
+        resources: placement.resources.clone(),
         volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
@@ -248,8 +252,8 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         automount_service_account_token: Some(true),
         containers: vec![container],
         volumes: Some(volumes),
-        node_selector: (!spec.job.node_selector.is_empty()).then(|| spec.job.node_selector.clone()),
-        tolerations: (!spec.job.tolerations.is_empty()).then(|| spec.job.tolerations.clone()),
+        node_selector: (!placement.node_selector.is_empty()).then_some(placement.node_selector),
+        tolerations: (!placement.tolerations.is_empty()).then_some(placement.tolerations),
         affinity: spec.job.affinity.clone(),
         priority_class_name: spec
             .job
@@ -367,6 +371,7 @@ mod tests {
                 inputs_hash: "0123abcd0123abcd0123abcd0123abcd",
                 worker_image: "ghcr.io/voxpupuli/openvox-code-worker:1",
                 previous_image: Some("registry.example/puppet-code@sha256:0000"),
+                defaults: &WorkerDefaults::default(),
             },
         )
     }
@@ -584,6 +589,34 @@ mod tests {
                 .unwrap()
                 .contains_key("cpu")
         );
+    }
+
+    #[test]
+    fn the_controller_defaults_fill_what_spec_job_leaves_unset() {
+        let cs = codesource(serde_json::json!({"job": {"nodeSelector": {"pool": "fast"}}}));
+        let defaults = WorkerDefaults {
+            resources: serde_json::from_value(serde_json::json!({"requests": {"cpu": "500m"}}))
+                .unwrap(),
+            node_selector: BTreeMap::from([("pool".to_string(), "builds".to_string())]),
+            tolerations: vec![Toleration {
+                operator: Some("Exists".into()),
+                ..Default::default()
+            }],
+        };
+        let job = desired_job(
+            &cs,
+            &LaunchParams {
+                job_name: "production-0123abcd",
+                inputs_hash: "0123abcd0123abcd0123abcd0123abcd",
+                worker_image: "w:1",
+                previous_image: None,
+                defaults: &defaults,
+            },
+        );
+        assert_eq!(pod(&job).node_selector.as_ref().unwrap()["pool"], "fast");
+        assert_eq!(pod(&job).tolerations.as_ref().unwrap().len(), 1);
+        let requests = container(&job).resources.clone().unwrap().requests.unwrap();
+        assert_eq!(requests["cpu"].0, "500m");
     }
 
     #[test]

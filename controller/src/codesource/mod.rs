@@ -11,5 +11,6 @@ pub mod reconcile;
 pub mod schedule;
 pub mod status;
 pub mod validate;
+pub mod worker_defaults;
 
 pub use controller::{Settings, run};

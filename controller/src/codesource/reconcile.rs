@@ -31,6 +31,7 @@ use super::names::{codesource_label, job_name};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
 use super::status::{ConfigState, Observed, codesource_conditions};
 use super::validate::validate;
+use super::worker_defaults::WorkerDefaults;
 use crate::conditions::{find, is_true, merge_conditions_at};
 use crate::error::{Error, is_conflict, is_not_found, kube};
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Default worker image.
     pub worker_image: String,
+    /// Defaults of every worker pod that `spec.job` may override.
+    pub worker_defaults: WorkerDefaults,
     /// Deduplicating head checks.
     pub heads: HeadCache,
     /// Metrics.
@@ -661,6 +664,7 @@ async fn launch(
             inputs_hash,
             worker_image: &worker_image,
             previous_image,
+            defaults: &ctx.worker_defaults,
         },
     );
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);
