@@ -12,7 +12,11 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     if rest.is_empty() {
         return Err(invalid());
     }
-    let mut total = 0f64;
+    // Whole nanoseconds, summed as integers: adding the parts as f64 seconds made
+    // "2331h526ms" 1 ns longer than written (found by tests/properties.rs).
+    const MAX_NANOS: u64 = 1_000_000_000 * 1_000_000_000;
+    let too_long = || format!("{text:?} is too long (at most 277777h)");
+    let mut total: u64 = 0;
     while !rest.is_empty() {
         let number_end = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -22,24 +26,32 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         }
         let number: f64 = rest[..number_end].parse().map_err(|_| invalid())?;
         rest = &rest[number_end..];
-        let (unit, seconds) = if let Some(r) = rest.strip_prefix("ms") {
-            (r, 0.001)
+        let (unit, nanos_per_unit) = if let Some(r) = rest.strip_prefix("ms") {
+            (r, 1e6)
         } else if let Some(r) = rest.strip_prefix('s') {
-            (r, 1.0)
+            (r, 1e9)
         } else if let Some(r) = rest.strip_prefix('m') {
-            (r, 60.0)
+            (r, 60e9)
         } else if let Some(r) = rest.strip_prefix('h') {
-            (r, 3600.0)
+            (r, 3600e9)
         } else {
             return Err(invalid());
         };
-        total += number * seconds;
+        let nanos = (number * nanos_per_unit).round();
+        // A number too large for the bound was reported as "not more than zero" before.
+        if nanos.is_nan() || nanos >= MAX_NANOS as f64 {
+            return Err(too_long());
+        }
+        total = total.saturating_add(nanos as u64);
         rest = unit;
     }
-    if !(total > 0.0 && total < 1e9) {
+    if total == 0 {
         return Err(format!("{text:?} must be more than zero"));
     }
-    Ok(Duration::from_secs_f64(total))
+    if total >= MAX_NANOS {
+        return Err(too_long());
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 #[cfg(test)]
