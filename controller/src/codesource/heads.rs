@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
+use jiff::Timestamp;
 use sha2::{Digest as _, Sha256};
 
 /// All branches of a remote: short branch name → commit (hex).
@@ -252,6 +253,16 @@ impl HeadCache {
     }
 }
 
+/// The monotonic instant of the wall-clock time `at`, given that `now` (wall clock) was
+/// read at `now_instant`. Both clocks must be read together: an instant read later
+/// than `now` (after an API call, say) moves `at` forward by the time in between, and
+/// CodeSources reconciled a little after their tick stop sharing the tick's listing.
+/// A time in the future maps to `now_instant`.
+pub fn instant_of(at: Timestamp, now: Timestamp, now_instant: Instant) -> Instant {
+    let ago = Duration::try_from(now.duration_since(at)).unwrap_or_default();
+    now_instant.checked_sub(ago).unwrap_or(now_instant)
+}
+
 /// The wanted branches among `all`: included by a `branches` entry (exact name or glob)
 /// and excluded by no `excludeBranches` glob, by [`openvox_git::glob`], the rule the
 /// worker selects with. Values are revisions in Flux's form, `<branch>@sha1:<commit>`.
@@ -360,6 +371,19 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn wall_clock_times_map_to_instants_read_with_them() {
+        let now: Timestamp = "2026-03-01T10:00:02.5Z".parse().unwrap();
+        let instant = Instant::now();
+        let tick: Timestamp = "2026-03-01T10:00:00Z".parse().unwrap();
+        assert_eq!(
+            instant_of(tick, now, instant),
+            instant - Duration::from_millis(2500)
+        );
+        let later: Timestamp = "2026-03-01T10:00:05Z".parse().unwrap();
+        assert_eq!(instant_of(later, now, instant), instant);
+    }
 
     /// Counts calls and answers after a short delay, so overlapping requests overlap.
     struct CountingLister {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use super::config::{CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, shape_from_crd};
 use super::decide::{Decision, Facts, JobState, JobSummary, LaunchReason, decide, spec_hash};
-use super::heads::{GitAuth, HeadCache, HeadRequest, redact_url, wanted_heads};
+use super::heads::{GitAuth, HeadCache, HeadRequest, instant_of, redact_url, wanted_heads};
 use super::job::{LaunchParams, desired_job};
 use super::names::{codesource_label, job_name};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
@@ -117,6 +117,8 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         return Err(Error::Unnamed);
     };
     let now = Timestamp::now();
+    // Read with `now`: the tick's instant is derived from both (see `instant_of`).
+    let now_instant = Instant::now();
     let old = cs.status.clone().unwrap_or_default();
     let mut status = old.clone();
     status.observed_generation = cs.metadata.generation;
@@ -217,12 +219,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             || old.last_check_time.is_none()
             || retry_fetch);
         let not_before = match tick.due.filter(|_| scheduled_only) {
-            Some(due) => {
-                let since_due = Duration::try_from(now.duration_since(due)).unwrap_or_default();
-                Instant::now()
-                    .checked_sub(since_due)
-                    .unwrap_or_else(Instant::now)
-            }
+            Some(due) => instant_of(due, now, now_instant),
             None => Instant::now(),
         };
         match check_heads(ctx, cs, &ns, valid.git_timeout, not_before).await {
