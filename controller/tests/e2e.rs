@@ -135,6 +135,7 @@ async fn a_registry_password_never_shows_in_logs_events_status_or_job_specs() ->
     let (controller, worker) = binaries()?;
     let options = WorldOptions {
         registry_auth: Some(("pusher", PASSWORD)),
+        ..WorldOptions::default()
     };
     let world = World::start_with(
         TestNamespace::new("e2e-secret").await?,

@@ -180,6 +180,42 @@ start() {
     "${wrap[@]}" "$@" </dev/null >"$dir/logs/$name.log" 2>&1 &
   fi
   echo $! >"$dir/pids/$name.pid"
+  # The command line, so `start_again NAME` runs it with the same flags and ports.
+  printf '%q ' "$@" >"$dir/pids/$name.cmd"
+}
+
+# start_again NAME: start a component stopped by stop_one with its earlier command line.
+start_again() {
+  local name=$1 cmd
+  cmd=$(cat "$dir/pids/$name.cmd") || return 1
+  eval "start $name $cmd"
+}
+
+# stop_one NAME: stop one component (TERM, then KILL after 5 s), by its PID file.
+stop_one() {
+  local pidfile="$dir/pids/$1.pid" pid
+  if ours "$pidfile"; then
+    pid=$(cat "$pidfile")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+# Commands a test writes to the supervisor's standard input, one per line; each is
+# answered with one line on standard output: "ok" or "error: ...". For fault tests.
+#   stop-apiserver    stop kube-apiserver (etcd and the controller-manager keep running)
+#   start-apiserver   start it again with the same flags and port; answer once ready
+supervise() {
+  case $1 in
+    stop-apiserver) stop_one kube-apiserver; echo ok ;;
+    start-apiserver)
+      if start_again kube-apiserver && wait_ready; then echo ok
+      else echo "error: kube-apiserver did not come back; see $dir/logs"; fi ;;
+    "") ;;
+    *) echo "error: unknown command $1" ;;
+  esac
 }
 
 # True when the PID in pids/NAME.pid is alive and still runs one of our binaries
@@ -422,8 +458,9 @@ case $cmd in
     bring_up || die "start failed; logs in $dir/logs"
     started=yes
     echo "$dir/admin.kubeconfig"
-    # Block until the test process closes our stdin (exits, crashes or is killed).
-    while IFS= read -r _; do :; done
+    # Block until the test process closes our stdin (exits, crashes or is killed),
+    # running the commands it sends meanwhile.
+    while IFS= read -r line; do supervise "$line"; done
     ;;
   install-gateway-api)
     dir="${1:-${OPENVOX_CODE_CLUSTER_DIR:-$cache/cluster}}"

@@ -139,8 +139,7 @@ impl ControlPlane {
         let stdout = child.stdout.take();
         let mut supervisor = Supervisor {
             child,
-            stdin,
-            stdout: None,
+            commands: std::sync::Mutex::new((stdin, None)),
         };
 
         let mut line = String::new();
@@ -149,7 +148,9 @@ impl ControlPlane {
             reader
                 .read_line(&mut line)
                 .context("reading the supervisor's output")?;
-            supervisor.stdout = Some(reader.into_inner());
+            if let Ok(pipes) = supervisor.commands.get_mut() {
+                pipes.1 = Some(reader.into_inner());
+            }
         }
         let kubeconfig = PathBuf::from(line.trim());
         if line.trim().is_empty() || !kubeconfig.is_file() {
@@ -244,18 +245,73 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// Stops this control plane's kube-apiserver, leaving etcd and the
+    /// controller-manager running (a fault test's API server outage). Only for a control
+    /// plane from [`ControlPlane::start`]; blocks until the process is gone.
+    pub fn stop_apiserver(&self) -> Result<()> {
+        self.supervisor_command("stop-apiserver")
+    }
+
+    /// Starts the kube-apiserver stopped by [`ControlPlane::stop_apiserver`] again, with
+    /// the same flags, port and certificates; blocks until `/readyz` answers ok.
+    pub fn start_apiserver(&self) -> Result<()> {
+        self.supervisor_command("start-apiserver")
+    }
+
+    /// Sends one command line to the supervisor and reads its one-line answer.
+    fn supervisor_command(&self, command: &str) -> Result<()> {
+        use std::io::{Read as _, Write as _};
+        let supervisor = self
+            ._supervisor
+            .as_ref()
+            .context("this control plane is not ours (started elsewhere or shared)")?;
+        let mut pipes = supervisor
+            .commands
+            .lock()
+            .map_err(|_| anyhow!("a supervisor command panicked"))?;
+        let (stdin, stdout) = &mut *pipes;
+        let stdin = stdin.as_mut().context("the supervisor's input is closed")?;
+        let stdout = stdout
+            .as_mut()
+            .context("the supervisor's output is closed")?;
+        writeln!(stdin, "{command}").context("writing to the supervisor")?;
+        stdin.flush()?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout
+            .read(&mut byte)
+            .context("reading the supervisor's answer")?
+            == 1
+        {
+            if byte[0] == b'\n' {
+                break;
+            }
+            answer.push(byte[0]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        match answer.trim() {
+            "ok" => Ok(()),
+            "" => bail!("{command}: the supervisor exited"),
+            other => bail!("{command}: {other}"),
+        }
+    }
+}
+
 /// The `cluster.sh run` child. Dropping it closes the pipe, which stops the control
 /// plane, and waits (bounded) for the supervisor to finish stopping it.
 #[derive(Debug)]
 struct Supervisor {
     child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Option<ChildStdout>,
+    /// Its standard input (whose EOF stops it; also carries fault-test commands) and
+    /// standard output (their answers).
+    commands: std::sync::Mutex<(Option<ChildStdin>, Option<ChildStdout>)>,
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        drop(self.stdin.take());
+        let pipes = self.commands.get_mut().unwrap_or_else(|e| e.into_inner());
+        drop(pipes.0.take());
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             match self.child.try_wait() {

@@ -14,7 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::fixtures::registry::{Settings as RegistrySettings, TestRegistry, skopeo};
-use crate::fixtures::{Bare, Scratch, Server, file, git_daemon};
+use crate::fixtures::{Bare, Scratch, Server, file, git_daemon, git_daemon_at};
 use crate::{NodeSim, TestNamespace};
 
 /// Image name the Jobs use; node simulation maps it to the local worker binary.
@@ -33,12 +33,19 @@ pub struct World {
     pub control: Bare,
     /// Log file of the controller process.
     pub controller_log: PathBuf,
-    daemon: Server,
-    _registry: TestRegistry,
+    /// The git daemon; `None` while a fault test has it stopped.
+    daemon: Option<Server>,
+    daemon_port: u16,
+    /// The registry (fault tests stop and restart it).
+    pub registry: TestRegistry,
     /// The node running the worker pods (their logs).
     pub node: NodeSim,
-    _controller: Process,
-    _scratch: Scratch,
+    /// The controller process; `None` while a fault test has it killed.
+    controller: Option<Process>,
+    controller_binary: PathBuf,
+    /// Worker pods start only while this file exists (see [`World::hold_workers`]).
+    gate: PathBuf,
+    scratch: Scratch,
 }
 
 #[derive(Debug)]
@@ -49,6 +56,26 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The controller binary against the namespace's control plane, output into `log`
+/// (appended).
+fn spawn_controller(controller: &Path, ns: &TestNamespace, log: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)?;
+    Command::new(controller)
+        .env("KUBECONFIG", ns.control_plane().kubeconfig())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .args(["--worker-image", WORKER_IMAGE, "--namespace", ns.name()])
+        .args(["--enable-pool", "false", "--metrics-addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", controller.display()))
 }
 
 fn puppetfile(daemon_port: u16) -> String {
@@ -63,6 +90,8 @@ pub struct WorldOptions {
     /// Make the registry require this user and password (htpasswd), and give the
     /// CodeSource a `kubernetes.io/dockerconfigjson` push Secret with them.
     pub registry_auth: Option<(&'static str, &'static str)>,
+    /// Extra tags (`spec.output.tags`) pushed with every build.
+    pub tags: &'static [&'static str],
 }
 
 impl World {
@@ -110,25 +139,29 @@ impl World {
             ..RegistrySettings::default()
         });
         let worker = worker.display().to_string();
-        let node =
-            NodeSim::for_namespace_with(&ns, |c| c.with_image(WORKER_IMAGE, &[&worker])).await?;
+        // The worker waits for the gate file before it starts (open unless a fault
+        // test holds it), so a test can act while a build pod is running.
+        let gate = scratch.path("worker-gate");
+        std::fs::write(&gate, b"")?;
+        let gate_text = gate.display().to_string();
+        let wait_for_gate = "while [ ! -e \"$0\" ]; do sleep 0.1; done; exec \"$@\"";
+        let node = NodeSim::for_namespace_with(&ns, |c| {
+            c.with_image(
+                WORKER_IMAGE,
+                &["/bin/sh", "-c", wait_for_gate, &gate_text, &worker],
+            )
+        })
+        .await?;
 
         let controller_log = scratch.path("controller.log");
-        let log = std::fs::File::create(&controller_log)?;
-        let child = Command::new(controller)
-            .env("KUBECONFIG", ns.control_plane().kubeconfig())
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .args(["--worker-image", WORKER_IMAGE, "--namespace", ns.name()])
-            .args(["--enable-pool", "false", "--metrics-addr", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", controller.display()))?;
+        std::fs::File::create(&controller_log)?;
+        let child = spawn_controller(controller, &ns, &controller_log)?;
 
         let repository = format!("{}/puppet/code", registry.host());
         let mut output = json!({"image": repository, "insecure": true});
+        if !options.tags.is_empty() {
+            output["tags"] = json!(options.tags);
+        }
         if let Some((user, password)) = options.registry_auth {
             use base64::Engine as _;
             let auth =
@@ -171,12 +204,61 @@ impl World {
             repository,
             control,
             controller_log,
-            daemon,
-            _registry: registry,
+            daemon_port: daemon.port,
+            daemon: Some(daemon),
+            registry,
             node,
-            _controller: Process(child),
-            _scratch: scratch,
+            controller: Some(Process(child)),
+            controller_binary: controller.to_owned(),
+            gate,
+            scratch,
         })
+    }
+
+    /// Kills the controller process with SIGKILL (no graceful shutdown).
+    pub fn kill_controller(&mut self) {
+        drop(self.controller.take());
+    }
+
+    /// Starts the controller process again (after [`World::kill_controller`] or after
+    /// it exited), appending to the same log, as a Deployment restarts its pod.
+    pub fn start_controller(&mut self) -> Result<()> {
+        drop(self.controller.take());
+        let child = spawn_controller(&self.controller_binary, &self.ns, &self.controller_log)?;
+        self.controller = Some(Process(child));
+        Ok(())
+    }
+
+    /// Whether the controller process is still running.
+    pub fn controller_running(&mut self) -> bool {
+        self.controller
+            .as_mut()
+            .is_some_and(|p| matches!(p.0.try_wait(), Ok(None)))
+    }
+
+    /// Stops the git daemon; the repositories stay.
+    pub fn stop_git(&mut self) {
+        drop(self.daemon.take());
+    }
+
+    /// Starts the git daemon again on its port.
+    pub fn start_git(&mut self) {
+        if self.daemon.is_none() {
+            let repos = self.scratch.path("repos");
+            let log = self.scratch.path("git-daemon.log");
+            self.daemon = Some(git_daemon_at(&repos, self.daemon_port, log));
+        }
+    }
+
+    /// New worker pods wait (running, before the worker starts) until
+    /// [`World::release_workers`].
+    pub fn hold_workers(&self) -> Result<()> {
+        std::fs::remove_file(&self.gate).context("closing the worker gate")
+    }
+
+    /// Lets held and future worker pods run.
+    pub fn release_workers(&self) -> Result<()> {
+        std::fs::write(&self.gate, b"").context("opening the worker gate")
     }
 
     fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, crate::fixtures::Node)> {
@@ -198,7 +280,7 @@ impl World {
         self.control.commit(
             branch,
             comment,
-            &Self::tree(self.daemon.port, &format!("# {comment}")),
+            &Self::tree(self.daemon_port, &format!("# {comment}")),
         )
     }
 

@@ -169,6 +169,27 @@ impl NodeSim {
             .map(|dir| dir.join(format!("{container}.log")))
     }
 
+    /// Kills the processes of a running container with SIGKILL, as when a build pod's
+    /// process is OOM-killed or crashes: the pod then ends Failed with exit code 137.
+    /// Fails when the container is not running on this node.
+    pub fn kill_container(&self, namespace: &str, pod: &str, container: &str) -> Result<()> {
+        let dir = pod::find_pod_dir(&self.work_dir, namespace, pod)
+            .with_context(|| format!("pod {namespace}/{pod} never ran on this node"))?;
+        let pid_file = dir.join(format!("{container}.pid"));
+        let pid: u32 = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("container {container} of {namespace}/{pod} is not running"))?
+            .trim()
+            .parse()
+            .context("reading the container's PID")?;
+        // The container is its own process group (see pod.rs): kill all of it.
+        let status = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .context("running kill")?;
+        anyhow::ensure!(status.success(), "kill -KILL -{pid} failed: {status}");
+        Ok(())
+    }
+
     /// The log of a container, or an empty string when it has none yet.
     pub fn log(&self, namespace: &str, pod: &str, container: &str) -> String {
         self.log_path(namespace, pod, container)

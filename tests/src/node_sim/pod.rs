@@ -47,6 +47,10 @@ pub(crate) async fn run_pod(context: Arc<Context>, pod: Pod, deleted: watch::Rec
     }
 }
 
+/// Status writes that fail for want of an API server are retried every 0.5 s, this
+/// many times (two minutes).
+const STATUS_TRIES: u32 = 240;
+
 /// How one run of a container ended.
 #[derive(Debug, Clone)]
 struct Outcome {
@@ -325,6 +329,12 @@ impl PodRun {
             }
         };
         let group = ProcessGroup(child.id());
+        // The process group for fault tests (`NodeSim::kill_container`); removed when
+        // the container ends, so a recycled PID is never signalled.
+        let pid_file = self.dir.join(format!("{}.pid", container.name));
+        if let Some(pid) = child.id() {
+            std::fs::write(&pid_file, pid.to_string())?;
+        }
         self.set_status(key, running(container, &started_at, restart_count));
         self.report("Running", !key.starts_with("init:")).await?;
 
@@ -345,6 +355,7 @@ impl PodRun {
                 }
             }
         };
+        let _ = std::fs::remove_file(&pid_file);
         let exit_code = status
             .code()
             .unwrap_or_else(|| 128 + status.signal().unwrap_or(9));
@@ -608,15 +619,31 @@ impl PodRun {
         if !init_statuses.is_empty() {
             status["initContainerStatuses"] = Value::from(init_statuses);
         }
-        self.api
-            .patch_status(
-                &self.name,
-                &PatchParams::default(),
-                &Patch::Strategic(json!({"status": status})),
-            )
-            .await
-            .with_context(|| format!("writing status {phase}"))?;
-        Ok(())
+        // Like a kubelet, keep trying while the API server is unreachable (a fault test
+        // restarts it): a pod whose end is never reported would look running forever.
+        let patch = Patch::Strategic(json!({"status": status}));
+        let mut tries = 0;
+        loop {
+            match self
+                .api
+                .patch_status(&self.name, &PatchParams::default(), &patch)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(status)) if status.code < 500 => {
+                    return Err(kube::Error::Api(status))
+                        .with_context(|| format!("writing status {phase}"));
+                }
+                Err(e) if tries >= STATUS_TRIES => {
+                    return Err(e).with_context(|| format!("writing status {phase}"));
+                }
+                Err(e) => {
+                    tracing::warn!("pod {}: writing status {phase}: {e}; retrying", self.name);
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 
     /// Sleeps; true when the pod was deleted meanwhile.
