@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache
+.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache bench-scale
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -17,6 +17,11 @@ test: deps lint ## Install what the tests need, then run every test tier
 demo: deps ## See the whole product work on this machine (control plane, git, registry, controller)
 	$(CARGO) build --locked -p openvox-code-controller -p openvox-code-worker -p openvox-code-e2e --bins
 	target/debug/openvox-demo --controller target/debug/openvox-code-controller --worker target/debug/openvox-code-worker
+
+bench-scale: deps ## Scale benchmark: 1,000 CodeSources over 50 repos + 1,000 Pools, release controller (~8 min; not part of make test)
+	$(CARGO) build --locked --release -p openvox-code-controller
+	$(CARGO) build --locked -p openvox-code-e2e --bin openvox-scale-bench
+	target/debug/openvox-scale-bench --controller target/release/openvox-code-controller
 
 deps: ## Install test dependencies (idempotent; heavy builds cached in ~/.cache/openvox-code)
 	bash tests/scripts/install-deps.sh
