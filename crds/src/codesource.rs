@@ -379,9 +379,11 @@ pub struct LaunchRecord {
 #[serde(rename_all = "camelCase")]
 pub struct BuildRecord {
     /// Digest-pinned reference of the image: `<repository>@sha256:<digest>`. For PVC
-    /// output, the version directory written into the claim.
+    /// output, `pvc:<claim>@sha256:<digest>`: the digest covers every environment in
+    /// the claim and the version directory it is switched to, so it changes exactly when
+    /// what the servers see changes.
     pub image: String,
-    /// First 12 hex digits of the manifest digest, for `kubectl get`.
+    /// First 12 hex digits of the digest of `image`, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub short_digest: Option<String>,
     /// Hash of the inputs this build was launched for (see `lastLaunch.inputsHash`).
@@ -459,7 +461,8 @@ pub struct ModuleRecord {
 pub struct ConfigRecord {
     /// Name of the Config.
     pub name: String,
-    /// The image reference written into its `spec.code`.
+    /// The image reference written into its `spec.code`. For PVC output, the
+    /// `lastBuild.image` whose environments the claim named in `spec.code` now holds.
     pub image: String,
     /// When it was written.
     pub updated_at: Time,

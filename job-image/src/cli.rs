@@ -261,6 +261,43 @@ mod tests {
     }
 
     #[test]
+    fn sync_takes_the_reporting_flags_the_controller_passes() {
+        let cli = Cli::try_parse_from([
+            "openvox-code-worker",
+            "sync",
+            "--url",
+            "git://127.0.0.1/control.git",
+            "--branch",
+            "production",
+            "--dir",
+            "/var/lib/openvox-code/claim",
+            "--claim-name",
+            "code",
+            "--codesource",
+            "puppet/production",
+            "--inputs-hash",
+            "0123abcd",
+            "--job-name",
+            "production-0123abcd",
+        ])
+        .unwrap();
+        let Command::Sync(args) = cli.command else {
+            panic!("sync expected");
+        };
+        assert_eq!(args.claim_name.as_deref(), Some("code"));
+        assert_eq!(args.report.codesource.as_deref(), Some("puppet/production"));
+        assert_eq!(args.report.inputs_hash.as_deref(), Some("0123abcd"));
+        assert_eq!(
+            args.report.job_name().as_deref(),
+            Some("production-0123abcd")
+        );
+        assert_eq!(
+            args.report.termination_log,
+            PathBuf::from("/dev/termination-log")
+        );
+    }
+
+    #[test]
     fn a_branch_is_required() {
         let e = Cli::try_parse_from(["openvox-code-worker", "sync", "--url", "x", "--dir", "d"])
             .unwrap_err();

@@ -8,7 +8,7 @@ use openvox_code_worker::cli::{Cli, Command};
 use openvox_code_worker::git::mask_text;
 use openvox_code_worker::image::build::run_build;
 use openvox_code_worker::progress::count;
-use openvox_code_worker::sync::sync;
+use openvox_code_worker::sync::run_sync;
 use openvox_crds::names::WORKER_PERMANENT_FAILURE_EXIT_CODE;
 
 fn main() -> ExitCode {
@@ -42,41 +42,48 @@ fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
     match cli.command {
-        Command::Sync(args) => {
-            let options = match args.to_options() {
-                Ok(o) => o,
-                Err(e) => return fail(&e.to_string()),
-            };
-            let report = match runtime.block_on(sync(&options)) {
-                Ok(r) => r,
-                Err(e) => return fail(&e.to_string()),
-            };
-            let names: Vec<String> = report
-                .installed
-                .iter()
-                .map(|(done, inputs)| {
-                    format!(
-                        "{}@{}",
-                        done.name,
-                        &inputs.commit[..inputs.commit.len().min(12)]
-                    )
-                })
-                .collect();
-            println!(
-                "synced {} environments into {}: {}",
-                count(report.installed.len() as u64),
-                options.dir.display(),
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(" ")
+        Command::Sync(args) => match runtime.block_on(run_sync(&args)) {
+            Ok(synced) => {
+                let names: Vec<String> = synced
+                    .report
+                    .installed
+                    .iter()
+                    .map(|(done, inputs)| {
+                        format!(
+                            "{}@{}",
+                            done.name,
+                            &inputs.commit[..inputs.commit.len().min(12)]
+                        )
+                    })
+                    .collect();
+                println!(
+                    "synced {} environments into {}: {}",
+                    count(synced.report.installed.len() as u64),
+                    args.dir.display(),
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(" ")
+                    }
+                );
+                // The reference is the last line of standard output, as for `build`.
+                println!("{}", synced.reference);
+                // Some environments failed, the others are in place: a success with a
+                // warning (the record in status lists the failures).
+                if let Some(summary) = synced.report.failure_summary() {
+                    eprintln!(
+                        "warning: partial: {}",
+                        mask_text(&summary.replace('\n', " "))
+                    );
                 }
-            );
-            if let Some(summary) = report.failure_summary() {
-                return fail(&summary);
+                ExitCode::SUCCESS
             }
-            ExitCode::SUCCESS
-        }
+            Err(e) if e.is_permanent() => {
+                let _ = fail(&e.to_string());
+                ExitCode::from(permanent_failure_code())
+            }
+            Err(e) => fail(&e.to_string()),
+        },
         Command::Build(args) => match runtime.block_on(run_build(args)) {
             Ok(built) => {
                 // The pinned reference is the last line of standard output.

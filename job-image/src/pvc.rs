@@ -22,6 +22,9 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use openvox_crds::codesource::EnvironmentRecord;
+use sha2::{Digest, Sha256};
+
 use crate::environments::Environment;
 use crate::tree::{ContentReader, TreeError, TreeStats};
 
@@ -217,6 +220,32 @@ impl OutputDir {
         Ok(names)
     }
 
+    /// The environments in place, in name order, each with its current version.
+    pub fn current_versions(&self) -> Result<Vec<(String, String)>, PvcError> {
+        Ok(self
+            .managed_environments()?
+            .into_iter()
+            .filter_map(|name| {
+                let version = self.current_version(&name)?;
+                Some((name, version))
+            })
+            .collect())
+    }
+
+    /// The record `install` wrote next to `version` of environment `name`.
+    pub fn version_record(&self, name: &str, version: &str) -> Result<EnvironmentRecord, PvcError> {
+        let path = self
+            .root
+            .join(VERSIONS)
+            .join(name)
+            .join(format!("{version}.json"));
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes).map_err(|e| PvcError::Io {
+            path,
+            message: e.to_string(),
+        })
+    }
+
     /// Removes managed environments not in `keep` (their branch disappeared or is no
     /// longer selected) and their versions, and version directories of environments that
     /// have no symlink. Returns the purged names.
@@ -312,6 +341,18 @@ impl OutputDir {
         }
         Ok(removed)
     }
+}
+
+/// SHA-256 (hex) over the environments in place and their versions: what a server
+/// mounting the directory sees. Equal contents give equal digests, any switched,
+/// added or purged environment a different one.
+pub fn state_digest(versions: &[(String, String)]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"openvox-code claim state 1\n");
+    for (name, version) in versions {
+        hasher.update(format!("{name} {version}\n"));
+    }
+    crate::forge::hex(&hasher.finalize())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PvcError> {

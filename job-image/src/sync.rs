@@ -1,17 +1,29 @@
 //! The `sync` command: build the environments of a control repository and write them into
 //! a directory in PVC layout ([`crate::pvc`]), purge environments whose branch went away,
-//! and clean up old versions.
+//! and clean up old versions. With `--codesource`, the result goes into
+//! `status.lastBuild` like an image build's: `image` is `pvc:<claim>@sha256:<digest of
+//! the environment versions in place>`, so it changes exactly when what servers see
+//! changes. Some environments failed: the others are switched in, the record lists the
+//! failures and the termination message starts with `partial:`. All failed: nothing is
+//! switched or purged, no record is written, and the run fails.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::environments::{
     BuildError, Environment, EnvironmentFailure, EnvironmentInputs, SourceOptions,
     build_environments,
 };
+use openvox_crds::codesource::{BuildRecord, EnvironmentRecord, FailedEnvironment};
+
+use crate::cli::{CliError, SyncArgs};
+use crate::image::build::write_termination_message;
 use crate::limits::Bytes;
 use crate::progress::{Step, count};
-use crate::pvc::{Installed, OutputDir, PvcError};
+use crate::pvc::{Installed, OutputDir, PvcError, state_digest};
+use crate::status::{StatusError, write_status};
 use crate::tree::ContentReader;
 
 /// Options of `sync`.
@@ -33,8 +45,18 @@ pub enum SyncError {
     Build(#[from] BuildError),
     #[error(transparent)]
     Output(#[from] PvcError),
+    #[error("{}", every_failure(.0))]
+    AllFailed(Vec<EnvironmentFailure>),
     #[error("{0}")]
     Local(String),
+}
+
+fn every_failure(failures: &[EnvironmentFailure]) -> String {
+    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    format!(
+        "every environment failed, nothing switched: {}",
+        reasons.join("; ")
+    )
 }
 
 /// What a sync did.
@@ -46,6 +68,11 @@ pub struct SyncReport {
     pub failed: Vec<EnvironmentFailure>,
     /// Environments removed because their branch is gone.
     pub purged: Vec<String>,
+    /// Every environment in place after the sync (failed ones keep their previous
+    /// version), in name order, with its version directory.
+    pub in_place: Vec<(String, String)>,
+    /// The records of `in_place`, in the same order.
+    pub records: Vec<EnvironmentRecord>,
 }
 
 impl SyncReport {
@@ -94,6 +121,11 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncReport, SyncError> {
     }
     drop(built);
     failed.sort_by(|a, b| a.branch.cmp(&b.branch));
+    // Nothing built: leave the directory exactly as it was, purge included (a failure
+    // to read the repository must not look like deleted branches).
+    if installed.is_empty() && !failed.is_empty() {
+        return Err(SyncError::AllFailed(failed));
+    }
 
     let step = Step::start("purge", output.root().display());
     let purged = output.purge(&environments.selected_names)?;
@@ -109,10 +141,137 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncReport, SyncError> {
     }
     step.done(format!("{removed} old versions removed"));
     drop(environments);
+    let in_place = output.current_versions()?;
+    let mut records = Vec::with_capacity(in_place.len());
+    for (name, version) in &in_place {
+        let fresh = installed
+            .iter()
+            .find(|(done, _)| &done.name == name && &done.version == version);
+        records.push(match fresh {
+            Some((_, inputs)) => inputs.to_record(None),
+            None => output.version_record(name, version)?,
+        });
+    }
     Ok(SyncReport {
         installed,
         failed,
         purged,
+        in_place,
+        records,
+    })
+}
+
+/// A `sync` command that did not switch anything in, or whose record could not be
+/// written.
+#[derive(Debug, thiserror::Error)]
+pub enum RunSyncError {
+    #[error(transparent)]
+    Cli(#[from] CliError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+impl RunSyncError {
+    /// True when running again cannot help (bad arguments or credentials files).
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            RunSyncError::Cli(_) | RunSyncError::Status(StatusError::Reference(_))
+        )
+    }
+}
+
+/// The result of the `sync` command.
+#[derive(Debug)]
+pub struct Synced {
+    /// `pvc:<claim or directory>@sha256:<state digest>`.
+    pub reference: String,
+    /// The record (written into `status.lastBuild` with `--codesource`).
+    pub record: BuildRecord,
+    pub report: SyncReport,
+}
+
+impl Synced {
+    /// The one-line result: the reference, or `partial: …` naming the failures.
+    pub fn message(&self) -> String {
+        match self.report.failure_summary() {
+            Some(summary) => format!("partial: {}: {summary}", self.reference),
+            None => self.reference.clone(),
+        }
+    }
+}
+
+/// The reference of a claim state: `pvc:<label>@sha256:<digest>`.
+pub fn claim_reference(label: &str, in_place: &[(String, String)]) -> String {
+    format!("pvc:{label}@sha256:{}", state_digest(in_place))
+}
+
+/// The `lastBuild` record of a sync.
+pub fn sync_record(
+    reference: &str,
+    report: &SyncReport,
+    context: &crate::status::BuildContext,
+) -> BuildRecord {
+    let hex = reference.rsplit_once("@sha256:").map_or("", |(_, h)| h);
+    BuildRecord {
+        image: reference.to_owned(),
+        short_digest: Some(hex.chars().take(12).collect()),
+        inputs_hash: context.inputs_hash.clone(),
+        environments: report.records.clone(),
+        job_name: context.job_name.clone(),
+        start_time: context.start_time.map(Time),
+        completion_time: context.completion_time.map(Time),
+        failed: report
+            .failed
+            .iter()
+            .map(|f| FailedEnvironment {
+                branch: f.branch.clone(),
+                name: f.name.clone(),
+                reason: f.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Runs the `sync` command: the sync, the record in status (with `--codesource`) and
+/// the termination message.
+pub async fn run_sync(args: &SyncArgs) -> Result<Synced, RunSyncError> {
+    let result = run(args).await;
+    let message = match &result {
+        Ok(synced) => synced.message(),
+        Err(e) => e.to_string(),
+    };
+    write_termination_message(&args.report.termination_log, &message);
+    result
+}
+
+async fn run(args: &SyncArgs) -> Result<Synced, RunSyncError> {
+    let start_time = jiff::Timestamp::now();
+    let options = args.to_options()?;
+    // Connect first: a wrong --codesource fails before any work.
+    let status = args.report.status_client().await?;
+    let report = sync(&options).await?;
+    let label = args
+        .claim_name
+        .clone()
+        .unwrap_or_else(|| options.dir.display().to_string());
+    let reference = claim_reference(&label, &report.in_place);
+    let context = crate::status::BuildContext {
+        inputs_hash: args.report.inputs_hash.clone(),
+        job_name: args.report.job_name(),
+        start_time: Some(start_time),
+        completion_time: Some(jiff::Timestamp::now()),
+    };
+    let record = sync_record(&reference, &report, &context);
+    if let Some(client) = &status {
+        write_status(client, &record).await?;
+    }
+    Ok(Synced {
+        reference,
+        record,
+        report,
     })
 }
 
@@ -174,4 +333,84 @@ fn install_all(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::BuildContext;
+
+    fn report(in_place: &[(&str, &str)], failed: &[&str]) -> SyncReport {
+        SyncReport {
+            in_place: in_place
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            failed: failed
+                .iter()
+                .map(|b| EnvironmentFailure {
+                    name: Some((*b).to_owned()),
+                    branch: (*b).to_owned(),
+                    reason: "broken".into(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_reference_changes_with_any_switched_added_or_removed_environment() {
+        let base = report(&[("production", "a-1"), ("staging", "b-1")], &[]);
+        let reference = claim_reference("code", &base.in_place);
+        assert!(reference.starts_with("pvc:code@sha256:"), "{reference}");
+        assert_eq!(reference, claim_reference("code", &base.in_place));
+        for other in [
+            report(&[("production", "a-1"), ("staging", "b-2")], &[]),
+            report(&[("production", "a-1")], &[]),
+            report(
+                &[("production", "a-1"), ("staging", "b-1"), ("x", "c")],
+                &[],
+            ),
+        ] {
+            assert_ne!(claim_reference("code", &other.in_place), reference);
+        }
+    }
+
+    #[test]
+    fn the_record_carries_the_failures_and_the_context() {
+        let r = report(&[("production", "a-1")], &["staging"]);
+        let reference = claim_reference("code", &r.in_place);
+        let context = BuildContext {
+            inputs_hash: Some("h".into()),
+            job_name: Some("production-1".into()),
+            ..Default::default()
+        };
+        let record = sync_record(&reference, &r, &context);
+        assert_eq!(record.image, reference);
+        assert_eq!(
+            record.short_digest.as_deref(),
+            Some(&reference["pvc:code@sha256:".len()..][..12])
+        );
+        assert_eq!(record.inputs_hash.as_deref(), Some("h"));
+        assert_eq!(record.job_name.as_deref(), Some("production-1"));
+        assert_eq!(
+            record.failed,
+            [FailedEnvironment {
+                branch: "staging".into(),
+                name: Some("staging".into()),
+                reason: "broken".into()
+            }]
+        );
+        let synced = Synced {
+            reference: reference.clone(),
+            record,
+            report: r,
+        };
+        let message = synced.message();
+        assert!(
+            message.starts_with(&format!("partial: {reference}: ")),
+            "{message}"
+        );
+        assert!(message.ends_with("staging: broken"), "{message}");
+    }
 }

@@ -10,6 +10,24 @@ use std::os::unix::fs::PermissionsExt;
 use common::world::World;
 use harness::fixtures::*;
 
+/// Some environments failed, the others are in place: exit 0, the failures named on the
+/// last line of stderr after `warning: partial:`, the claim reference last on stdout.
+fn assert_partial(run: &common::Run) -> &str {
+    assert_eq!(
+        run.code, 0,
+        "a partial sync succeeds:\n{}\n{}",
+        run.stdout, run.stderr
+    );
+    assert!(
+        run.reason().starts_with("warning: partial: "),
+        "last line is not the partial warning: {}",
+        run.stderr
+    );
+    let reference = run.stdout.lines().last().unwrap_or_default();
+    assert!(reference.starts_with("pvc:"), "{}", run.stdout);
+    run.reason()
+}
+
 /// Module repositories and Forge releases used by the control branches.
 struct Modules {
     profile: Bare,
@@ -506,8 +524,7 @@ fn a_failing_module_fails_only_its_environment() {
         .commit("newbranch", "n", &[("Puppetfile", file(&missing_branch))]);
 
     let run = world.sync(&["--branch", "*"]);
-    run.assert_failed();
-    let reason = run.reason();
+    let reason = assert_partial(&run);
     assert!(reason.contains("2 of 3 environments failed"), "{reason}");
     assert!(
         reason.contains("production: module nope (Puppetfile line 3): Forge"),
@@ -547,7 +564,7 @@ fn a_malformed_puppetfile_is_reported_with_its_line() {
         .control
         .commit("staging", "s", &[("manifests/site.pp", file("s\n"))]);
     let run = world.sync(&["--branch", "*"]);
-    run.assert_failed();
+    assert_partial(&run);
     assert!(
         run.reason().contains(
             "production: Puppetfile line 3: mod \"a-b\": option :svn: SVN modules are not supported"
@@ -567,8 +584,7 @@ fn colliding_and_invalid_branch_names_are_refused_by_name() {
             .commit(b, b, &[("manifests/site.pp", file(b))]);
     }
     let run = world.sync(&["--branch", "*"]);
-    run.assert_failed();
-    let reason = run.reason();
+    let reason = assert_partial(&run);
     assert!(reason.contains("2 of 4 environments failed"), "{reason}");
     assert!(
         reason.contains(
@@ -587,7 +603,7 @@ fn colliding_and_invalid_branch_names_are_refused_by_name() {
         "--invalid-branches",
         "error",
     ]);
-    run.assert_failed();
+    assert_partial(&run);
     assert!(
         run.reason()
             .contains("branch \"Hotfix-1\" is not a valid Puppet environment name"),
@@ -662,4 +678,124 @@ fn a_branch_one_commit_ahead_of_another_is_still_a_shallow_fetch() {
         .assert_ok();
     assert_eq!(world.read("production", "manifests/site.pp"), "p\n");
     assert_eq!(world.read("feature", "manifests/site.pp"), "f\n");
+}
+
+#[test]
+fn the_claim_reference_follows_what_servers_see_and_is_the_termination_message() {
+    let world = World::new();
+    for b in ["production", "staging"] {
+        world
+            .control
+            .commit(b, b, &[("manifests/site.pp", file(&format!("{b} 1\n")))]);
+    }
+    let log = world.scratch.path("termination-log");
+    let log_arg = log.to_str().unwrap();
+    let args = [
+        "--branch",
+        "*",
+        "--claim-name",
+        "code",
+        "--termination-log",
+        log_arg,
+    ];
+    let run = world.sync(&args);
+    run.assert_ok();
+    let first = run.stdout.lines().last().unwrap().to_owned();
+    assert!(first.starts_with("pvc:code@sha256:"), "{first}");
+    assert_eq!(first.len(), "pvc:code@sha256:".len() + 64, "{first}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), first);
+
+    // Nothing changed: the same reference (a controller sees no new build).
+    let run = world.sync(&args);
+    run.assert_ok();
+    assert_eq!(run.stdout.lines().last().unwrap(), first);
+
+    // One branch moves: a new reference.
+    world.control.commit(
+        "staging",
+        "s2",
+        &[("manifests/site.pp", file("staging 2\n"))],
+    );
+    let run = world.sync(&args);
+    run.assert_ok();
+    let second = run.stdout.lines().last().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(world.read("staging", "manifests/site.pp"), "staging 2\n");
+
+    // One branch breaks: the other is still switched; the message says partial.
+    world.control.commit(
+        "staging",
+        "s3",
+        &[
+            ("Puppetfile", file("mod 'a-b', :svn => 'https://svn'\n")),
+            ("manifests/site.pp", file("staging 3\n")),
+        ],
+    );
+    world.control.commit(
+        "production",
+        "p2",
+        &[("manifests/site.pp", file("production 2\n"))],
+    );
+    let run = world.sync(&args);
+    assert_partial(&run);
+    let third = run.stdout.lines().last().unwrap().to_owned();
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "partial: {third}: 1 of 2 environments failed: staging:"
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        world.read("production", "manifests/site.pp"),
+        "production 2\n"
+    );
+    assert_eq!(world.read("staging", "manifests/site.pp"), "staging 2\n");
+}
+
+#[test]
+fn when_every_environment_fails_nothing_is_switched_or_purged() {
+    let world = World::new();
+    for b in ["production", "staging"] {
+        world
+            .control
+            .commit(b, b, &[("manifests/site.pp", file(&format!("{b} 1\n")))]);
+    }
+    world.sync(&["--branch", "*"]).assert_ok();
+    let before = world.version("production");
+
+    // Only production is selected now (staging would be purged) and it breaks.
+    world.control.commit(
+        "production",
+        "p2",
+        &[
+            ("Puppetfile", file("mod 'a-b', :svn => 'https://svn'\n")),
+            ("manifests/site.pp", file("production 2\n")),
+        ],
+    );
+    let log = world.scratch.path("termination-log");
+    let run = world.sync(&[
+        "--branch",
+        "production",
+        "--termination-log",
+        log.to_str().unwrap(),
+    ]);
+    run.assert_failed();
+    assert!(
+        run.reason()
+            .contains("every environment failed, nothing switched: production: Puppetfile line 1"),
+        "{}",
+        run.reason()
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .starts_with("every environment failed"),
+    );
+    assert_eq!(world.version("production"), before);
+    assert_eq!(
+        world.read("production", "manifests/site.pp"),
+        "production 1\n"
+    );
+    assert_eq!(world.read("staging", "manifests/site.pp"), "staging 1\n");
 }
