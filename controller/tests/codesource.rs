@@ -56,13 +56,13 @@ fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running
 fn worker_defaults() -> WorkerDefaults {
     WorkerDefaults {
         resources: parse_resources(r#"{"requests":{"cpu":"250m"},"limits":{"memory":"1Gi"}}"#)
-            .unwrap()
+            .expect("a valid worker default")
             .0,
         node_selector: parse_node_selector(r#"{"openvox.example/pool":"builds"}"#)
-            .unwrap()
+            .expect("a valid worker default")
             .0,
         tolerations: parse_tolerations(r#"[{"key":"builds","operator":"Exists"}]"#)
-            .unwrap()
+            .expect("a valid worker default")
             .0,
     }
 }
@@ -455,6 +455,166 @@ async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
     })
     .await?;
     assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_partial_build_is_published_reported_once_and_retried_after_the_backoff() -> Result<()> {
+    let repo = ControlRepo::new();
+    let scratch = Scratch::new();
+    let ns = TestNamespace::new("cs-partial").await?;
+    let _node = node_running(&ns, "exit 0").await?;
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        config(
+            "prod",
+            json!([{"image": "registry.example/puppet-code@sha256:0000"}]),
+        ),
+    )
+    .await?;
+    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
+    harness::apply::apply(
+        ns.client(),
+        Some(ns.name()),
+        codesource("prod", with_config(&repo.url(), "prod")),
+    )
+    .await?;
+    let first = eventually("the Job to complete", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+    })
+    .await?;
+
+    // The worker's report of a partial build: published, one environment failed.
+    let digest = "registry.example/puppet-code@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    let st = status(&ns, "prod").await?;
+    let codesources: Api<CodeSource> = ns.api();
+    codesources
+        .patch_status(
+            "prod",
+            &PatchParams::apply(WORKER_MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
+                "status": {"lastBuild": {"image": digest,
+                    "inputsHash": st["lastLaunch"]["inputsHash"], "jobName": st["lastLaunch"]["jobName"],
+                    "failed": [{"branch": "feature/x", "name": "feature_x",
+                                "reason": "Puppetfile: module foo/bar not found on the Forge"}]}}
+            })),
+        )
+        .await?;
+
+    // The good environments advance: the digest is in the Config; Ready says what failed.
+    let ready = eventually("Ready=False PartialBuild", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "Ready")
+            .filter(|c| c["reason"] == "PartialBuild")
+            .cloned())
+    })
+    .await?;
+    assert_eq!(ready["status"], "False");
+    let message = ready["message"].as_str().unwrap_or_default();
+    for part in [
+        digest,
+        "feature_x (branch feature/x)",
+        "module foo/bar not found",
+    ] {
+        assert!(message.contains(part), "{message} lacks {part}");
+    }
+    eventually("the digest in the Config", || async {
+        let code = config_code(&ns, "prod").await?;
+        Ok((code[0]["image"] == digest).then_some(()))
+    })
+    .await?;
+    let st = status(&ns, "prod").await?;
+    assert_eq!(
+        condition(&st, "ConfigUpdated").map(|c| c["status"].clone()),
+        Some(json!("True"))
+    );
+
+    // No tight loop: more reconciles (label changes) launch nothing and warn no more.
+    for n in 0..3 {
+        codesources
+            .patch(
+                "prod",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"poke": n.to_string()}}})),
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let partial_events = || async {
+        Ok::<_, anyhow::Error>(
+            events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some("PartialBuild"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let warnings = partial_events().await?;
+    // One Event, never repeated (a repeat would make the recorder start a series).
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].series.is_none(), "{warnings:?}");
+    assert_eq!(warnings[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        warnings[0]
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("feature_x")
+    );
+    assert_eq!(worker_jobs(&ns, "prod").await?.len(), 1);
+
+    // Time passes (backdated): the launch is older than the backoff and a scheduled
+    // time is due. The next reconcile retries, under a new Job name, same inputs.
+    let two_hours_ago = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(2)).to_string();
+    codesources
+        .patch_status(
+            "prod",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"lastLaunch": {"time": two_hours_ago},
+                                            "lastScheduleTime": two_hours_ago}})),
+        )
+        .await?;
+    let retry = eventually("the retry Job", || async {
+        Ok(worker_jobs(&ns, "prod")
+            .await?
+            .into_iter()
+            .find(|j| j.name_any() != first.name_any()))
+    })
+    .await?;
+    assert_eq!(
+        retry.labels().get(labels::INPUTS),
+        first.labels().get(labels::INPUTS)
+    );
+    eventually("the retry recorded as the last launch", || async {
+        let st = status(&ns, "prod").await?;
+        Ok((st["lastLaunch"]["jobName"] == retry.name_any().as_str()).then_some(()))
+    })
+    .await?;
+
+    // The retry builds everything: Ready.
+    eventually("the retry to complete", || async {
+        Ok(worker_jobs(&ns, "prod").await?.into_iter().find(|j| {
+            j.name_any() == retry.name_any()
+                && j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0
+        }))
+    })
+    .await?;
+    report_build(&ns, "prod", digest).await?;
+    eventually("Ready=True after the retry", || async {
+        let st = status(&ns, "prod").await?;
+        Ok(condition(&st, "Ready")
+            .filter(|c| c["status"] == "True")
+            .map(|_| ()))
+    })
+    .await?;
     Ok(())
 }
 

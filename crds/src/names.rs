@@ -100,6 +100,9 @@ pub mod reasons {
     pub const UP_TO_DATE: &str = "ArtifactUpToDate";
     /// A worker Job failed.
     pub const BUILD_FAILED: &str = "BuildFailed";
+    /// A build published its image but some environments failed in it
+    /// (`status.lastBuild.failed`); they are retried with backoff.
+    pub const PARTIAL_BUILD: &str = "PartialBuild";
     /// Listing the remote heads failed.
     pub const GIT_OPERATION_FAILED: &str = "GitOperationFailed";
     /// The spec cannot work as written (for example an invalid schedule).

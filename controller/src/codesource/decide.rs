@@ -6,7 +6,9 @@
 //! annotation carries a value not yet handled. It is never launched while another Job
 //! of the CodeSource is active, nor twice for the same inputs: the launch is recorded in
 //! `status.lastLaunch` right after the Job is created. A launch whose Job failed is
-//! retried at a scheduled tick, no sooner than [`retry_backoff`] after it started.
+//! retried at a scheduled tick, no sooner than [`retry_backoff`] after it started. A
+//! partial build (published, but some environments failed: `lastBuild.failed`) is
+//! retried the same way: its image stands, and the retry rebuilds what failed.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +58,8 @@ pub struct Facts<'a> {
     pub last_launch: Option<&'a LaunchRecord>,
     /// `status.lastBuild.inputsHash`.
     pub last_build_inputs: Option<&'a str>,
+    /// `status.lastBuild.failed` is not empty: the last build was partial.
+    pub last_build_partial: bool,
     /// Worker Jobs of this CodeSource that exist now.
     pub jobs: &'a [JobSummary],
     /// The scheduled time that came due in this reconcile, if any.
@@ -75,6 +79,8 @@ pub enum LaunchReason {
     Requested(String),
     /// The last launch for these inputs failed; this is the next tick's retry.
     Retry,
+    /// The last build of these inputs was partial; this retries the failed environments.
+    RetryPartial,
 }
 
 /// The decision.
@@ -100,6 +106,9 @@ pub enum Decision {
     },
     /// The last build is of exactly these inputs.
     UpToDate,
+    /// The last build is of these inputs but some environments failed in it; its image
+    /// is published, and the next tick after the backoff retries.
+    PartialWaitingForRetry,
     /// The last launch for these inputs failed; the next tick retries.
     FailedWaitingForRetry {
         /// The failed Job, when it still exists.
@@ -150,6 +159,12 @@ pub fn retry_backoff(failures: usize) -> jiff::SignedDuration {
     jiff::SignedDuration::from_mins(minutes)
 }
 
+/// Whether a retry may start at `tick`: `retry_backoff(attempts)` after the launch it
+/// retries (at once when that launch is unknown).
+fn retry_due(launched: Option<Timestamp>, tick: Timestamp, attempts: usize) -> bool {
+    launched.is_none_or(|at| tick.duration_since(at) >= retry_backoff(attempts))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -183,8 +198,30 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
 
     let launched_these = facts.last_launch.is_some_and(|l| l.inputs_hash == inputs);
     let built_these = facts.last_build_inputs == Some(inputs.as_str());
-    if built_these {
+    if built_these && !facts.last_build_partial {
         return Decision::UpToDate;
+    }
+    if built_these {
+        // Every finished Job of these inputs was an attempt (partial or failed), as far
+        // as the Job history shows them: the same backoff as for failed builds.
+        let attempts = facts
+            .jobs
+            .iter()
+            .filter(|j| j.state != JobState::Active && j.inputs_hash.as_deref() == Some(&inputs))
+            .count()
+            .max(1);
+        let launched = facts
+            .last_launch
+            .filter(|l| l.inputs_hash == inputs)
+            .map(|l| l.time.0);
+        return match facts.tick.filter(|t| retry_due(launched, *t, attempts)) {
+            Some(tick) => Decision::Launch {
+                name_seed: format!("{inputs}/retry/{tick}"),
+                inputs_hash: inputs,
+                reason: LaunchReason::RetryPartial,
+            },
+            None => Decision::PartialWaitingForRetry,
+        };
     }
     if !launched_these {
         let reason = match facts.last_launch {
@@ -220,11 +257,7 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
                 })
                 .count();
             let launched = facts.last_launch.map(|l| l.time.0);
-            let due = |tick: Timestamp| match launched {
-                Some(at) => tick.duration_since(at) >= retry_backoff(failures),
-                None => true,
-            };
-            match facts.tick.filter(|t| due(*t)) {
+            match facts.tick.filter(|t| retry_due(launched, *t, failures)) {
                 Some(tick) => Decision::Launch {
                     name_seed: format!("{inputs}/retry/{tick}"),
                     inputs_hash: inputs,
@@ -279,6 +312,7 @@ mod tests {
             last_handled_requested_at: None,
             last_launch: None,
             last_build_inputs: None,
+            last_build_partial: false,
             jobs: &[],
             tick: None,
         }
@@ -507,6 +541,114 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    fn finished(name: &str, inputs: &str, state: JobState) -> JobSummary {
+        JobSummary {
+            name: name.into(),
+            inputs_hash: Some(inputs.into()),
+            state,
+        }
+    }
+
+    #[test]
+    fn partial_builds_are_retried_with_the_failed_build_backoff() {
+        let h = heads(&[("production", "aaa"), ("feature_x", "bbb")]);
+        let inputs = inputs_hash("spec1", &h);
+        let last = launch(&inputs, "cs-1", &h);
+        let at = |minutes: i64| Some(Timestamp::from_second(minutes * 60).unwrap());
+        let one = [finished("cs-1", &inputs, JobState::Succeeded)];
+        let three = [
+            finished("cs-1", &inputs, JobState::Succeeded),
+            finished("cs-2", &inputs, JobState::Failed),
+            finished("cs-3", &inputs, JobState::Succeeded),
+        ];
+        let base = Facts {
+            last_launch: Some(&last),
+            last_build_inputs: Some(&inputs),
+            last_build_partial: true,
+            ..facts(&h)
+        };
+        // (jobs of these inputs, tick in minutes after the launch) → retried?
+        let table: [(&[JobSummary], Option<i64>, bool); 6] = [
+            (&one, None, false),    // no tick: never in between ticks
+            (&one, Some(4), false), // one attempt: 5 minutes
+            (&one, Some(5), true),
+            (&three, Some(10), false), // three attempts: 20 minutes
+            (&three, Some(20), true),
+            (&[], Some(5), true), // history pruned: counted as one attempt
+        ];
+        for (jobs, minutes, retried) in table {
+            let f = Facts {
+                jobs,
+                tick: minutes.and_then(at),
+                ..base.clone()
+            };
+            let d = decide(&f);
+            if retried {
+                let Decision::Launch {
+                    reason,
+                    name_seed,
+                    inputs_hash: got,
+                } = d
+                else {
+                    panic!("{minutes:?}: no retry: {d:?}")
+                };
+                assert_eq!(reason, LaunchReason::RetryPartial);
+                assert_eq!(got, inputs);
+                assert!(name_seed.contains("/retry/"), "fresh name: {name_seed}");
+            } else {
+                assert_eq!(d, Decision::PartialWaitingForRetry, "{minutes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_build_yields_to_new_heads_a_running_job_and_a_complete_build() {
+        let old = heads(&[("production", "aaa")]);
+        let old_inputs = inputs_hash("spec1", &old);
+        let last = launch(&old_inputs, "cs-1", &old);
+        let partial = Facts {
+            last_launch: Some(&last),
+            last_build_inputs: Some(&old_inputs),
+            last_build_partial: true,
+            ..facts(&old)
+        };
+        // New heads: a normal build, at once, no backoff.
+        let new = heads(&[("production", "ccc")]);
+        let d = decide(&Facts {
+            heads: Some(&new),
+            ..partial.clone()
+        });
+        assert!(
+            matches!(
+                d,
+                Decision::Launch {
+                    reason: LaunchReason::NewHeads,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+        // The retry running: wait for it.
+        let running = [job("cs-2", JobState::Active)];
+        assert_eq!(
+            decide(&Facts {
+                jobs: &running,
+                tick: Some(Timestamp::from_second(3600).unwrap()),
+                ..partial.clone()
+            }),
+            Decision::WaitForJob("cs-2".into())
+        );
+        // The retry built everything: up to date.
+        assert_eq!(
+            decide(&Facts {
+                last_build_partial: false,
+                tick: Some(Timestamp::from_second(3600).unwrap()),
+                ..partial
+            }),
+            Decision::UpToDate
+        );
     }
 
     #[test]

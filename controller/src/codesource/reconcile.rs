@@ -25,11 +25,13 @@ use tracing::{info, warn};
 
 use super::config::{CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, shape_from_crd};
 use super::decide::{Decision, Facts, JobState, JobSummary, LaunchReason, decide, spec_hash};
-use super::heads::{GitAuth, HeadCache, HeadRequest, instant_of, redact_url, wanted_heads};
+use super::heads::{
+    GitAuth, HeadCache, HeadRequest, instant_of, redact_url, shared_listing_since, wanted_heads,
+};
 use super::job::{LaunchParams, desired_job};
 use super::names::{codesource_label, job_name};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
-use super::status::{ConfigState, Observed, codesource_conditions};
+use super::status::{ConfigState, Observed, codesource_conditions, partial_message};
 use super::validate::validate;
 use super::worker_defaults::WorkerDefaults;
 use crate::conditions::{find, is_true, merge_conditions_at};
@@ -135,6 +137,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 no_matching_branches: false,
                 building: None,
                 build_failed: None,
+                partial_build: None,
                 up_to_date: false,
                 last_image: None,
                 config: ConfigState::NotWanted,
@@ -211,15 +214,16 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     let mut fetch_failed: Option<(&'static str, String)> = None;
     let mut fetch_error: Option<Error> = None;
     if check_now {
-        // A scheduled tick may share a listing made since the tick came due; anything
-        // else (spec change, manual trigger, first look, retry) wants fresh heads.
-        let scheduled_only = !(spec_changed
-            || new_request
+        // Which listings this check may share: see `shared_listing_since`.
+        let never_reconciled = old.observed_generation.is_none() && old.last_check_time.is_none();
+        let fresh_wanted = new_request
             || check_request.is_some()
-            || old.last_check_time.is_none()
-            || retry_fetch);
-        let not_before = match tick.due.filter(|_| scheduled_only) {
-            Some(due) => instant_of(due, now, now_instant),
+            || retry_fetch
+            || (!never_reconciled && (spec_changed || old.last_check_time.is_none()));
+        let created = cs.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let since = shared_listing_since(fresh_wanted, never_reconciled, created, tick.due);
+        let not_before = match since {
+            Some(since) => instant_of(since, now, now_instant),
             None => Instant::now(),
         };
         match check_heads(ctx, cs, &ns, valid.git_timeout, not_before).await {
@@ -252,6 +256,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             .last_build
             .as_ref()
             .and_then(|b| b.inputs_hash.as_deref()),
+        last_build_partial: old
+            .last_build
+            .as_ref()
+            .is_some_and(|b| !b.failed.is_empty()),
         jobs: &summaries,
         tick: tick.due,
     });
@@ -307,6 +315,18 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 LaunchReason::SpecChanged => "spec changed".to_string(),
                 LaunchReason::Requested(v) => format!("requested at {v}"),
                 LaunchReason::Retry => "retry after a failed build".to_string(),
+                LaunchReason::RetryPartial => format!(
+                    "retry of the environments that failed: {}",
+                    old.last_build
+                        .as_ref()
+                        .map(|b| b
+                            .failed
+                            .iter()
+                            .map(|f| f.branch.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "))
+                        .unwrap_or_default()
+                ),
             };
             info!(codesource = %key(cs), job = %job, "launched build ({why})");
             publish(
@@ -380,6 +400,12 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
 
     // Status.
     let up_to_date = matches!(decision, Decision::UpToDate);
+    let partial_build = match (&decision, &old.last_build) {
+        (Decision::PartialWaitingForRetry, Some(build)) => {
+            Some(partial_message(&build.image, &build.failed))
+        }
+        _ => None,
+    };
     let observed = Observed {
         invalid_spec: None,
         suspended: cs.spec.suspend,
@@ -388,6 +414,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         no_matching_branches: matches!(decision, Decision::NoMatchingBranches),
         building,
         build_failed: build_failed.clone(),
+        partial_build: partial_build.clone(),
         up_to_date,
         last_image: old.last_build.as_ref().map(|b| b.image.clone()),
         config: config_state.clone(),
@@ -446,6 +473,25 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     let was_ready = is_true(&old.conditions, types::READY);
     let was_building =
         find(&old.conditions, types::READY).is_some_and(|c| c.reason == reasons::PROGRESSING);
+    // A partial build warns once when it lands (each retry that is partial again lands
+    // anew), not at every reconcile while it waits for its retry.
+    if let Some(message) = &partial_build
+        && find(&old.conditions, types::READY)
+            .is_none_or(|c| c.reason != reasons::PARTIAL_BUILD || c.message != *message)
+    {
+        if was_building {
+            ctx.metrics.build("partial");
+        }
+        publish(
+            ctx,
+            cs,
+            EventType::Warning,
+            reasons::PARTIAL_BUILD,
+            "Build",
+            message.clone(),
+        )
+        .await;
+    }
     if up_to_date && was_building {
         let image = old
             .last_build

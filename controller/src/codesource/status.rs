@@ -5,6 +5,7 @@
 //! `Reconciling` and `Stalled` are present only while true (kstatus), as are the
 //! specific negative conditions `FetchFailed` and `BuildFailed`.
 
+use openvox_crds::codesource::FailedEnvironment;
 use openvox_crds::names::{conditions as types, reasons};
 
 use crate::conditions::ConditionFacts;
@@ -48,6 +49,9 @@ pub struct Observed {
     pub building: Option<String>,
     /// The last launch failed (message with the Job's reason).
     pub build_failed: Option<String>,
+    /// The last build is of the current inputs but some environments failed in it
+    /// (message from [`partial_message`]).
+    pub partial_build: Option<String>,
     /// The last build is of the current inputs.
     pub up_to_date: bool,
     /// The image of the last build.
@@ -120,6 +124,13 @@ pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
             reasons::CONFIG_NOT_FOUND,
             message.clone(),
         )
+    } else if let Some(message) = &o.partial_build {
+        (
+            types::READY,
+            "False",
+            reasons::PARTIAL_BUILD,
+            message.clone(),
+        )
     } else if o.up_to_date {
         let image = o.last_image.clone().unwrap_or_default();
         (
@@ -180,6 +191,37 @@ pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
     out
 }
 
+/// Most failed environments named in a message; the rest are counted.
+const MAX_NAMED_FAILURES: usize = 10;
+
+/// What `Ready` says about a partial build: the image that was published and, per
+/// failed environment, its name, branch and reason.
+pub fn partial_message(image: &str, failed: &[FailedEnvironment]) -> String {
+    let mut named: Vec<String> = failed
+        .iter()
+        .take(MAX_NAMED_FAILURES)
+        .map(|f| match f.name.as_deref() {
+            Some(name) if name != f.branch => {
+                format!("{name} (branch {}): {}", f.branch, f.reason)
+            }
+            _ => format!("{}: {}", f.branch, f.reason),
+        })
+        .collect();
+    if failed.len() > MAX_NAMED_FAILURES {
+        named.push(format!("and {} more", failed.len() - MAX_NAMED_FAILURES));
+    }
+    let noun = if failed.len() == 1 {
+        "environment"
+    } else {
+        "environments"
+    };
+    format!(
+        "stored artifact {image}, but {} {noun} failed and kept their previous content: {}; retrying with backoff",
+        failed.len(),
+        named.join("; ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +235,7 @@ mod tests {
             no_matching_branches: false,
             building: None,
             build_failed: None,
+            partial_build: None,
             up_to_date: true,
             last_image: Some("r@sha256:1".into()),
             config: ConfigState::Updated {
@@ -292,6 +335,63 @@ mod tests {
         });
         assert_eq!(get(&c, "ConfigUpdated").unwrap().2, "ConfigNotFound");
         assert_eq!(get(&c, "Ready").unwrap().1, "False");
+    }
+
+    #[test]
+    fn given_a_partial_build_ready_is_false_and_names_the_failures_while_config_is_updated() {
+        let failed = [
+            FailedEnvironment {
+                branch: "feature/x".into(),
+                name: Some("feature_x".into()),
+                reason: "Puppetfile: module foo/bar not found".into(),
+            },
+            FailedEnvironment {
+                branch: "staging".into(),
+                name: Some("staging".into()),
+                reason: "git: object missing".into(),
+            },
+        ];
+        let message = partial_message("r@sha256:1", &failed);
+        let c = codesource_conditions(&Observed {
+            partial_build: Some(message),
+            ..healthy()
+        });
+        let ready = get(&c, "Ready").unwrap();
+        assert_eq!((ready.1, ready.2), ("False", "PartialBuild"));
+        for part in [
+            "r@sha256:1",
+            "2 environments",
+            "feature_x (branch feature/x): Puppetfile: module foo/bar not found",
+            "staging: git: object missing",
+        ] {
+            assert!(ready.3.contains(part), "{} lacks {part}", ready.3);
+        }
+        assert_eq!(get(&c, "ConfigUpdated").unwrap().1, "True");
+        assert!(get(&c, "BuildFailed").is_none());
+        // A running retry is progress, not a failure.
+        let c = codesource_conditions(&Observed {
+            partial_build: None,
+            building: Some("p-2".into()),
+            up_to_date: false,
+            ..healthy()
+        });
+        assert_eq!(get(&c, "Ready").unwrap().2, "Progressing");
+    }
+
+    #[test]
+    fn a_partial_build_message_stays_bounded() {
+        let failed: Vec<FailedEnvironment> = (0..50)
+            .map(|i| FailedEnvironment {
+                branch: format!("b{i}"),
+                name: None,
+                reason: "x".into(),
+            })
+            .collect();
+        let m = partial_message("r@sha256:1", &failed);
+        assert!(
+            m.contains("b9: x") && !m.contains("b10: x") && m.contains("and 40 more"),
+            "{m}"
+        );
     }
 
     #[test]
