@@ -7,7 +7,7 @@
 //! whose Puppetfile is malformed, whose module fails or whose tree is unsafe fails alone;
 //! the other environments are still built.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,10 +22,14 @@ use crate::forge::{ForgeClient, ForgeError, hex};
 use crate::git::fetch::Depth;
 use crate::git::{Credentials, FetchWant, FetchedRepo, GitAccess, GitError, RepoUrl, error_chain};
 use crate::limits::{Bytes, Limits};
+use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::puppetfile::resolve::{ModuleContent, ResolvedModule, Resolver};
 use crate::puppetfile::{ModuleDecl, Puppetfile, parse_puppetfile};
 use crate::tree::{EnvironmentTree, TreeStats};
+use crate::unchanged::{
+    Check, Decision, RecordedEnvironment, decide, forge_check_holds, git_check_holds,
+};
 
 /// Version of the way trees are assembled. Part of every environment's input digest, so
 /// a change here never reuses output built the old way.
@@ -146,6 +150,12 @@ impl std::fmt::Display for EnvironmentFailure {
 pub struct Environments {
     /// Built environments in name order.
     pub built: Vec<Environment>,
+    /// Environments found unchanged since the recorded build, not fetched, in name
+    /// order.
+    pub unchanged: Vec<RecordedEnvironment>,
+    /// What an image records about the modules of each built environment, by name
+    /// (missing when a module URL carries credentials: see [`Pins::new`]).
+    pub pins: BTreeMap<String, Pins>,
     /// Selected branches that failed, in branch order.
     pub failed: Vec<EnvironmentFailure>,
     /// Names of all environments the selected branches map to, built or failed. An
@@ -158,6 +168,17 @@ pub struct Environments {
 
 /// Builds the environments described by `options`.
 pub async fn build_environments(options: &SourceOptions) -> Result<Environments, BuildError> {
+    build_environments_reusing(options, &BTreeMap::new()).await
+}
+
+/// Builds the environments described by `options`, except those `recorded` (by
+/// environment name) shows unchanged: their branch head is the recorded commit and
+/// their modules still resolve the same (see [`crate::unchanged`]). Those are neither
+/// fetched nor built, and come back in [`Environments::unchanged`].
+pub async fn build_environments_reusing(
+    options: &SourceOptions,
+    recorded: &BTreeMap<String, RecordedEnvironment>,
+) -> Result<Environments, BuildError> {
     let url = RepoUrl::parse(&options.url).map_err(GitError::from)?;
     // Every temporary file of this build lives below `work`: dropping it removes them
     // all, even those of an operation abandoned at its deadline.
@@ -240,6 +261,8 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
     if plans.is_empty() {
         return Ok(Environments {
             built: Vec::new(),
+            unchanged: Vec::new(),
+            pins: BTreeMap::new(),
             failed,
             selected_names,
             control: None,
@@ -247,7 +270,41 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
         });
     }
 
-    // 3. One shallow fetch of all wanted branches.
+    // 3. Modules are resolved through one resolver, shared by the unchanged checks and
+    // the environments built.
+    let forge = ForgeClient::new(
+        options.timeout,
+        options.credentials.ca_pem.as_deref(),
+        options.limits,
+        work.path(),
+    )?;
+    let resolver = Arc::new(Resolver::new(
+        access,
+        forge,
+        &options.forge_url,
+        options.jobs,
+    ));
+
+    // 4. Environments that did not change since the recorded build are not fetched.
+    let heads: BTreeMap<&str, String> = heads
+        .iter()
+        .map(|h| (h.branch.as_str(), h.commit.to_string()))
+        .collect();
+    let (unchanged, plans) = split_unchanged(plans, &heads, recorded, &resolver, options).await;
+    if plans.is_empty() {
+        failed.sort_by(|a, b| a.branch.cmp(&b.branch));
+        return Ok(Environments {
+            built: Vec::new(),
+            unchanged,
+            pins: BTreeMap::new(),
+            failed,
+            selected_names,
+            control: None,
+            _work: Some(work),
+        });
+    }
+
+    // 5. One shallow fetch of all other wanted branches.
     let step = Step::start("fetch", &url);
     let wants: Vec<FetchWant> = plans
         .iter()
@@ -271,19 +328,7 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
         Bytes(control.received_bytes())
     ));
 
-    // 4. Environments, concurrently; modules are shared through the resolver.
-    let forge = ForgeClient::new(
-        options.timeout,
-        options.credentials.ca_pem.as_deref(),
-        options.limits,
-        work.path(),
-    )?;
-    let resolver = Arc::new(Resolver::new(
-        access,
-        forge,
-        &options.forge_url,
-        options.jobs,
-    ));
+    // 6. Environments, concurrently; modules are shared through the resolver.
     let mut tasks = tokio::task::JoinSet::new();
     for (plan, want) in plans.into_iter().zip(wants) {
         let resolver = resolver.clone();
@@ -293,7 +338,7 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
             let step = Step::start("env", &plan.name);
             let result = build_one(&plan, &want, &control, &resolver, limits).await;
             match &result {
-                Ok(env) => step.done(format!(
+                Ok((env, _)) => step.done(format!(
                     "{} files, {}, {} module{}, {}",
                     count(env.stats.files),
                     Bytes(env.stats.bytes),
@@ -311,11 +356,17 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
         });
     }
     let mut built = Vec::new();
+    let mut pins = BTreeMap::new();
     while let Some(joined) = tasks.join_next().await {
         let (plan, result) =
             joined.map_err(|e| BuildError::Local(format!("an environment task stopped: {e}")))?;
         match result {
-            Ok(env) => built.push(env),
+            Ok((env, env_pins)) => {
+                if let Some(p) = env_pins {
+                    pins.insert(env.inputs.name.clone(), p);
+                }
+                built.push(env);
+            }
             Err(reason) => failed.push(EnvironmentFailure {
                 name: Some(plan.name),
                 branch: plan.branch,
@@ -327,11 +378,89 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
     failed.sort_by(|a, b| a.branch.cmp(&b.branch));
     Ok(Environments {
         built,
+        unchanged,
+        pins,
         failed,
         selected_names,
         control: Some(control),
         _work: Some(work),
     })
+}
+
+/// Splits `plans` into environments unchanged since `recorded` (checked with cheap
+/// lookups only) and the plans to fetch and build.
+async fn split_unchanged(
+    plans: Vec<EnvironmentPlan>,
+    heads: &BTreeMap<&str, String>,
+    recorded: &BTreeMap<String, RecordedEnvironment>,
+    resolver: &Resolver,
+    options: &SourceOptions,
+) -> (Vec<RecordedEnvironment>, Vec<EnvironmentPlan>) {
+    if recorded.is_empty() {
+        return (Vec::new(), plans);
+    }
+    let verdicts = futures_join_all(plans.iter().map(|plan| async move {
+        let record = recorded.get(&plan.name)?;
+        let head = heads.get(plan.branch.as_str())?;
+        let step = Step::start("check", &plan.name);
+        let checks = match decide(record, &plan.branch, head, &options.forge_url) {
+            Decision::Unchanged(checks) => checks,
+            Decision::Fetch(reason) => {
+                step.done(format!("{reason}; fetching"));
+                return None;
+            }
+        };
+        match failed_check(&checks, resolver).await {
+            None => {
+                step.done(format!(
+                    "unchanged at {}, {} floating module{} checked; not fetched",
+                    &head[..head.len().min(12)],
+                    checks.len(),
+                    if checks.len() == 1 { "" } else { "s" }
+                ));
+                Some(record.clone())
+            }
+            Some(reason) => {
+                step.done(format!("{reason}; fetching"));
+                None
+            }
+        }
+    }))
+    .await;
+    let mut unchanged = Vec::new();
+    let mut rest = Vec::new();
+    for (plan, verdict) in plans.into_iter().zip(verdicts) {
+        match verdict {
+            Some(record) => unchanged.push(record),
+            None => rest.push(plan),
+        }
+    }
+    (unchanged, rest)
+}
+
+/// Runs the lookups of `checks`; the first that does not hold, as a reason.
+async fn failed_check(checks: &[Check], resolver: &Resolver) -> Option<String> {
+    let results = futures_join_all(checks.iter().map(|check| async move {
+        match check {
+            Check::Git { module, url, .. } => match resolver.list(url).await {
+                Ok(refs) if git_check_holds(check, &refs) => None,
+                Ok(_) => Some(format!("module {module} moved")),
+                Err(e) => Some(format!("module {module}: {e}")),
+            },
+            Check::ForgeCurrent {
+                module, base, slug, ..
+            } => match resolver.forge_release(base, slug, None).await {
+                Ok(current) if forge_check_holds(check, &current) => None,
+                Ok(current) => Some(format!(
+                    "module {module} has a new release {}",
+                    current.version
+                )),
+                Err(e) => Some(format!("module {module}: {e}")),
+            },
+        }
+    }))
+    .await;
+    results.into_iter().flatten().next()
 }
 
 /// Reads and parses the Puppetfile at the root of `tree`, if there is one.
@@ -368,7 +497,7 @@ async fn build_one(
     control: &Arc<FetchedRepo>,
     resolver: &Resolver,
     limits: Limits,
-) -> Result<Environment, String> {
+) -> Result<(Environment, Option<Pins>), String> {
     let commit = control
         .commit_of(want)
         .ok_or_else(|| format!("branch {} was not fetched", plan.branch))?;
@@ -410,16 +539,26 @@ async fn build_one(
         commit: commit.to_string(),
         modules: modules.iter().map(|(_, m)| m.record.clone()).collect(),
     };
+    let declared: Vec<(&ModuleDecl, &ModuleRecord)> =
+        modules.iter().map(|(d, m)| (d, &m.record)).collect();
+    let pins = Pins::new(
+        forge_line.as_deref(),
+        &resolver.forge_base(forge_line.as_deref()),
+        &declared,
+    );
     let control = control.clone();
     let tree = tokio::task::spawn_blocking(move || assemble(&control, tree_id, &modules, limits))
         .await
         .map_err(|e| e.to_string())??;
     let stats = tree.stats();
-    Ok(Environment {
-        inputs,
-        tree,
-        stats,
-    })
+    Ok((
+        Environment {
+            inputs,
+            tree,
+            stats,
+        },
+        pins,
+    ))
 }
 
 /// The control repository's tree with every module mounted at its path.

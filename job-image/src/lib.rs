@@ -4,6 +4,8 @@
 //! [`branches`] picks and names them; [`puppetfile`] parses each branch's Puppetfile and
 //! resolves its modules (git or [`forge`]); [`tree`] assembles each environment's
 //! deterministic file tree within [`limits`]; [`environments`] runs all that per branch;
+//! [`unchanged`] tells from the heads and the [`pins`] recorded on the previous image's
+//! layers which environments need no fetch at all;
 //! [`pvc`] writes the result into a directory with atomic switches; [`sync`] is the CLI
 //! command tying it together, reporting through [`progress`].
 
@@ -15,9 +17,11 @@ pub mod forge;
 pub use openvox_git as git;
 pub mod image;
 pub mod limits;
+pub mod pins;
 pub mod progress;
 pub mod puppetfile;
 pub mod pvc;
 pub mod status;
 pub mod sync;
 pub mod tree;
+pub mod unchanged;

@@ -14,14 +14,15 @@ use std::time::Duration;
 use harness::fixtures::registry::{TestRegistry, skopeo};
 use openvox_code_worker::environments::EnvironmentInputs;
 use openvox_code_worker::image::builder::{
-    ImageEnvironment, ImageOptions, ImageRequest, LayerOrigin, Output, PublishedImage, Transfer,
-    build_image,
+    ImageEnvironment, ImageError, ImageOptions, ImageRequest, LayerOrigin, Output, PublishedImage,
+    Transfer, build_image, recorded_environments,
 };
 use openvox_code_worker::image::layout::Layout;
 use openvox_code_worker::image::push::{Registry, RegistryOptions, Repository, RetryPolicy};
 use openvox_code_worker::image::reuse::PreviousImage;
 use openvox_code_worker::image::{annotations, auth::DockerConfig};
 use openvox_code_worker::limits::Limits;
+use openvox_code_worker::pins::Pins;
 use openvox_code_worker::tree::{EnvironmentTree, LocalDir, LocalEntry, LocalKind};
 
 /// An environment made of real files: `(path, content)`; `None` is a directory, a
@@ -72,6 +73,7 @@ fn environment(
         },
         tree,
         commit_time,
+        pins: None,
     }
 }
 
@@ -137,8 +139,8 @@ async fn push(
     let work = tempfile::tempdir().unwrap();
     let request = ImageRequest {
         environments,
-        failed: Vec::new(),
         previous,
+        ..Default::default()
     };
     build_image(
         request,
@@ -720,6 +722,7 @@ async fn a_failed_environment_keeps_its_previous_layer() {
     let work = tempfile::tempdir().unwrap();
     let request = ImageRequest {
         environments: vec![control_repo("production", 'c', "new\n")],
+        unchanged: Vec::new(),
         failed: vec!["staging".into(), "gone_without_layer".into()],
         previous: Some(previous),
     };
@@ -746,6 +749,114 @@ async fn a_failed_environment_keeps_its_previous_layer() {
     assert_eq!(
         image.layers[1].revision,
         format!("staging@sha1:{}", "b".repeat(40))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_environments_take_their_layer_unbuilt_with_the_same_digest() {
+    let registry = TestRegistry::start(Default::default());
+    let client = connect(&registry, "puppet/code", &plain_options()).await;
+    let with_pins = |mut env: ImageEnvironment| {
+        env.pins = Pins::new(None, "https://forge.example", &[]);
+        env
+    };
+    let first = push(
+        &client,
+        vec![
+            with_pins(control_repo("production", 'a', "a\n")),
+            with_pins(control_repo("staging", 'b', "b\n")),
+            // Without pins (a module URL with credentials): always fetched.
+            control_repo("test", 'c', "c\n"),
+        ],
+        None,
+        &["latest"],
+    )
+    .await;
+    let raw = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{}", first.reference),
+    ]);
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        manifest["layers"][0]["annotations"][annotations::PINS],
+        r#"{"format":1,"modules":[]}"#
+    );
+    assert!(manifest["layers"][2]["annotations"][annotations::PINS].is_null());
+
+    let output = Output::Registry(client.clone());
+    let previous = previous(&client, &first.reference).await;
+    let recorded = recorded_environments(&previous, &output).await.unwrap();
+    assert_eq!(
+        recorded.keys().collect::<Vec<_>>(),
+        ["production", "staging"],
+        "only layers with pins"
+    );
+    let uploads = registry.blob_uploads("puppet/code").len();
+    let work = tempfile::tempdir().unwrap();
+    let request = ImageRequest {
+        environments: vec![control_repo("test", 'c', "c\n")],
+        unchanged: recorded.values().cloned().collect(),
+        previous: Some(previous),
+        ..Default::default()
+    };
+    let second = build_image(request, &options(work.path(), &["latest"]), &output)
+        .await
+        .unwrap();
+    assert_eq!(
+        second.manifest_digest, first.manifest_digest,
+        "a layer taken unfetched gives the digest a full build gives"
+    );
+    assert!(
+        second
+            .layers
+            .iter()
+            .all(|l| l.origin == LayerOrigin::Reused)
+    );
+    assert_eq!(
+        second.layers[0].inputs, first.layers[0].inputs,
+        "inputs (and so lastBuild) rebuilt from the annotations"
+    );
+    assert_eq!(registry.blob_uploads("puppet/code").len(), uploads);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_environment_failing_publishes_nothing() {
+    let registry = TestRegistry::start(Default::default());
+    let client = connect(&registry, "puppet/code", &plain_options()).await;
+    let first = push(
+        &client,
+        vec![
+            control_repo("production", 'a', "a\n"),
+            control_repo("staging", 'b', "b\n"),
+        ],
+        None,
+        &["latest"],
+    )
+    .await;
+    let manifests = registry.manifest_puts("puppet/code").len();
+    let previous = previous(&client, &first.reference).await;
+    let work = tempfile::tempdir().unwrap();
+    let request = ImageRequest {
+        failed: vec!["production".into(), "staging".into()],
+        previous: Some(previous),
+        ..Default::default()
+    };
+    let result = build_image(
+        request,
+        &options(work.path(), &["latest"]),
+        &Output::Registry(client),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(ImageError::NoEnvironments { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        registry.manifest_puts("puppet/code").len(),
+        manifests,
+        "the kept layers alone are not published again"
     );
 }
 

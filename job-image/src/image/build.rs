@@ -3,6 +3,7 @@
 //! (`--oci-layout`). The pinned reference is the last line of standard output and,
 //! in a pod, the termination message; a failure writes its one-line reason there.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,13 +12,15 @@ use clap::{ArgGroup, Args};
 use super::auth::{AuthError, DockerConfig};
 use super::builder::{
     ImageEnvironment, ImageError, ImageOptions, ImageRequest, Output, PublishedImage, build_image,
+    recorded_environments,
 };
 use super::layout::Layout;
 use super::push::{PushError, Registry, RegistryOptions, Repository, RetryPolicy, read_ca};
 use super::reuse::PreviousImage;
 use crate::cli::{CliError, ReportArgs, SourceArgs};
-use crate::environments::{BuildError, EnvironmentFailure, build_environments};
+use crate::environments::{BuildError, EnvironmentFailure, build_environments_reusing};
 use crate::git::{FetchedRepo, mask_text, mask_url};
+use openvox_crds::codesource::FailedEnvironment;
 
 use crate::progress::Step;
 use crate::status::{BuildContext, StatusError, build_record, write_status};
@@ -87,6 +90,15 @@ pub struct BuiltImage {
 }
 
 impl BuiltImage {
+    /// The termination message: the reference, or `partial: <reference>; N
+    /// environments failed: …` when the image was published without some of them.
+    pub fn result_line(&self) -> String {
+        match self.failure_summary() {
+            Some(summary) => format!("partial: {}; {summary}", self.reference),
+            None => self.reference.clone(),
+        }
+    }
+
     /// One line naming every failure, or `None` when all went well.
     pub fn failure_summary(&self) -> Option<String> {
         if self.failures.is_empty() {
@@ -284,11 +296,24 @@ pub fn write_termination_message(path: &Path, text: &str) {
     }
 }
 
-/// Runs `build`. The termination message gets the reference or the failure.
+/// `lastBuild.failed`: one entry per failed environment, reasons masked.
+pub fn failed_records(failures: &[EnvironmentFailure]) -> Vec<FailedEnvironment> {
+    failures
+        .iter()
+        .map(|f| FailedEnvironment {
+            branch: f.branch.clone(),
+            name: f.name.clone(),
+            reason: mask_text(&f.reason.replace('\n', " ")),
+        })
+        .collect()
+}
+
+/// Runs `build`. The termination message gets the reference (`partial: <reference>;
+/// …` when some environments failed) or the failure.
 pub async fn run_build(args: BuildArgs) -> Result<BuiltImage, RunError> {
     let result = build(&args).await;
     match &result {
-        Ok(built) => write_termination_message(&args.report.termination_log, &built.reference),
+        Ok(built) => write_termination_message(&args.report.termination_log, &built.result_line()),
         Err(e) => write_termination_message(&args.report.termination_log, &e.to_string()),
     }
     result
@@ -326,33 +351,11 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         }
     };
 
-    let environments = build_environments(&source).await?;
-    let control = environments.control.clone();
-    let mut image_environments = Vec::new();
-    let mut failures = environments.failed.clone();
-    for env in &environments.built {
-        let time = match &control {
-            Some(repo) => commit_time(repo, &env.inputs.commit),
-            None => Err("the control repository is gone".to_owned()),
-        };
-        match time {
-            Ok(commit_time) => image_environments.push(ImageEnvironment {
-                inputs: env.inputs.clone(),
-                tree: env.tree.clone(),
-                commit_time,
-            }),
-            Err(reason) => failures.push(EnvironmentFailure {
-                name: Some(env.inputs.name.clone()),
-                branch: env.inputs.branch.clone(),
-                reason,
-            }),
-        }
-    }
-
+    // The previous image first: environments it shows unchanged are not even fetched.
     let from_status = last_build
         .as_ref()
         .map(|b| b.image.clone())
-        .filter(|i| !i.starts_with("oci:") && !i.is_empty());
+        .filter(|i| !i.starts_with("oci:") && !i.starts_with("pvc:") && !i.is_empty());
     let previous = match (args.previous.as_ref().or(from_status.as_ref()), &output) {
         (Some(reference), Output::Registry(_)) => {
             previous_from_registry(reference, &registry_options).await
@@ -375,6 +378,36 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
             }
         },
     };
+    let recorded = match &previous {
+        Some(previous) => recorded_environments(previous, &output)
+            .await
+            .map_err(ImageError::from)?,
+        None => BTreeMap::new(),
+    };
+
+    let environments = build_environments_reusing(&source, &recorded).await?;
+    let control = environments.control.clone();
+    let mut image_environments = Vec::new();
+    let mut failures = environments.failed.clone();
+    for env in &environments.built {
+        let time = match &control {
+            Some(repo) => commit_time(repo, &env.inputs.commit),
+            None => Err("the control repository is gone".to_owned()),
+        };
+        match time {
+            Ok(commit_time) => image_environments.push(ImageEnvironment {
+                inputs: env.inputs.clone(),
+                tree: env.tree.clone(),
+                commit_time,
+                pins: environments.pins.get(&env.inputs.name).cloned(),
+            }),
+            Err(reason) => failures.push(EnvironmentFailure {
+                name: Some(env.inputs.name.clone()),
+                branch: env.inputs.branch.clone(),
+                reason,
+            }),
+        }
+    }
 
     let options = ImageOptions {
         source: source_annotation(&args.source.url),
@@ -390,29 +423,41 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
     let failed_names: Vec<String> = failures.iter().filter_map(|f| f.name.clone()).collect();
     let request = ImageRequest {
         environments: image_environments,
+        unchanged: environments.unchanged.clone(),
         failed: failed_names,
         previous,
     };
+    // Environments whose layer could not be written (or taken) fail like the others.
+    let branch_of = |name: &str| {
+        environments
+            .built
+            .iter()
+            .map(|e| &e.inputs)
+            .chain(environments.unchanged.iter().map(|e| &e.inputs))
+            .find(|i| i.name == name)
+            .map(|i| i.branch.clone())
+            .unwrap_or_default()
+    };
+    let image_failures = |failed: &[(String, String)]| -> Vec<EnvironmentFailure> {
+        failed
+            .iter()
+            .map(|(name, reason)| EnvironmentFailure {
+                name: Some(name.clone()),
+                branch: branch_of(name),
+                reason: reason.clone(),
+            })
+            .collect()
+    };
     let image = match build_image(request, &options, &output).await {
         Ok(image) => image,
-        Err(ImageError::NoEnvironments) if !failures.is_empty() => {
+        Err(ImageError::NoEnvironments { failed }) => {
+            failures.extend(image_failures(&failed));
+            failures.sort_by(|a, b| a.branch.cmp(&b.branch));
             return Err(RunError::AllFailed(failures));
         }
         Err(e) => return Err(e.into()),
     };
-    for (name, reason) in &image.failed {
-        let branch = environments
-            .built
-            .iter()
-            .find(|e| &e.inputs.name == name)
-            .map(|e| e.inputs.branch.clone())
-            .unwrap_or_default();
-        failures.push(EnvironmentFailure {
-            name: Some(name.clone()),
-            branch,
-            reason: reason.clone(),
-        });
-    }
+    failures.extend(image_failures(&image.failed));
     failures.sort_by(|a, b| a.branch.cmp(&b.branch));
     drop(environments);
     if let Some(client) = &status {
@@ -422,7 +467,8 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
             start_time: Some(start_time),
             completion_time: Some(jiff::Timestamp::now()),
         };
-        let record = build_record(&image, last_build.as_ref(), &context);
+        let mut record = build_record(&image, last_build.as_ref(), &context);
+        record.failed = failed_records(&failures);
         write_status(client, &record).await?;
     }
     Ok(BuiltImage {

@@ -24,8 +24,10 @@ use super::reuse::{PreviousImage, PreviousLayer, inputs_key};
 use super::{MAX_LAYERS, annotations, media_types};
 use crate::environments::EnvironmentInputs;
 use crate::limits::Bytes as Size;
+use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::tree::{ContentReader, EnvironmentTree};
+use crate::unchanged::RecordedEnvironment;
 
 /// An environment ready to become a layer.
 #[derive(Debug, Clone)]
@@ -35,6 +37,9 @@ pub struct ImageEnvironment {
     /// Commit time of the environment's branch, seconds since the epoch: the mtime of
     /// every entry.
     pub commit_time: i64,
+    /// Module declarations and resolutions, recorded on the layer (`None`: not
+    /// recordable, the next build fetches the branch).
+    pub pins: Option<Pins>,
 }
 
 /// Where the image goes.
@@ -67,6 +72,9 @@ pub struct ImageOptions {
 pub struct ImageRequest {
     /// Environments built this time.
     pub environments: Vec<ImageEnvironment>,
+    /// Environments found unchanged without fetching their branch: their layer must
+    /// come from the previous image.
+    pub unchanged: Vec<RecordedEnvironment>,
     /// Environments selected but failed this time: their previous layer is kept.
     pub failed: Vec<String>,
     /// The image this one replaces.
@@ -127,10 +135,11 @@ pub struct PublishedImage {
 /// An image build that could not complete; nothing was published.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error(
-        "no environment to put into the image (every selected branch failed and none had a previous layer)"
-    )]
-    NoEnvironments,
+    /// Nothing was built or reused (every selected environment failed, with these
+    /// reasons by environment, beyond those the request named): publishing would only
+    /// repeat the previous image, so nothing is published.
+    #[error("no environment to put into the image: every selected environment failed")]
+    NoEnvironments { failed: Vec<(String, String)> },
     #[error(
         "{count} environments would make {count} layers; container runtimes accept at most {MAX_LAYERS} (narrow git.branches)"
     )]
@@ -158,14 +167,19 @@ fn layer_annotations(
     inputs: &EnvironmentInputs,
     key: &str,
     created: &str,
+    pins: Option<&Pins>,
 ) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut map = BTreeMap::from([
         (annotations::ENVIRONMENT.to_owned(), inputs.name.clone()),
         (annotations::BRANCH.to_owned(), inputs.branch.clone()),
         (annotations::LAYER_REVISION.to_owned(), inputs.revision()),
         (annotations::INPUTS.to_owned(), key.to_owned()),
         (annotations::LAYER_CREATED.to_owned(), created.to_owned()),
-    ])
+    ]);
+    if let Some(pins) = pins {
+        map.insert(annotations::PINS.to_owned(), pins.to_annotation());
+    }
+    map
 }
 
 /// Whether the output has `layer`'s blob, mounting it from the previous repository
@@ -232,6 +246,72 @@ async fn keep_previous(
     }))
 }
 
+/// The previous layer of an environment found unchanged without a fetch; `Err` with
+/// the reason when it is not there any more (it cannot be rebuilt without the branch;
+/// the next build fetches it).
+async fn take_unchanged(
+    env: &RecordedEnvironment,
+    previous: Option<&PreviousImage>,
+    output: &Output,
+) -> Result<Result<PlannedLayer, String>, PushError> {
+    let key = inputs_key(&env.inputs, env.commit_time);
+    let Some((previous, layer)) =
+        previous.and_then(|p| p.reusable(&env.inputs.name, &key).map(|l| (p, l)))
+    else {
+        return Ok(Err(
+            "unchanged, but the previous image has no layer for these inputs".into(),
+        ));
+    };
+    let Some(transfer) = available(output, layer, previous).await? else {
+        return Ok(Err(format!(
+            "unchanged, but its layer {} is gone from the output; the next build fetches it",
+            layer.descriptor.digest
+        )));
+    };
+    let created = rfc3339(env.commit_time);
+    let mut descriptor = layer.descriptor.clone();
+    descriptor.annotations = layer_annotations(&env.inputs, &key, &created, Some(&env.pins));
+    Ok(Ok(PlannedLayer {
+        report: LayerReport {
+            environment: env.inputs.name.clone(),
+            branch: env.inputs.branch.clone(),
+            revision: env.inputs.revision(),
+            digest: descriptor.digest.clone(),
+            size: descriptor.size,
+            origin: LayerOrigin::Reused,
+            transfer,
+            inputs: Some(env.inputs.clone()),
+        },
+        descriptor,
+        diff_id: layer.diff_id.clone(),
+        created,
+    }))
+}
+
+/// The environments of `previous` whose layer the output has (or got by a mount), with
+/// annotations that allow reusing it without a fetch (see [`crate::unchanged`]).
+pub async fn recorded_environments(
+    previous: &PreviousImage,
+    output: &Output,
+) -> Result<BTreeMap<String, RecordedEnvironment>, PushError> {
+    let mut recorded = BTreeMap::new();
+    for (name, layer) in &previous.layers {
+        match RecordedEnvironment::from_layer(layer) {
+            Ok(env) => {
+                if available(output, layer, previous).await?.is_some() {
+                    recorded.insert(name.clone(), env);
+                } else {
+                    tracing::debug!("{name}: previous layer gone from the output; fetched");
+                }
+            }
+            Err(reason) => {
+                tracing::debug!("{name}: previous layer not reusable unfetched: {reason}")
+            }
+        }
+    }
+    Ok(recorded)
+}
+
 /// Builds and publishes the image.
 pub async fn build_image(
     request: ImageRequest,
@@ -240,7 +320,7 @@ pub async fn build_image(
 ) -> Result<PublishedImage, ImageError> {
     let mut environments = request.environments;
     environments.sort_by(|a, b| a.inputs.name.cmp(&b.inputs.name));
-    let count_layers = environments.len() + request.failed.len();
+    let count_layers = environments.len() + request.unchanged.len() + request.failed.len();
     if count_layers > MAX_LAYERS {
         return Err(ImageError::TooManyLayers {
             count: count_layers,
@@ -269,7 +349,8 @@ pub async fn build_image(
             transfer = available(output, layer, previous).await?;
             if let Some(transfer) = transfer {
                 let mut descriptor = layer.descriptor.clone();
-                descriptor.annotations = layer_annotations(&env.inputs, &key, &created);
+                descriptor.annotations =
+                    layer_annotations(&env.inputs, &key, &created, env.pins.as_ref());
                 planned.push(PlannedLayer {
                     report: LayerReport {
                         environment: env.inputs.name.clone(),
@@ -297,6 +378,21 @@ pub async fn build_image(
             to_build.push((index, key));
         }
     }
+    // Unchanged environments were not fetched: their layer is the previous one or none.
+    let mut failed_reports = Vec::new();
+    let mut unchanged_count = 0;
+    for env in &request.unchanged {
+        match take_unchanged(env, request.previous.as_ref(), output).await? {
+            Ok(layer) => {
+                unchanged_count += 1;
+                planned.push(layer);
+            }
+            Err(reason) => {
+                tracing::warn!("{}: {reason}", env.inputs.name);
+                failed_reports.push((env.inputs.name.clone(), reason));
+            }
+        }
+    }
     let mut kept_names = Vec::new();
     for name in &request.failed {
         if let Some(kept) = keep_previous(name, request.previous.as_ref(), output).await? {
@@ -305,9 +401,9 @@ pub async fn build_image(
         }
     }
     step.done(format!(
-        "{} of {} layers reused{}",
+        "{} of {} layers reused ({unchanged_count} without fetching){}",
         planned.len() - kept_names.len(),
-        environments.len(),
+        environments.len() + request.unchanged.len(),
         if kept_names.is_empty() {
             String::new()
         } else {
@@ -322,7 +418,7 @@ pub async fn build_image(
         let env = &environments[index];
         let created = rfc3339(env.commit_time);
         let mut descriptor = Descriptor::new(media_types::LAYER_GZIP, &file.digest, file.size);
-        descriptor.annotations = layer_annotations(&env.inputs, &key, &created);
+        descriptor.annotations = layer_annotations(&env.inputs, &key, &created, env.pins.as_ref());
         planned.push(PlannedLayer {
             report: LayerReport {
                 environment: env.inputs.name.clone(),
@@ -340,15 +436,16 @@ pub async fn build_image(
         });
     }
     // Environments whose layer could not be written keep their previous one too.
-    let mut failed_reports = Vec::new();
     for (name, reason) in failed {
         if let Some(kept) = keep_previous(&name, request.previous.as_ref(), output).await? {
             planned.push(kept);
         }
         failed_reports.push((name, reason));
     }
-    if planned.is_empty() {
-        return Err(ImageError::NoEnvironments);
+    if planned.iter().all(|l| l.report.origin == LayerOrigin::Kept) {
+        return Err(ImageError::NoEnvironments {
+            failed: failed_reports,
+        });
     }
     planned.sort_by(|a, b| a.report.environment.cmp(&b.report.environment));
 

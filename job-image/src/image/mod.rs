@@ -61,6 +61,9 @@ pub mod annotations {
     pub const INPUTS: &str = "org.voxpupuli.openvox-code.inputs";
     /// On each layer: the commit time (RFC 3339).
     pub const LAYER_CREATED: &str = "org.voxpupuli.openvox-code.created";
+    /// On each layer: how its modules were declared and what they resolved to
+    /// (see `crate::pins`), so the next build can reuse it without fetching its branch.
+    pub const PINS: &str = "org.voxpupuli.openvox-code.pins";
     /// On the manifest and as a label: the environments, in layer order, joined by `,`.
     pub const ENVIRONMENTS: &str = "org.voxpupuli.openvox-code.environments";
 }

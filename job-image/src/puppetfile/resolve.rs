@@ -158,14 +158,7 @@ impl Resolver {
                     ForgeVersion::Latest => None,
                 };
                 let release = self
-                    .releases
-                    .get(&(base.clone(), slug.clone(), version.clone()), async {
-                        let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
-                        self.forge
-                            .release(&base, slug, version.as_deref())
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
+                    .forge_release(&base, slug, version)
                     .await
                     .map_err(fail)?;
                 let unpacked = self
@@ -223,7 +216,35 @@ impl Resolver {
         }
     }
 
-    async fn list(&self, url: &str) -> Result<Arc<Vec<RemoteRef>>, String> {
+    /// The release `version` (or the current one) of `slug` on the Forge at `base`,
+    /// looked up once per build.
+    pub async fn forge_release(
+        &self,
+        base: &str,
+        slug: &str,
+        version: Option<String>,
+    ) -> Result<Arc<ForgeRelease>, String> {
+        self.releases
+            .get(
+                &(base.to_owned(), slug.to_owned(), version.clone()),
+                async {
+                    let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
+                    self.forge
+                        .release(base, slug, version.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())
+                },
+            )
+            .await
+    }
+
+    /// The `forge` base URL of a Puppetfile whose `forge` line is `puppetfile_forge`.
+    pub fn forge_base(&self, puppetfile_forge: Option<&str>) -> String {
+        forge_base(puppetfile_forge, &self.configured_forge)
+    }
+
+    /// Branches and tags of `url` (no object fetched), listed once per build.
+    pub async fn list(&self, url: &str) -> Result<Arc<Vec<RemoteRef>>, String> {
         self.listings
             .get(&url.to_owned(), async {
                 let _permit = self.network.acquire().await.map_err(|e| e.to_string())?;
@@ -304,40 +325,10 @@ impl Resolver {
             }
         }
         let refs = self.list(url).await?;
-        let find = |name: &str| refs.iter().find(|r| r.name == name);
-        let branch_or_default = |branch: &str| -> Result<&RemoteRef, String> {
-            find(&format!("refs/heads/{branch}"))
-                .or_else(|| default_branch.and_then(|d| find(&format!("refs/heads/{d}"))))
-                .ok_or_else(|| match default_branch {
-                    Some(d) => {
-                        format!("{url}: neither branch {branch:?} nor default branch {d:?} exists")
-                    }
-                    None => format!("{url}: branch {branch:?} does not exist"),
-                })
+        let picked = match pick_ref(&refs, url, want, default_branch, control_branch)? {
+            Picked::Ref(found) => found,
+            Picked::Commit(prefix) => return self.commit_by_prefix(url, &prefix, &refs).await,
         };
-        let picked: Result<&RemoteRef, String> = match want {
-            GitWant::Branch(b) => branch_or_default(b),
-            GitWant::ControlBranch => branch_or_default(control_branch),
-            GitWant::Tag(t) => find(&format!("refs/tags/{t}"))
-                .ok_or_else(|| format!("{url}: tag {t:?} does not exist")),
-            GitWant::Ref(r) if r.starts_with("refs/") => {
-                find(r).ok_or_else(|| format!("{url}: ref {r:?} does not exist"))
-            }
-            GitWant::Ref(r) => {
-                match find(&format!("refs/heads/{r}")).or_else(|| find(&format!("refs/tags/{r}"))) {
-                    Some(found) => Ok(found),
-                    None if is_hex_id(r) => return self.commit_by_prefix(url, r, &refs).await,
-                    None => match default_branch.and_then(|d| find(&format!("refs/heads/{d}"))) {
-                        Some(found) => Ok(found),
-                        None => Err(format!(
-                            "{url}: ref {r:?} is neither a branch, a tag nor a commit id"
-                        )),
-                    },
-                }
-            }
-            GitWant::Commit(prefix) => return self.commit_by_prefix(url, prefix, &refs).await,
-        };
-        let picked = picked?;
         let repo = self
             .fetch(url, FetchWant::Ref(picked.name.clone()), Depth::Shallow)
             .await?;
@@ -355,11 +346,7 @@ impl Resolver {
         refs: &[RemoteRef],
     ) -> Result<(Arc<FetchedRepo>, gix::ObjectId), String> {
         let prefix = prefix.to_ascii_lowercase();
-        let tips: Vec<&RemoteRef> = refs
-            .iter()
-            .filter(|r| r.commit().to_string().starts_with(&prefix))
-            .collect();
-        if let Some(tip) = tips.first() {
+        if let Some(tip) = first_tip_with_prefix(refs, &prefix) {
             let want = FetchWant::Ref(tip.name.clone());
             let repo = self.fetch(url, want.clone(), Depth::Shallow).await?;
             let commit = repo
@@ -389,6 +376,71 @@ impl Resolver {
         let commit = repo.resolve_prefix(prefix).map_err(|e| e.to_string())?;
         Ok((repo, commit))
     }
+}
+
+/// What a listing of a module repository says a git want designates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Picked<'a> {
+    /// This listed branch or tag.
+    Ref(&'a RemoteRef),
+    /// A commit id (lower-case, possibly abbreviated) to look for by prefix.
+    Commit(String),
+}
+
+/// Picks from `refs` (branches and tags of `url`) what `want` designates, r10k's way:
+/// `:branch` and `:control_branch` fall back to the default branch; `:ref` is a branch,
+/// else a tag, else a commit id, else the default branch. A full `:commit` id is
+/// fetched directly and never comes here. Pure, so the resolver and the unchanged
+/// check (`crate::unchanged`) cannot disagree on what a declaration means.
+pub fn pick_ref<'a>(
+    refs: &'a [RemoteRef],
+    url: &str,
+    want: &GitWant,
+    default_branch: Option<&str>,
+    control_branch: &str,
+) -> Result<Picked<'a>, String> {
+    let find = |name: &str| refs.iter().find(|r| r.name == name);
+    let branch_or_default = |branch: &str| -> Result<Picked<'a>, String> {
+        find(&format!("refs/heads/{branch}"))
+            .or_else(|| default_branch.and_then(|d| find(&format!("refs/heads/{d}"))))
+            .map(Picked::Ref)
+            .ok_or_else(|| match default_branch {
+                Some(d) => {
+                    format!("{url}: neither branch {branch:?} nor default branch {d:?} exists")
+                }
+                None => format!("{url}: branch {branch:?} does not exist"),
+            })
+    };
+    match want {
+        GitWant::Branch(b) => branch_or_default(b),
+        GitWant::ControlBranch => branch_or_default(control_branch),
+        GitWant::Tag(t) => find(&format!("refs/tags/{t}"))
+            .map(Picked::Ref)
+            .ok_or_else(|| format!("{url}: tag {t:?} does not exist")),
+        GitWant::Ref(r) if r.starts_with("refs/") => find(r)
+            .map(Picked::Ref)
+            .ok_or_else(|| format!("{url}: ref {r:?} does not exist")),
+        GitWant::Ref(r) => {
+            match find(&format!("refs/heads/{r}")).or_else(|| find(&format!("refs/tags/{r}"))) {
+                Some(found) => Ok(Picked::Ref(found)),
+                None if is_hex_id(r) => Ok(Picked::Commit(r.to_ascii_lowercase())),
+                None => default_branch
+                    .and_then(|d| find(&format!("refs/heads/{d}")))
+                    .map(Picked::Ref)
+                    .ok_or_else(|| {
+                        format!("{url}: ref {r:?} is neither a branch, a tag nor a commit id")
+                    }),
+            }
+        }
+        GitWant::Commit(prefix) => Ok(Picked::Commit(prefix.to_ascii_lowercase())),
+    }
+}
+
+/// The first listed ref whose commit starts with `prefix` (lower-case): an abbreviated
+/// commit id that is some tip is taken from that tip before history is searched.
+pub fn first_tip_with_prefix<'a>(refs: &'a [RemoteRef], prefix: &str) -> Option<&'a RemoteRef> {
+    refs.iter()
+        .find(|r| r.commit().to_string().starts_with(prefix))
 }
 
 fn is_hex_id(text: &str) -> bool {
