@@ -6,6 +6,7 @@
 //! and cached by the reconciler; the patch ([`code_patch`]) is built for that shape.
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use openvox_crds::codesource::OutputSpec;
 use openvox_crds::operator::{CodeEntry, CodeShape, Config};
 use serde_json::{Value, json};
 
@@ -28,6 +29,26 @@ pub enum CodeTarget {
     Image(String),
     /// `claimName: <pvc>`.
     Claim(String),
+}
+
+/// Prefix of `lastBuild.image` for PVC output (`pvc:<claim>@sha256:<digest>`).
+pub const CLAIM_RECORD_PREFIX: &str = "pvc:";
+
+/// What the Config should carry for a build whose `lastBuild.image` is `built`, under
+/// the current `output`: the claim when the build wrote into that claim, the image when
+/// the build pushed one. `None` when the build belongs to another output (the output
+/// was switched and the first build for it has not finished): the Config keeps what it
+/// has, so servers never get an empty claim or a claim record as an image.
+pub fn code_target(output: &OutputSpec, built: &str) -> Option<CodeTarget> {
+    match output.claim_name.as_deref().filter(|c| !c.is_empty()) {
+        Some(claim) => built
+            .strip_prefix(CLAIM_RECORD_PREFIX)
+            .and_then(|rest| rest.strip_prefix(claim))
+            .is_some_and(|rest| rest.starts_with('@'))
+            .then(|| CodeTarget::Claim(claim.to_owned())),
+        None => (!built.starts_with(CLAIM_RECORD_PREFIX) && !built.starts_with("oci:"))
+            .then(|| CodeTarget::Image(built.to_owned())),
+    }
 }
 
 /// Reads the shape of `spec.code` from the CRD's schema (the `v1alpha1` version, or
@@ -234,6 +255,48 @@ mod tests {
     }
 
     #[test]
+    fn single_shape_sends_only_the_claim() {
+        let patch = code_patch(ShapeKind::Single, None, &CodeTarget::Claim("code".into()));
+        assert_eq!(patch["spec"]["code"], json!({"claimName": "code"}));
+    }
+
+    #[test]
+    fn a_build_is_published_only_into_the_output_it_was_made_for() {
+        let claim = OutputSpec {
+            claim_name: Some("code".into()),
+            ..Default::default()
+        };
+        let image = OutputSpec {
+            image: Some("r.example/code".into()),
+            ..Default::default()
+        };
+        let pvc = format!("pvc:code@sha256:{}", "a".repeat(64));
+        let pushed = format!("r.example/code@sha256:{}", "b".repeat(64));
+        assert_eq!(
+            code_target(&claim, &pvc),
+            Some(CodeTarget::Claim("code".into()))
+        );
+        // Switched outputs: the old build is not published into the new one.
+        assert_eq!(code_target(&claim, &pushed), None);
+        assert_eq!(code_target(&image, &pvc), None);
+        let other_claim = OutputSpec {
+            claim_name: Some("code2".into()),
+            ..Default::default()
+        };
+        assert_eq!(code_target(&other_claim, &pvc), None);
+        let prefix_claim = OutputSpec {
+            claim_name: Some("co".into()),
+            ..Default::default()
+        };
+        assert_eq!(code_target(&prefix_claim, &pvc), None);
+        assert_eq!(
+            code_target(&image, &pushed),
+            Some(CodeTarget::Image(pushed.clone()))
+        );
+        assert_eq!(code_target(&image, "oci:/tmp/layout@sha256:1"), None);
+    }
+
+    #[test]
     fn carries_compares_the_whole_tree_entry() {
         let mut config = Config::new("c", Default::default());
         assert!(!carries(&config, &CodeTarget::Image("r@sha256:1".into())));
@@ -243,5 +306,11 @@ mod tests {
         }));
         assert!(carries(&config, &CodeTarget::Image("r@sha256:1".into())));
         assert!(!carries(&config, &CodeTarget::Image("r@sha256:2".into())));
+        assert!(!carries(&config, &CodeTarget::Claim("code".into())));
+        config.spec.code = Some(CodeShape::List(vec![CodeEntry {
+            claim_name: Some("code".into()),
+            ..Default::default()
+        }]));
+        assert!(carries(&config, &CodeTarget::Claim("code".into())));
     }
 }

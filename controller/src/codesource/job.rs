@@ -120,7 +120,14 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
                 args.extend(["--previous".into(), previous.to_string()]);
             }
         }
-        None => args.extend(["--dir".into(), CLAIM_DIR.into()]),
+        None => {
+            args.extend(["--dir".into(), CLAIM_DIR.into()]);
+            // Named in lastBuild.image (`pvc:<claim>@sha256:…`), which the controller
+            // publishes only while it names the claim of the spec.
+            if let Some(claim) = spec.output.claim_name.as_ref() {
+                args.extend(["--claim-name".into(), claim.clone()]);
+            }
+        }
     }
     args.extend([
         "--codesource".into(),
@@ -451,6 +458,11 @@ mod tests {
         let args = container(&job).args.clone().unwrap();
         assert_eq!(args[0], "sync");
         assert!(args.windows(2).any(|w| w == ["--dir", CLAIM_DIR]));
+        assert!(args.windows(2).any(|w| w == ["--claim-name", "code"]));
+        // The worker's sync reports like its build does.
+        for flag in ["--codesource", "--inputs-hash", "--job-name"] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing: {args:?}");
+        }
         assert!(!args.contains(&"--image".to_string()));
         assert!(!args.contains(&"--previous".to_string()));
         let volumes = pod(&job).volumes.as_ref().unwrap();

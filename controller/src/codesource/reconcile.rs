@@ -23,7 +23,9 @@ use openvox_crds::{CodeSource, CodeSourceStatus};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::config::{CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, shape_from_crd};
+use super::config::{
+    CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, code_target, shape_from_crd,
+};
 use super::decide::{Decision, Facts, JobState, JobSummary, LaunchReason, decide, spec_hash};
 use super::heads::{GitAuth, HeadCache, HeadRequest, instant_of, redact_url, wanted_heads};
 use super::job::{LaunchParams, desired_job};
@@ -363,11 +365,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         (Some(config_name), Some(build)) if !config_name.is_empty() => {
             if last_build_job_active {
                 ConfigState::Pending
-            } else {
-                let target = match cs.spec.output.claim_name.as_ref().filter(|c| !c.is_empty()) {
-                    Some(claim) => CodeTarget::Claim(claim.clone()),
-                    None => CodeTarget::Image(build.image.clone()),
-                };
+            } else if let Some(target) = code_target(&cs.spec.output, &build.image) {
                 match publish_config(ctx, cs, &ns, config_name, &target, &old, now).await {
                     Ok(Some(record)) => {
                         status.config = Some(record);
@@ -390,6 +388,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                         state
                     }
                 }
+            } else {
+                // The last build was made for another output (switched since): the
+                // Config keeps what it has until the first build for this one lands.
+                ConfigState::Pending
             }
         }
         _ => ConfigState::NotWanted,
@@ -670,7 +672,11 @@ async fn launch(
         .as_ref()
         .and_then(|s| s.last_build.as_ref())
         .map(|b| b.image.as_str())
-        .filter(|i| i.contains("@sha256:"));
+        // Only a pushed image (not a claim's record) has layers to reuse.
+        .filter(|i| {
+            i.contains("@sha256:")
+                && matches!(code_target(&cs.spec.output, i), Some(CodeTarget::Image(_)))
+        });
     let params = apply_params();
     let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), ns);
     let sa = desired_service_account(cs);
