@@ -691,5 +691,13 @@ mod tests {
         let mut other_branches = spec.clone();
         other_branches.git.exclude_branches = vec!["x".into()];
         assert_ne!(spec_hash(&spec), spec_hash(&other_branches));
+        // PVC output: switching to a claim, or to another claim, is a new output.
+        let mut claim = spec.clone();
+        claim.output.image = None;
+        claim.output.claim_name = Some("code".into());
+        assert_ne!(spec_hash(&spec), spec_hash(&claim));
+        let mut other_claim = claim.clone();
+        other_claim.output.claim_name = Some("code2".into());
+        assert_ne!(spec_hash(&claim), spec_hash(&other_claim));
     }
 }
