@@ -18,6 +18,9 @@ use crate::sync::SyncOptions;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// `--log-format text|json` (env OPENVOX_CODE_LOG_FORMAT), for every command.
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 // Parsed once at start; the variants' sizes do not matter.

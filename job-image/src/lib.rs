@@ -17,6 +17,7 @@ pub mod forge;
 pub use openvox_git as git;
 pub mod image;
 pub mod limits;
+pub mod logging;
 pub mod pins;
 pub mod progress;
 pub mod puppetfile;

@@ -1,12 +1,11 @@
 //! `openvox-code-worker`: see `openvox-code-worker --help`.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use openvox_code_worker::cli::{Cli, Command};
-use openvox_code_worker::git::mask_text;
 use openvox_code_worker::image::build::run_build;
+use openvox_code_worker::logging;
 use openvox_code_worker::progress::count;
 use openvox_code_worker::sync::run_sync;
 use openvox_crds::names::WORKER_PERMANENT_FAILURE_EXIT_CODE;
@@ -25,15 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    logging::init(cli.log.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -71,10 +62,7 @@ fn main() -> ExitCode {
                 // Some environments failed, the others are in place: a success with a
                 // warning (the record in status lists the failures).
                 if let Some(summary) = synced.report.failure_summary() {
-                    eprintln!(
-                        "warning: partial: {}",
-                        mask_text(&summary.replace('\n', " "))
-                    );
+                    logging::final_warning(&format!("partial: {summary}"));
                 }
                 ExitCode::SUCCESS
             }
@@ -88,10 +76,13 @@ fn main() -> ExitCode {
             Ok(built) => {
                 // The pinned reference is the last line of standard output.
                 println!("{}", built.reference);
-                match built.failure_summary() {
-                    Some(summary) => fail(&summary),
-                    None => ExitCode::SUCCESS,
+                // Published without some environments (they keep their previous layer):
+                // a success, since a retry would build the same; `lastBuild.failed` and
+                // the termination message (`partial: …`) tell the controller.
+                if let Some(summary) = built.failure_summary() {
+                    logging::final_warning(&format!("partial: {summary}"));
                 }
+                ExitCode::SUCCESS
             }
             Err(e) if e.is_permanent() => {
                 let _ = fail(&e.to_string());
@@ -108,6 +99,6 @@ fn permanent_failure_code() -> u8 {
 }
 
 fn fail(reason: &str) -> ExitCode {
-    eprintln!("error: {}", mask_text(&reason.replace('\n', " ")));
+    logging::final_error(reason);
     ExitCode::FAILURE
 }

@@ -431,3 +431,363 @@ fn unusable_arguments_fail_with_the_permanent_exit_code() {
     let message = std::fs::read_to_string(scratch.path().join("termination-log")).unwrap();
     assert!(message.contains("without tag"), "{message}");
 }
+
+/// A control repository and module repositories served by `git daemon`, and a registry.
+struct Served {
+    scratch: harness::fixtures::Scratch,
+    _daemon: harness::fixtures::Server,
+    port: u16,
+    registry: TestRegistry,
+    control: harness::fixtures::Bare,
+    work: std::path::PathBuf,
+}
+
+impl Served {
+    fn new() -> Self {
+        let scratch = harness::fixtures::Scratch::new();
+        let repos = scratch.mkdir("repos");
+        let control = harness::fixtures::Bare::init(&repos.join("control.git"));
+        let daemon = harness::fixtures::git_daemon(&repos, scratch.path("git-daemon.log"));
+        let port = daemon.port;
+        let work = scratch.mkdir("work");
+        Self {
+            scratch,
+            _daemon: daemon,
+            port,
+            registry: TestRegistry::start(Default::default()),
+            control,
+            work,
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn repo(&self, name: &str) -> harness::fixtures::Bare {
+        harness::fixtures::Bare::init(&self.scratch.dir.path().join("repos").join(name))
+    }
+
+    fn image(&self) -> String {
+        format!("{}/puppet/code", self.registry.host())
+    }
+
+    /// `build` of every branch with `extra` arguments: (success, stdout, stderr).
+    fn build(&self, extra: &[&str]) -> (bool, String, String) {
+        let url = self.url("control.git");
+        let image = self.image();
+        let mut args = vec![
+            "build",
+            "--url",
+            &url,
+            "--branch",
+            "*",
+            "--image",
+            &image,
+            "--tag",
+            "latest",
+            "--insecure",
+            "--timeout",
+            "30s",
+        ];
+        args.extend_from_slice(extra);
+        worker(&args, &self.work)
+    }
+
+    fn termination_message(&self) -> String {
+        std::fs::read_to_string(self.work.join("termination-log")).unwrap()
+    }
+}
+
+fn control_branch(served: &Served, branch: &str, puppetfile: &str) {
+    use harness::fixtures::file;
+    served.control.commit(
+        branch,
+        branch,
+        &[
+            ("Puppetfile", file(puppetfile)),
+            ("manifests/site.pp", file(&format!("# {branch}\n"))),
+        ],
+    );
+}
+
+#[test]
+fn unchanged_branches_are_not_fetched_and_moved_modules_are_rebuilt() {
+    use harness::fixtures::{file, git, run};
+    let served = Served::new();
+    let branchy = served.repo("branchy.git");
+    branchy.commit(
+        "main",
+        "one",
+        &[("manifests/init.pp", file("class branchy {}\n"))],
+    );
+    let tagged = served.repo("tagged.git");
+    tagged.commit(
+        "main",
+        "one",
+        &[("manifests/init.pp", file("class tagged {}\n"))],
+    );
+    tagged.tag("v1", "main");
+    let pinned = served.repo("pinned.git");
+    let pinned_commit = pinned.commit(
+        "main",
+        "one",
+        &[("manifests/init.pp", file("class pinned {}\n"))],
+    );
+    control_branch(
+        &served,
+        "production",
+        &format!(
+            "mod 'branchy', :git => '{}', :branch => 'main'\nmod 'pinned', :git => '{}', :commit => '{pinned_commit}'\n",
+            served.url("branchy.git"),
+            served.url("pinned.git")
+        ),
+    );
+    control_branch(
+        &served,
+        "staging",
+        &format!(
+            "mod 'tagged', :git => '{}', :tag => 'v1'\n",
+            served.url("tagged.git")
+        ),
+    );
+    control_branch(&served, "plain", "");
+
+    let (ok, stdout, stderr) = served.build(&[]);
+    assert!(ok, "{stderr}");
+    let first = stdout.lines().last().unwrap().to_owned();
+    let uploads = served.registry.blob_uploads("puppet/code").len();
+    assert_eq!(uploads, 4, "three layers and the config: {stderr}");
+
+    // Nothing changed: no branch is fetched, no module either, and the digest is the
+    // one a full build gave.
+    let (ok, stdout, stderr) = served.build(&[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().last().unwrap(), first, "{stderr}");
+    for env in ["production", "staging", "plain"] {
+        assert!(
+            stderr.contains(&format!("check    {env}: unchanged at")),
+            "{env}: {stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("fetch    "),
+        "a branch was fetched: {stderr}"
+    );
+    assert!(
+        !stderr.contains("module   "),
+        "a module was fetched: {stderr}"
+    );
+    assert!(
+        stderr.contains("3 of 3 layers reused (3 without fetching)"),
+        "{stderr}"
+    );
+    assert_eq!(served.registry.blob_uploads("puppet/code").len(), uploads);
+
+    // The branch a module follows moves: that environment is fetched and rebuilt.
+    branchy.commit(
+        "main",
+        "two",
+        &[(
+            "manifests/init.pp",
+            file("class branchy { notify { 'two': } }\n"),
+        )],
+    );
+    let (ok, stdout, stderr) = served.build(&[]);
+    assert!(ok, "{stderr}");
+    let second = stdout.lines().last().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert!(
+        stderr.contains("check    production: module branchy moved; fetching"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("check    staging: unchanged at"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("layer    production"), "{stderr}");
+    assert!(!stderr.contains("layer    staging"), "{stderr}");
+    assert_eq!(
+        served.registry.blob_uploads("puppet/code").len(),
+        uploads + 2,
+        "one layer and the config: {stderr}"
+    );
+
+    // A tag moved to another commit counts as a change too.
+    tagged.commit(
+        "main",
+        "two",
+        &[(
+            "manifests/init.pp",
+            file("class tagged { notify { 'two': } }\n"),
+        )],
+    );
+    run(git(&tagged.path).args(["tag", "-f", "-a", "v1", "-m", "v1", "refs/heads/main"]));
+    let (ok, stdout, stderr) = served.build(&[]);
+    assert!(ok, "{stderr}");
+    assert_ne!(stdout.lines().last().unwrap(), second);
+    assert!(
+        stderr.contains("check    staging: module tagged moved; fetching"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("layer    staging"), "{stderr}");
+
+    // A new commit on the control branch is fetched, the others are not.
+    control_branch(&served, "plain", "# changed\n");
+    let (ok, _, stderr) = served.build(&[]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("check    plain: new commit"), "{stderr}");
+    assert!(
+        stderr.contains("fetch    ") && stderr.contains(": 1 branches"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn partial_builds_publish_the_good_environments_and_exit_zero() {
+    let served = Served::new();
+    control_branch(&served, "production", "");
+    control_branch(&served, "staging", "");
+    let (ok, stdout, stderr) = served.build(&[]);
+    assert!(ok, "{stderr}");
+    let first = stdout.lines().last().unwrap().to_owned();
+
+    // staging breaks: production advances, staging keeps its layer, the build succeeds
+    // with the reference last on stdout and a partial termination message.
+    control_branch(&served, "production", "# new\n");
+    control_branch(
+        &served,
+        "staging",
+        "mod 'x', :svn => 'https://svn.example/x'\n",
+    );
+    let manifests = served.registry.manifest_puts("puppet/code").len();
+    let (ok, stdout, stderr) = served.build(&["--log-format", "json"]);
+    assert!(ok, "a partial build exits 0: {stderr}");
+    let reference = stdout.lines().last().unwrap().to_owned();
+    assert!(
+        reference.starts_with(&format!("{}@sha256:", served.image())),
+        "{stdout}"
+    );
+    assert_ne!(reference, first);
+    let message = served.termination_message();
+    assert!(
+        message.starts_with(&format!(
+            "partial: {reference}; 1 environments failed: staging: "
+        )),
+        "{message}"
+    );
+    assert_eq!(
+        served.registry.manifest_puts("puppet/code").len(),
+        manifests + 2,
+        "published by digest and tag"
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--raw",
+        &format!("docker://{reference}"),
+    ]))
+    .unwrap();
+    let revisions = manifest["annotations"]["org.opencontainers.image.revision"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let staging_before = served.control.head("staging").unwrap();
+    assert!(!revisions.contains(&staging_before), "{revisions}");
+    assert_eq!(
+        manifest["layers"].as_array().unwrap().len(),
+        2,
+        "staging kept"
+    );
+    // --log-format json: every line on standard error is one JSON object.
+    for line in stderr.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(
+            value["level"].is_string() && value["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        stderr.contains("\"message\":\"layer    production"),
+        "{stderr}"
+    );
+
+    // Every environment fails: nothing is published, the exit code says so.
+    control_branch(
+        &served,
+        "production",
+        "mod 'y', :svn => 'https://svn.example/y'\n",
+    );
+    let manifests = served.registry.manifest_puts("puppet/code").len();
+    let (ok, stdout, stderr) = served.build(&[]);
+    assert!(!ok, "{stdout}");
+    assert_eq!(
+        served.registry.manifest_puts("puppet/code").len(),
+        manifests
+    );
+    assert!(
+        served
+            .termination_message()
+            .starts_with("every environment failed: "),
+        "{}",
+        served.termination_message()
+    );
+    assert!(
+        stderr.lines().last().unwrap().starts_with("error: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_log_format_comes_from_the_environment_too() {
+    let served = Served::new();
+    control_branch(&served, "production", "");
+    let url = served.url("control.git");
+    let layout = served.scratch.path("layout");
+    let output = Command::new(env!("CARGO_BIN_EXE_openvox-code-worker"))
+        .args([
+            "build",
+            "--url",
+            &url,
+            "--branch",
+            "production",
+            "--oci-layout",
+        ])
+        .arg(&layout)
+        .arg("--work-dir")
+        .arg(&served.work)
+        .env("OPENVOX_CODE_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stdout.lines().last().unwrap().starts_with("oci:"),
+        "{stdout}"
+    );
+    assert!(!stderr.is_empty());
+    for line in stderr.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    }
+    // Text (the default) is not JSON.
+    let (ok, _, stderr) = worker(
+        &[
+            "build",
+            "--url",
+            &url,
+            "--branch",
+            "production",
+            "--oci-layout",
+            layout.to_str().unwrap(),
+        ],
+        &served.work,
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("publish  sha256:")),
+        "{stderr}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(stderr.lines().next().unwrap()).is_err());
+}

@@ -574,6 +574,50 @@ mod tests {
     }
 
     #[test]
+    fn partial_results_name_the_reference_and_every_failure() {
+        let failures = vec![
+            EnvironmentFailure {
+                name: Some("feature_x".into()),
+                branch: "feature/x".into(),
+                reason: "module m: fetch https://user:pw@git.example/m.git:\nrefused".into(),
+            },
+            EnvironmentFailure {
+                name: None,
+                branch: "Bad-Name".into(),
+                reason: "not a valid environment name".into(),
+            },
+        ];
+        let records = failed_records(&failures);
+        assert_eq!(records[0].branch, "feature/x");
+        assert_eq!(records[0].name.as_deref(), Some("feature_x"));
+        assert!(!records[0].reason.contains("pw@"), "{}", records[0].reason);
+        assert!(!records[0].reason.contains('\n'));
+        assert_eq!(records[1].name, None);
+
+        let image = PublishedImage {
+            reference: "r.example/code@sha256:ab".into(),
+            manifest_digest: "sha256:ab".into(),
+            layers: Vec::new(),
+            failed: Vec::new(),
+            sent_blobs: 0,
+            sent_bytes: 0,
+        };
+        let mut built = BuiltImage {
+            reference: image.reference.clone(),
+            image,
+            failures: Vec::new(),
+        };
+        assert_eq!(built.result_line(), "r.example/code@sha256:ab");
+        built.failures = failures;
+        let line = built.result_line();
+        assert!(
+            line.starts_with("partial: r.example/code@sha256:ab; 2 environments failed: feature_x (branch feature/x): "),
+            "{line}"
+        );
+        assert!(line.contains("branch Bad-Name: not a valid"), "{line}");
+    }
+
+    #[test]
     fn termination_messages_are_one_masked_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("termination-log");
