@@ -32,7 +32,8 @@ repo=$(cd "$here/../.." && pwd)
 cache="${OPENVOX_CODE_CACHE:-$HOME/.cache/openvox-code}"
 gateway_api_version="v1.6.3"
 gateway_api_crd="gateway.networking.k8s.io_tlsroutes.yaml"
-service_cidr="10.0.0.0/24"
+# /20: room for the scale benchmark's 1,000 Pool Services (a /24 ran out at 254).
+service_cidr="10.0.0.0/20"
 
 log() { echo "cluster: $*" >&2; }
 # elapsed START [END]: seconds between two $EPOCHREALTIME values, to 0.1 s
