@@ -30,6 +30,8 @@ pub enum BranchError {
         environment: String,
         branches: Vec<String>,
     },
+    #[error("an empty branch name cannot become an environment")]
+    EmptyName,
     #[error("branch pattern list is empty: give at least one --branch")]
     NoPatterns,
     #[error("branch pattern {0:?} is empty")]
@@ -113,6 +115,11 @@ pub fn corrected_name(branch: &str) -> String {
 pub fn environment_name(branch: &str, policy: InvalidBranches) -> Result<String, BranchError> {
     if is_valid_environment_name(branch) {
         return Ok(branch.to_owned());
+    }
+    // Corrected, "" stayed "": an environment named "" is the output directory itself
+    // (found by tests/properties.rs). git refuses such a branch, a hostile server may not.
+    if branch.is_empty() {
+        return Err(BranchError::EmptyName);
     }
     let corrected = corrected_name(branch);
     match policy {
