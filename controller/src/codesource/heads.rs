@@ -263,6 +263,30 @@ pub fn instant_of(at: Timestamp, now: Timestamp, now_instant: Instant) -> Instan
     now_instant.checked_sub(ago).unwrap_or(now_instant)
 }
 
+/// Since when a head listing is recent enough to be shared with a check (`None`: only
+/// a listing started now will do), given why the check runs:
+/// - a manual trigger, webhook, retry after a failed check, or a spec change of a
+///   CodeSource already reconciled (`fresh_wanted`) wants the heads as of now;
+/// - a CodeSource never reconciled before may share any listing started since it was
+///   `created`: it did not exist before, so such a listing is as new to it as one made
+///   now, and many CodeSources applied at once (an install, a restore) then list each
+///   repository once instead of once each;
+/// - otherwise a scheduled tick shares every listing since the tick came `due`.
+pub fn shared_listing_since(
+    fresh_wanted: bool,
+    never_reconciled: bool,
+    created: Option<Timestamp>,
+    due: Option<Timestamp>,
+) -> Option<Timestamp> {
+    if fresh_wanted {
+        None
+    } else if never_reconciled {
+        created
+    } else {
+        due
+    }
+}
+
 /// The wanted branches among `all`: included by a `branches` entry (exact name or glob)
 /// and excluded by no `excludeBranches` glob, by [`openvox_git::glob`], the rule the
 /// worker selects with. Values are revisions in Flux's form, `<branch>@sha1:<commit>`.
@@ -371,6 +395,33 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn checks_share_listings_as_far_back_as_their_reason_allows() {
+        let created: Timestamp = "2026-03-01T09:59:30Z".parse().unwrap();
+        let due: Timestamp = "2026-03-01T10:00:00Z".parse().unwrap();
+        // Trigger, webhook, retry or spec change: fresh, whatever else holds.
+        assert_eq!(
+            shared_listing_since(true, true, Some(created), Some(due)),
+            None
+        );
+        assert_eq!(shared_listing_since(true, false, None, Some(due)), None);
+        // A new CodeSource: anything since it exists.
+        assert_eq!(
+            shared_listing_since(false, true, Some(created), Some(due)),
+            Some(created)
+        );
+        assert_eq!(shared_listing_since(false, true, None, Some(due)), None);
+        // A scheduled tick: anything since the tick.
+        assert_eq!(
+            shared_listing_since(false, false, Some(created), Some(due)),
+            Some(due)
+        );
+        assert_eq!(
+            shared_listing_since(false, false, Some(created), None),
+            None
+        );
+    }
 
     #[test]
     fn wall_clock_times_map_to_instants_read_with_them() {

@@ -27,7 +27,9 @@ use super::config::{
     CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, code_target, shape_from_crd,
 };
 use super::decide::{Decision, Facts, JobState, JobSummary, LaunchReason, decide, spec_hash};
-use super::heads::{GitAuth, HeadCache, HeadRequest, instant_of, redact_url, wanted_heads};
+use super::heads::{
+    GitAuth, HeadCache, HeadRequest, instant_of, redact_url, shared_listing_since, wanted_heads,
+};
 use super::job::{LaunchParams, desired_job};
 use super::names::{codesource_label, job_name};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
@@ -214,15 +216,16 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     let mut fetch_failed: Option<(&'static str, String)> = None;
     let mut fetch_error: Option<Error> = None;
     if check_now {
-        // A scheduled tick may share a listing made since the tick came due; anything
-        // else (spec change, manual trigger, first look, retry) wants fresh heads.
-        let scheduled_only = !(spec_changed
-            || new_request
+        // Which listings this check may share: see `shared_listing_since`.
+        let never_reconciled = old.observed_generation.is_none() && old.last_check_time.is_none();
+        let fresh_wanted = new_request
             || check_request.is_some()
-            || old.last_check_time.is_none()
-            || retry_fetch);
-        let not_before = match tick.due.filter(|_| scheduled_only) {
-            Some(due) => instant_of(due, now, now_instant),
+            || retry_fetch
+            || (!never_reconciled && (spec_changed || old.last_check_time.is_none()));
+        let created = cs.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let since = shared_listing_since(fresh_wanted, never_reconciled, created, tick.due);
+        let not_before = match since {
+            Some(since) => instant_of(since, now, now_instant),
             None => Instant::now(),
         };
         match check_heads(ctx, cs, &ns, valid.git_timeout, not_before).await {
