@@ -1,0 +1,396 @@
+//! PVC output end to end, with nothing faked but the kubelet: the controller binary runs
+//! as a process against the real API server; the Job controller makes the worker pod;
+//! node simulation runs the real worker binary (`sync`) with the claim as one host
+//! directory, fetching from a git daemon and resolving a Puppetfile with a git module;
+//! the worker writes `status.lastBuild`; the controller points the Config at the claim.
+//! Then a commit to one branch gives a second Job that switches only that environment.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use harness::fixtures::{Bare, Scratch, Server, file, git_daemon};
+use harness::{NodeSim, TestNamespace};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use openvox_crds::CodeSource;
+use openvox_crds::codesource::BuildRecord;
+use openvox_crds::names::annotations::CHECK_REQUESTED_AT;
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+const WORKER_IMAGE: &str = "openvox-code-worker:local";
+const NAME: &str = "production";
+const CLAIM: &str = "puppet-code";
+
+/// The controller binary of this package and the worker binary built beside it.
+fn binaries() -> Result<(PathBuf, PathBuf)> {
+    let controller = PathBuf::from(env!("CARGO_BIN_EXE_openvox-code-controller"));
+    let worker = controller.with_file_name("openvox-code-worker");
+    if !worker.is_file() {
+        bail!(
+            "{} is missing: run `cargo build -p openvox-code-worker` (make test does)",
+            worker.display()
+        );
+    }
+    Ok((controller, worker))
+}
+
+/// The controller process, killed (by its PID) when dropped.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_controller(binary: &Path, ns: &TestNamespace, log: &Path) -> Result<Controller> {
+    let log = std::fs::File::create(log)?;
+    let child = Command::new(binary)
+        .env("KUBECONFIG", ns.control_plane().kubeconfig())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .args(["--worker-image", WORKER_IMAGE, "--namespace", ns.name()])
+        .args(["--enable-pool", "false", "--metrics-addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    Ok(Controller(child))
+}
+
+fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, harness::fixtures::Node)> {
+    let puppetfile = format!(
+        "mod 'motd',\n  :git => 'git://127.0.0.1:{daemon_port}/modules/motd.git',\n  :branch => 'main'\n"
+    );
+    vec![
+        ("Puppetfile", file(&puppetfile)),
+        (
+            "environment.conf",
+            file("modulepath = site:modules:$basemodulepath\n"),
+        ),
+        (
+            "manifests/site.pp",
+            file(&format!("node default {{ include motd }} # {comment}\n")),
+        ),
+    ]
+}
+
+/// `status.lastBuild` once it differs from `not`; fails at once with the reason when
+/// the build fails.
+async fn wait_for_build(ns: &TestNamespace, not: Option<&str>, log: &Path) -> Result<BuildRecord> {
+    let deadline = Instant::now() + TIMEOUT;
+    let codesources: Api<CodeSource> = ns.api();
+    loop {
+        let status = codesources.get(NAME).await?.status.unwrap_or_default();
+        if let Some(build) = status
+            .last_build
+            .clone()
+            .filter(|b| Some(b.image.as_str()) != not)
+        {
+            return Ok(build);
+        }
+        if let Some(failed) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "BuildFailed" && c.status == "True")
+        {
+            bail!("the build failed: {}", failed.message);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no new lastBuild in {TIMEOUT:?}; status: {}\ncontroller log:\n{}",
+                serde_json::to_string_pretty(&status).unwrap_or_default(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits until the CodeSource's `status.config` records `image` with ConfigUpdated
+/// True, and returns the Config's `spec.code`.
+async fn wait_for_config(ns: &TestNamespace, image: &str) -> Result<Value> {
+    let deadline = Instant::now() + TIMEOUT;
+    let codesources: Api<CodeSource> = ns.api();
+    let configs: Api<openvox_crds::operator::Config> = ns.api();
+    loop {
+        let status = codesources.get(NAME).await?.status.unwrap_or_default();
+        let updated = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "ConfigUpdated" && c.status == "True");
+        if updated && status.config.as_ref().is_some_and(|c| c.image == image) {
+            let config = configs.get(NAME).await?;
+            return Ok(serde_json::to_value(config.spec.code)?);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the Config was not updated to {image} in {TIMEOUT:?}; status: {}",
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The list-shaped Config has one whole-tree entry naming the claim, and no image.
+fn assert_claim_only(code: &Value) {
+    let entries = code.as_array().expect("spec.code is a list");
+    assert_eq!(entries.len(), 1, "{code}");
+    assert_eq!(entries[0]["claimName"], CLAIM, "{code}");
+    assert!(entries[0].get("image").is_none(), "{code}");
+    assert!(entries[0].get("environment").is_none(), "{code}");
+}
+
+/// The version directory the environment symlink `env` in the claim points to.
+fn version(claim: &Path, env: &str) -> Result<PathBuf> {
+    std::fs::read_link(claim.join(env)).with_context(|| format!("{env} in the claim"))
+}
+
+/// The installation of these tests: a git daemon with the control repository (two
+/// branches, a Puppetfile with a git module), node simulation running the real worker,
+/// the controller process, a claim, a Config and a claim-mode CodeSource.
+struct ClaimWorld {
+    ns: TestNamespace,
+    control: Bare,
+    daemon_port: u16,
+    /// The claim as node simulation keeps it: one host directory for all pods.
+    claim_dir: PathBuf,
+    log: PathBuf,
+    // Dropped in this order: the controller, then the node, then the servers.
+    _controller: Controller,
+    _node: NodeSim,
+    _daemon: Server,
+    _scratch: Scratch,
+}
+
+impl ClaimWorld {
+    async fn start(ns: TestNamespace) -> Result<Self> {
+        let (controller, worker) = binaries()?;
+        // The worker pod, claim included, must pass the "restricted" Pod Security
+        // Standard.
+        let namespaces: Api<Namespace> = Api::all(ns.client().clone());
+        let restricted = json!({"metadata": {"labels": {
+            "pod-security.kubernetes.io/enforce": "restricted",
+            "pod-security.kubernetes.io/enforce-version": "latest",
+        }}});
+        namespaces
+            .patch(
+                ns.name(),
+                &PatchParams::default(),
+                &Patch::Merge(&restricted),
+            )
+            .await?;
+
+        let scratch = Scratch::new();
+        let repos = scratch.mkdir("repos");
+        let daemon = git_daemon(&repos, scratch.path("git-daemon.log"));
+        let module = Bare::init(&repos.join("modules/motd.git"));
+        module.commit(
+            "main",
+            "motd module",
+            &[(
+                "manifests/init.pp",
+                file("class motd { notify { 'hello from motd': } }\n"),
+            )],
+        );
+        let control = Bare::init(&repos.join("control.git"));
+        for branch in ["production", "staging"] {
+            control.commit(branch, "initial", &tree(daemon.port, branch));
+        }
+        let worker_path = worker.display().to_string();
+        let node =
+            NodeSim::for_namespace_with(&ns, |c| c.with_image(WORKER_IMAGE, &[&worker_path]))
+                .await?;
+        let claim_dir = node.work_dir().join("claims").join(ns.name()).join(CLAIM);
+        let log = scratch.path("controller.log");
+        let controller = start_controller(&controller, &ns, &log)?;
+
+        harness::apply::apply(
+            ns.client(),
+            Some(ns.name()),
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
+                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            }),
+        )
+        .await?;
+        harness::apply::apply(
+            ns.client(),
+            Some(ns.name()),
+            json!({
+                "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Config",
+                "metadata": {"name": NAME}, "spec": {"image": {"tag": "8.10.0"}},
+            }),
+        )
+        .await?;
+        harness::apply::apply(
+            ns.client(),
+            Some(ns.name()),
+            json!({
+                "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
+                "metadata": {"name": NAME},
+                "spec": {
+                    "configRef": NAME,
+                    "git": {"url": format!("git://127.0.0.1:{}/control.git", daemon.port),
+                            "branches": ["production", "staging"]},
+                    "schedule": "@hourly",
+                    "output": {"claimName": CLAIM},
+                },
+            }),
+        )
+        .await?;
+        Ok(Self {
+            ns,
+            control,
+            daemon_port: daemon.port,
+            claim_dir,
+            log,
+            _controller: controller,
+            _node: node,
+            _daemon: daemon,
+            _scratch: scratch,
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> Result<()> {
+    let started = Instant::now();
+    let world = ClaimWorld::start(TestNamespace::new("e2e-claim").await?).await?;
+    let (ns, control, claim_dir, log) = (&world.ns, &world.control, &world.claim_dir, &world.log);
+
+    // The first build: lastBuild written by the worker's sync, the Config names the claim.
+    let first = wait_for_build(ns, None, log).await?;
+    let code = wait_for_config(ns, &first.image).await?;
+    println!(
+        "first claim build published {:.1} s after the installation started",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        first.image.starts_with(&format!("pvc:{CLAIM}@sha256:")),
+        "{}",
+        first.image
+    );
+    assert_eq!(
+        first.short_digest.as_deref(),
+        first.image.rsplit_once(':').map(|(_, hex)| &hex[..12])
+    );
+    assert_claim_only(&code);
+    let names: Vec<&str> = first.environments.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["production", "staging"]);
+    for env in &first.environments {
+        let head = control.head(&env.branch).context("branch head")?;
+        assert_eq!(env.revision, format!("{}@sha1:{head}", env.branch));
+        assert!(
+            env.modules.iter().any(|m| m.name == "motd"),
+            "the git module is recorded: {env:?}"
+        );
+        assert_eq!(env.layer_digest, None, "a claim has no layers");
+    }
+    assert!(first.failed.is_empty(), "{:?}", first.failed);
+    assert!(first.start_time.is_some() && first.completion_time.is_some());
+
+    let jobs: Api<Job> = ns.api();
+    let job_list = jobs.list(&ListParams::default()).await?.items;
+    assert_eq!(job_list.len(), 1, "one Job for the first build");
+    let first_job = job_list[0].metadata.name.clone().unwrap_or_default();
+    assert_eq!(first.job_name.as_deref(), Some(first_job.as_str()));
+    let status = ns
+        .api::<CodeSource>()
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default();
+    assert_eq!(
+        first.inputs_hash,
+        status.last_launch.as_ref().map(|l| l.inputs_hash.clone()),
+        "the record names the inputs the Job was launched for"
+    );
+    assert_eq!(status.config.as_ref().map(|c| c.name.as_str()), Some(NAME));
+
+    // The environments are in the claim, each a symlink into .versions/.
+    for env in ["production", "staging"] {
+        let site = std::fs::read_to_string(claim_dir.join(env).join("manifests/site.pp"))?;
+        assert!(site.contains(&format!("# {env}")), "{env}: {site}");
+        assert!(
+            claim_dir
+                .join(env)
+                .join("modules/motd/manifests/init.pp")
+                .is_file()
+        );
+        assert!(version(claim_dir, env)?.starts_with(format!(".versions/{env}/")));
+    }
+    let production_before = version(claim_dir, "production")?;
+    let staging_before = version(claim_dir, "staging")?;
+
+    // A commit to staging, then a check: a second Job switches staging only.
+    let again = Instant::now();
+    let commit = control.commit(
+        "staging",
+        "changed",
+        &tree(world.daemon_port, "staging changed"),
+    );
+    ns.api::<CodeSource>()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {CHECK_REQUESTED_AT: "after-commit"}}}),
+            ),
+        )
+        .await?;
+    let second = wait_for_build(ns, Some(&first.image), log).await?;
+    let code = wait_for_config(ns, &second.image).await?;
+    println!(
+        "second claim build published in {:.1} s after the commit",
+        again.elapsed().as_secs_f64()
+    );
+    assert_claim_only(&code);
+    let staging = second
+        .environments
+        .iter()
+        .find(|e| e.name == "staging")
+        .context("staging in the second record")?;
+    assert_eq!(staging.revision, format!("staging@sha1:{commit}"));
+    assert_ne!(version(claim_dir, "staging")?, staging_before);
+    assert_eq!(
+        version(claim_dir, "production")?,
+        production_before,
+        "production did not change and keeps its version"
+    );
+    let site = std::fs::read_to_string(claim_dir.join("staging/manifests/site.pp"))?;
+    assert!(site.contains("# staging changed"), "{site}");
+    let job_list = jobs.list(&ListParams::default()).await?.items;
+    assert_eq!(job_list.len(), 2, "one Job per build, no more");
+    assert_ne!(second.job_name.as_deref(), Some(first_job.as_str()));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_single_object_config_gets_the_claim_name() -> Result<()> {
+    // A control plane of its own, whose Config CRD has the older single-object shape.
+    let control_plane = harness::ControlPlane::start(&harness::Options {
+        gateway_api: false,
+        config_shape: harness::ConfigShape::Single,
+    })?;
+    let ns = TestNamespace::new_in(&control_plane, "e2e-claim-single").await?;
+    let world = ClaimWorld::start(ns).await?;
+    let build = wait_for_build(&world.ns, None, &world.log).await?;
+    let code = wait_for_config(&world.ns, &build.image).await?;
+    assert_eq!(code["claimName"], CLAIM, "{code}");
+    assert!(code.get("image").is_none(), "{code}");
+    assert!(
+        world
+            .claim_dir
+            .join("production/manifests/site.pp")
+            .is_file()
+    );
+    Ok(())
+}
