@@ -389,6 +389,36 @@ async fn unknown_targets_bad_bodies_and_wrong_methods_get_clear_4xx_answers() ->
     )
     .await?;
     assert_eq!(status, 413, "{a}");
+    // At the bound exactly, the body is read and answered (a tag push: ignored); one
+    // byte more and far more are refused with 413, and the receiver keeps answering.
+    let at_bound = |extra: usize| {
+        let mut body = br#"{"ref":"refs/tags/v1","pad":""#.to_vec();
+        let end = br#""}"#;
+        body.resize(MAX_BODY_BYTES - end.len() + extra, b'x');
+        body.extend_from_slice(end);
+        body
+    };
+    let (status, a) = post(receiver.url(ns.name(), "prod"), at_bound(0)).await?;
+    assert_eq!(
+        (status, a["result"].as_str()),
+        (200, Some("ignored")),
+        "{a}"
+    );
+    let (status, a) = post(receiver.url(ns.name(), "prod"), at_bound(1)).await?;
+    assert_eq!(status, 413, "{a}");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&format!("larger than {MAX_BODY_BYTES} bytes")),
+        "{a}"
+    );
+    let (status, _) = post(
+        receiver.url(ns.name(), "prod"),
+        vec![b'x'; 16 * MAX_BODY_BYTES],
+    )
+    .await?;
+    assert_eq!(status, 413);
 
     let response = http().get(receiver.url(ns.name(), "prod")).send().await?;
     assert_eq!(response.status().as_u16(), 405);
