@@ -197,7 +197,7 @@ impl Synced {
     /// The one-line result: the reference, or `partial: …` naming the failures.
     pub fn message(&self) -> String {
         match self.report.failure_summary() {
-            Some(summary) => format!("partial: {}: {summary}", self.reference),
+            Some(summary) => format!("partial: {}; {summary}", self.reference),
             None => self.reference.clone(),
         }
     }
@@ -408,7 +408,7 @@ mod tests {
         };
         let message = synced.message();
         assert!(
-            message.starts_with(&format!("partial: {reference}: ")),
+            message.starts_with(&format!("partial: {reference}; ")),
             "{message}"
         );
         assert!(message.ends_with("staging: broken"), "{message}");

@@ -742,7 +742,7 @@ fn the_claim_reference_follows_what_servers_see_and_is_the_termination_message()
     let message = std::fs::read_to_string(&log).unwrap();
     assert!(
         message.starts_with(&format!(
-            "partial: {third}: 1 of 2 environments failed: staging:"
+            "partial: {third}; 1 of 2 environments failed: staging:"
         )),
         "{message}"
     );
