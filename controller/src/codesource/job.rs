@@ -37,6 +37,10 @@ pub const REGISTRY_SECRET_DIR: &str = "/var/run/secrets/openvox-code/registry";
 pub const CLAIM_DIR: &str = "/var/lib/openvox-code/claim";
 /// UID and GID the worker runs as (distroless `nonroot`).
 pub const WORKER_UID: i64 = 65532;
+/// Where the worker writes its one-line result, given to it explicitly and set as the
+/// container's `terminationMessagePath` (the Kubernetes default), so the path the
+/// worker writes is always the one the runtime reads, whatever the worker's default.
+pub const TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// Value of `app.kubernetes.io/component` on worker objects.
 pub const COMPONENT: &str = "worker";
 
@@ -136,6 +140,8 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
         params.inputs_hash.into(),
         "--job-name".into(),
         params.job_name.into(),
+        "--termination-log".into(),
+        TERMINATION_MESSAGE_PATH.into(),
     ]);
     args
 }
@@ -239,6 +245,7 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         env: Some(env),
         resources: placement.resources.clone(),
         volume_mounts: Some(mounts),
+        termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
@@ -442,7 +449,7 @@ mod tests {
              --registry-config /var/run/secrets/openvox-code/registry/config.json \
              --previous registry.example/puppet-code@sha256:0000 \
              --codesource puppet/production --inputs-hash 0123abcd0123abcd0123abcd0123abcd \
-             --job-name production-0123abcd"
+             --job-name production-0123abcd --termination-log /dev/termination-log"
         );
         assert_eq!(
             container(&job).image.as_deref(),
@@ -457,6 +464,11 @@ mod tests {
         ));
         let args = container(&job).args.clone().unwrap();
         assert_eq!(args[0], "sync");
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--termination-log", TERMINATION_MESSAGE_PATH]),
+            "the result file is named, not left to the worker's default"
+        );
         assert!(args.windows(2).any(|w| w == ["--dir", CLAIM_DIR]));
         assert!(args.windows(2).any(|w| w == ["--claim-name", "code"]));
         // The worker's sync reports like its build does.
