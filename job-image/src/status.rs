@@ -117,35 +117,60 @@ impl StatusClient {
 
     /// Applies `status.lastBuild` (only that field) as [`WORKER_MANAGER`].
     pub async fn write_last_build(&self, record: &BuildRecord) -> Result<(), StatusError> {
+        self.apply_last_build(record)
+            .await
+            .map_err(|e| self.api_error("apply status.lastBuild", &e))
+    }
+
+    async fn apply_last_build(&self, record: &BuildRecord) -> Result<(), kube::Error> {
         let patch = last_build_patch(record);
         let params = PatchParams::apply(WORKER_MANAGER).force();
         self.api
             .patch_status(&self.target.name, &params, &Patch::Apply(&patch))
-            .await
-            .map_err(|e| self.api_error("apply status.lastBuild", &e))?;
+            .await?;
         Ok(())
     }
 }
 
-/// Applies `status.lastBuild`, trying three times: the output is published, and
-/// without the record the controller would not know it.
+/// How long [`write_status`] keeps trying while the API server cannot be reached or
+/// answers with a server error. Long enough to outlast an API server restart or a
+/// control-plane upgrade (the fault tests restart it mid-build): the image is already
+/// published, and giving up would fail the pod and make the Job build it all again.
+pub const STATUS_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Whether a failed status write may succeed when tried again: no answer at all
+/// (connection refused, timeout), a server error, or throttling. Other answers
+/// (forbidden, not found, invalid) will not change.
+fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
+/// Applies `status.lastBuild`, retrying transient failures with backoff (1 s doubling
+/// to 8 s) for up to [`STATUS_RETRY_BUDGET`]: the output is published, and without
+/// the record the controller would not know it.
 pub async fn write_status(client: &StatusClient, record: &BuildRecord) -> Result<(), StatusError> {
     let step = Step::start("status", &client.target);
+    let started = tokio::time::Instant::now();
     let mut attempt: u32 = 1;
     loop {
-        match client.write_last_build(record).await {
+        match client.apply_last_build(record).await {
             Ok(()) => {
                 step.done(format!("lastBuild {}", record.image));
                 return Ok(());
             }
-            Err(e) if attempt < 3 => {
-                tracing::warn!("{e} (try {attempt} of 3)");
-                tokio::time::sleep(std::time::Duration::from_secs(u64::from(attempt))).await;
-                attempt += 1;
-            }
             Err(e) => {
-                step.failed(&e);
-                return Err(e);
+                let delay = std::time::Duration::from_secs(1 << (attempt - 1).min(3));
+                let error = client.api_error("apply status.lastBuild", &e);
+                if !is_transient(&e) || started.elapsed() + delay > STATUS_RETRY_BUDGET {
+                    step.failed(&error);
+                    return Err(error);
+                }
+                tracing::warn!("{error} (try {attempt}; trying again in {delay:?})");
+                tokio::time::sleep(delay).await;
+                attempt += 1;
             }
         }
     }
