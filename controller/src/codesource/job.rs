@@ -143,7 +143,25 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
         "--termination-log".into(),
         TERMINATION_MESSAGE_PATH.into(),
     ]);
+    args.extend(log_format_args(WORKER_LOG_FORMAT.get().copied()));
     args
+}
+
+/// The controller's own log format (`text`, `json`), set once at start-up; every worker
+/// logs in it too, so one log pipeline reads both. Unset (tests, embedders): the
+/// worker's default.
+static WORKER_LOG_FORMAT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// Sets the log format passed to workers (first call wins).
+pub fn set_worker_log_format(format: &'static str) {
+    let _ = WORKER_LOG_FORMAT.set(format);
+}
+
+/// `--log-format <format>` for the worker, or nothing.
+pub fn log_format_args(format: Option<&str>) -> Vec<String> {
+    format
+        .map(|f| vec!["--log-format".to_owned(), f.to_owned()])
+        .unwrap_or_default()
 }
 
 /// The worker Job for one launch of `cs`.
@@ -455,6 +473,12 @@ mod tests {
             container(&job).image.as_deref(),
             Some("ghcr.io/voxpupuli/openvox-code-worker:1")
         );
+    }
+
+    #[test]
+    fn workers_log_in_the_controllers_format() {
+        assert_eq!(log_format_args(Some("json")), ["--log-format", "json"]);
+        assert!(log_format_args(None).is_empty());
     }
 
     #[test]
