@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use harness::fixtures::{Bare, Scratch, Server, file, git_daemon};
+use harness::fixtures::{Bare, Scratch, Server, eventually, file, git_daemon};
 use harness::{NodeSim, TestNamespace};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
@@ -314,6 +314,38 @@ async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> R
         "the record names the inputs the Job was launched for"
     );
     assert_eq!(status.config.as_ref().map(|c| c.name.as_str()), Some(NAME));
+
+    // Conditions and Events as for an image: Ready, a NewArtifact and a ConfigUpdated
+    // Event naming the claim's reference.
+    let ready = eventually("Ready=True", || async {
+        let status = ns
+            .api::<CodeSource>()
+            .get(NAME)
+            .await?
+            .status
+            .unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True"))
+    })
+    .await?;
+    assert_eq!(ready.reason, "Succeeded");
+    assert!(ready.message.contains(&first.image), "{}", ready.message);
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    for reason in ["NewArtifact", "ConfigUpdated"] {
+        let event = eventually(reason, || async {
+            Ok(events
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason)))
+        })
+        .await?;
+        let note = event.note.unwrap_or_default();
+        assert!(note.contains(&first.image), "{reason}: {note}");
+    }
 
     // The environments are in the claim, each a symlink into .versions/.
     for env in ["production", "staging"] {
