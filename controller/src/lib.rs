@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod own_writes;
 pub mod pool;
 pub mod tls;
 pub mod webhook;

@@ -3,16 +3,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{Hash as _, Hasher as _};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, TryStreamExt as _, future};
 use k8s_openapi::api::batch::v1::Job;
 use kube::Client;
 use kube::api::Api;
-use kube::runtime::PredicateConfig;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, reflector};
@@ -26,6 +24,7 @@ use super::job::COMPONENT;
 use super::reconcile::{Context, error_policy, reconcile};
 use super::worker_defaults::WorkerDefaults;
 use crate::metrics::Metrics;
+use crate::own_writes::OwnWrites;
 
 /// Settings of the CodeSource controller.
 #[derive(Clone, Debug)]
@@ -81,30 +80,8 @@ pub fn context(
         metrics,
         config_shape: Mutex::new(None),
         failures: Mutex::new(HashMap::new()),
+        own_writes: OwnWrites::default(),
     }))
-}
-
-/// What of a CodeSource a reconcile reacts to: its spec (generation), annotations
-/// (manual and webhook triggers), the worker's `status.lastBuild` and deletion; not the
-/// rest of the status, which only this controller writes. Without the filter every
-/// status write (one per CodeSource and scheduled tick) came back as a watch event and
-/// a second reconcile with its own Job list: the scale bench saw 2 lists per write.
-/// Ticks come from the requeue, Job changes from the Job watch.
-pub fn trigger_hash(cs: &CodeSource) -> Option<u64> {
-    let mut hasher = std::hash::DefaultHasher::new();
-    cs.metadata.generation.hash(&mut hasher);
-    cs.metadata.annotations.hash(&mut hasher);
-    cs.metadata
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| t.0.to_string())
-        .hash(&mut hasher);
-    // BuildRecord is not Hash; its JSON is the same for equal records.
-    let last_build = cs.status.as_ref().and_then(|s| s.last_build.as_ref());
-    serde_json::to_string(&last_build)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    Some(hasher.finish())
 }
 
 /// Runs the CodeSource controller until `shutdown` resolves.
@@ -115,6 +92,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), HeadError> {
     let ctx = context(client.clone(), &settings, metrics)?;
+    let own_writes = ctx.own_writes.clone();
     let (codesources, jobs): (Api<CodeSource>, Api<Job>) = match settings.namespace.as_deref() {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -131,7 +109,8 @@ pub async fn run(
     )
     .default_backoff()
     .applied_objects()
-    .predicate_filter(trigger_hash, PredicateConfig::default());
+    // Not the events of our own status writes (see `own_writes`).
+    .try_filter(move |cs| future::ready(!own_writes.is_own(&cs.metadata)));
     Controller::for_stream(triggers, store)
         .owns(jobs, worker_jobs)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
@@ -145,61 +124,4 @@ pub async fn run(
         })
         .await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use openvox_crds::CodeSourceStatus;
-    use openvox_crds::codesource::BuildRecord;
-
-    fn codesource() -> CodeSource {
-        serde_json::from_value(serde_json::json!({
-            "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
-            "metadata": {"name": "a", "namespace": "n", "generation": 1},
-            "spec": {"git": {"url": "git://h/r.git", "branches": ["main"]}, "schedule": "@hourly", "output": {"image": "r/i"}},
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn the_controllers_own_status_writes_do_not_trigger_a_reconcile() {
-        let before = codesource();
-        let mut after = before.clone();
-        after.status = Some(CodeSourceStatus {
-            observed_generation: Some(1),
-            last_check_time: Some(Time("2026-03-01T10:00:00Z".parse().unwrap())),
-            ..CodeSourceStatus::default()
-        });
-        assert_eq!(trigger_hash(&before), trigger_hash(&after));
-    }
-
-    #[test]
-    fn spec_annotations_last_build_and_deletion_trigger_a_reconcile() {
-        let base = codesource();
-        let mut spec = base.clone();
-        spec.metadata.generation = Some(2);
-        let mut annotated = base.clone();
-        annotated.metadata.annotations = Some(
-            [(
-                "openvox.voxpupuli.org/requestedAt".to_owned(),
-                "1".to_owned(),
-            )]
-            .into(),
-        );
-        let mut built = base.clone();
-        built.status = Some(CodeSourceStatus {
-            last_build: Some(BuildRecord {
-                image: "r/i@sha256:ab".into(),
-                ..BuildRecord::default()
-            }),
-            ..CodeSourceStatus::default()
-        });
-        let mut deleted = base.clone();
-        deleted.metadata.deletion_timestamp = Some(Time("2026-03-01T10:00:00Z".parse().unwrap()));
-        for changed in [spec, annotated, built, deleted] {
-            assert_ne!(trigger_hash(&base), trigger_hash(&changed));
-        }
-    }
 }

@@ -39,6 +39,7 @@ use super::worker_defaults::WorkerDefaults;
 use crate::conditions::{find, is_true, merge_conditions_at};
 use crate::error::{Error, is_conflict, is_not_found, kube};
 use crate::metrics::Metrics;
+use crate::own_writes::OwnWrites;
 
 /// Metrics label of this controller.
 pub const CONTROLLER: &str = "codesource";
@@ -65,6 +66,8 @@ pub struct Context {
     pub config_shape: Mutex<Option<(Instant, ShapeKind)>>,
     /// Consecutive transient failures per CodeSource (`ns/name`), for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Versions our status writes returned, which must not trigger a reconcile.
+    pub own_writes: OwnWrites,
 }
 
 impl std::fmt::Debug for Context {
@@ -960,9 +963,11 @@ async fn write_status(
         "kind": CodeSource::kind(&()),
         "status": ours,
     });
-    api.patch_status(&cs.name_any(), &apply_params(), &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&cs.name_any(), &apply_params(), &Patch::Apply(&patch))
         .await
         .map_err(kube("apply CodeSource status"))?;
+    ctx.own_writes.record(&written.metadata);
     Ok(())
 }
 
