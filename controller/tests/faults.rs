@@ -397,7 +397,7 @@ async fn a_git_server_down_during_a_check_is_reported_and_the_next_check_recover
     eprintln!("FetchFailed condition: {}", failed.message);
     let message = failed.message.to_lowercase();
     assert!(
-        message.contains("unreachable") || message.contains("connect"),
+        message.contains("the repository is unreachable"),
         "says the repository cannot be reached: {}",
         failed.message
     );

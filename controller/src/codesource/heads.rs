@@ -380,7 +380,7 @@ fn head_error(url: &str, error: openvox_git::GitError) -> HeadError {
     };
     match error {
         GitError::Timeout { after, .. } => HeadError::Timeout(after.as_secs()),
-        GitError::Remote { message, .. } => git(message),
+        GitError::Remote { message, .. } => git(say_unreachable(message)),
         GitError::Auth { message, .. } => {
             git(format!("authentication failed or required ({message})"))
         }
@@ -390,9 +390,42 @@ fn head_error(url: &str, error: openvox_git::GitError) -> HeadError {
     }
 }
 
+/// Errors that mean no connection to the server could be made at all (as opposed to a
+/// server that answered with an error), in the words the OS resolver and socket give.
+const UNREACHABLE: &[&str] = &[
+    "Connection refused",
+    "No route to host",
+    "Network is unreachable",
+    "Name or service not known",
+    "failed to lookup address",
+    "Temporary failure in name resolution",
+];
+
+/// A remote error in plain words: when the server could not be reached at all, say so
+/// first (a fault test stops the git server), keeping the OS's reason after it.
+fn say_unreachable(message: String) -> String {
+    if UNREACHABLE.iter().any(|m| message.contains(m)) {
+        format!("the repository is unreachable ({message})")
+    } else {
+        message
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_server_that_cannot_be_reached_is_called_unreachable() {
+        assert_eq!(
+            say_unreachable("Connection refused (os error 111)".into()),
+            "the repository is unreachable (Connection refused (os error 111))"
+        );
+        assert_eq!(
+            say_unreachable("repository not exported".into()),
+            "repository not exported"
+        );
+    }
 
     use super::*;
 

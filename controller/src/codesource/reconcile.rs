@@ -45,8 +45,9 @@ use crate::own_writes::OwnWrites;
 pub const CONTROLLER: &str = "codesource";
 /// How long a detected Config shape is trusted before the CRD is read again.
 const SHAPE_TTL: Duration = Duration::from_secs(600);
-/// Longest termination message copied into a condition.
-const MAX_FAILURE_MESSAGE: usize = 1024;
+/// Longest BuildFailed message (Job name, reason and termination message): the Event
+/// note limit, so the Event carries it whole.
+const MAX_FAILURE_MESSAGE: usize = 1000;
 
 /// What the CodeSource reconciler shares across reconciles.
 pub struct Context {
@@ -798,10 +799,23 @@ async fn failure_message(
                     })
             })
         })
-        .map(|m| crate::events::truncate_keeping_end(m.trim(), MAX_FAILURE_MESSAGE));
+        .map(|m| m.trim().to_owned());
+    failure_note(job, &job_reason, termination.as_deref())
+}
+
+/// The BuildFailed message: which Job failed, the Job's reason, and the worker's
+/// termination message, within [`MAX_FAILURE_MESSAGE`] bytes. A long termination
+/// message loses its start, never the Job name in front: the Event carrying this
+/// message keeps only the end of longer notes, which would cut the name off.
+fn failure_note(job: &str, job_reason: &str, termination: Option<&str>) -> String {
+    let head = format!("job {job} failed ({job_reason})");
     match termination {
-        Some(t) => format!("job {job} failed ({job_reason}): {t}"),
-        None => format!("job {job} failed ({job_reason})"),
+        Some(t) => {
+            // ": " and the ellipsis a cut adds.
+            let room = MAX_FAILURE_MESSAGE.saturating_sub(head.len() + 2 + '…'.len_utf8());
+            format!("{head}: {}", crate::events::truncate_keeping_end(t, room))
+        }
+        None => head,
     }
 }
 
@@ -1050,6 +1064,28 @@ mod tests {
             ["ok-3", "ok-2", "ok-1", "bad-2", "bad-1"]
         );
         assert!(jobs_to_prune(&jobs, 3, 3).is_empty());
+    }
+
+    #[test]
+    fn a_long_failure_keeps_the_job_name_and_the_end_of_the_reason() {
+        let long = format!("{}the real reason", "x".repeat(5000));
+        let note = failure_note(
+            "production-1234",
+            "BackoffLimitExceeded: limit",
+            Some(&long),
+        );
+        assert!(note.starts_with("job production-1234 failed (BackoffLimitExceeded: limit): …"));
+        assert!(note.ends_with("the real reason"));
+        assert!(note.len() <= MAX_FAILURE_MESSAGE, "{}", note.len());
+        assert_eq!(
+            crate::events::truncate_keeping_end(&note, 1000),
+            note,
+            "the Event keeps it whole"
+        );
+        assert_eq!(
+            failure_note("p-1", "DeadlineExceeded: x", None),
+            "job p-1 failed (DeadlineExceeded: x)"
+        );
     }
 
     #[test]
