@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt as _, future};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use openvox_crds::Pool;
@@ -33,6 +33,7 @@ use super::hostname::claimed_hostname;
 use super::reconcile::{Context, Error, reconcile};
 use super::route::{GATEWAY_GROUP, tlsroute_resource};
 use super::status::in_conflict;
+use crate::own_writes::OwnWrites;
 
 /// Settings of the Pool controller.
 #[derive(Clone, Debug)]
@@ -77,8 +78,18 @@ pub async fn run(
 ) {
     let ns = settings.namespace.as_deref();
     let pools: Api<Pool> = api(&client, ns);
-    let controller = Controller::new(pools, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let own_writes = OwnWrites::default();
+    let own_filter = own_writes.clone();
+    let (store, writer) = reflector::store();
+    let triggers = reflector(
+        writer,
+        watcher(pools, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .applied_objects()
+    // Not the events of our own status writes (see `own_writes`).
+    .try_filter(move |pool| future::ready(!own_filter.is_own(&pool.metadata)));
+    let controller = Controller::for_stream(triggers, store.clone());
 
     let gateway_api = Arc::new(AtomicBool::new(false));
     let (route_tx, route_rx) = mpsc::channel::<ObjectRef<Pool>>(256);
@@ -110,6 +121,7 @@ pub async fn run(
         pools: store,
         gateway_api,
         alt_names_are_a_set: OnceCell::new(),
+        own_writes,
     });
 
     controller

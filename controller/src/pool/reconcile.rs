@@ -28,6 +28,7 @@ use super::route::{desired_route, is_controlled_by, tlsroute_resource};
 use super::service::desired_service;
 use super::status::{Observed, RouteState, in_conflict, pool_conditions};
 use crate::conditions::merge_conditions;
+use crate::own_writes::OwnWrites;
 
 /// Label on Certificates we injected names into, so cleanup finds them.
 pub const INJECTED_LABEL: &str = "openvox.voxpupuli.org/dns-alt-names-injected";
@@ -49,6 +50,8 @@ pub struct Context {
     /// Whether `Certificate.spec.dnsAltNames` is a set (per-name ownership) rather than
     /// an atomic list; read once from the CRD.
     pub alt_names_are_a_set: OnceCell<bool>,
+    /// Versions our status writes returned, which must not trigger a reconcile.
+    pub own_writes: OwnWrites,
 }
 
 impl std::fmt::Debug for Context {
@@ -403,10 +406,11 @@ async fn write_status(
         "status": status,
     });
     let pools: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
-    pools
+    let written = pools
         .patch_status(name, &apply_params(), &Patch::Apply(&patch))
         .await
         .map_err(kube("apply Pool status"))?;
+    ctx.own_writes.record(&written.metadata);
     Ok(())
 }
 
