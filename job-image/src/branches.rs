@@ -30,6 +30,10 @@ pub enum BranchError {
         environment: String,
         branches: Vec<String>,
     },
+    #[error(
+        "branch {branch:?} is not UTF-8 (its bad bytes are shown as U+FFFD); rename it to build it"
+    )]
+    NotUtf8 { branch: String },
     #[error("an empty branch name cannot become an environment")]
     EmptyName,
     #[error("branch pattern list is empty: give at least one --branch")]
@@ -115,6 +119,14 @@ pub fn corrected_name(branch: &str) -> String {
 pub fn environment_name(branch: &str, policy: InvalidBranches) -> Result<String, BranchError> {
     if is_valid_environment_name(branch) {
         return Ok(branch.to_owned());
+    }
+    // The git crate lists ref names lossily, so a name that is not UTF-8 arrives with
+    // U+FFFD in place of its bad bytes. No ref of that name exists to fetch, and the
+    // failed fetch failed every environment of the run (found by tests/hostile.rs).
+    if branch.contains(char::REPLACEMENT_CHARACTER) {
+        return Err(BranchError::NotUtf8 {
+            branch: branch.to_owned(),
+        });
     }
     // Corrected, "" stayed "": an environment named "" is the output directory itself
     // (found by tests/properties.rs). git refuses such a branch, a hostile server may not.
