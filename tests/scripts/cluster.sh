@@ -281,7 +281,8 @@ write_audit_policy() {
   cat >"$1" <<'EOF'
 apiVersion: audit.k8s.io/v1
 kind: Policy
-omitStages: [RequestReceived, ResponseStarted]
+# ResponseStarted stays: a watch is logged when it starts, not only when it ends.
+omitStages: [RequestReceived]
 rules:
   - level: None
     userGroups: ["system:serviceaccounts:kube-system"]

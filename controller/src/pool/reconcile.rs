@@ -340,12 +340,18 @@ async fn apply_alt_names(
 
     // openvox-operator signs a Certificate once; a Signed one must go back to Pending
     // to be re-issued with the new names (as the operator's own Pool controller does).
-    let signed = certificates
+    // Read untyped: our Certificate type carries only the spec, so a typed read drops
+    // the status and never saw `Signed`.
+    let untyped: Api<DynamicObject> = Api::namespaced_with(
+        ctx.client.clone(),
+        &cert.namespace().unwrap_or_default(),
+        &kube::discovery::ApiResource::erase::<Certificate>(&()),
+    );
+    let signed = untyped
         .get_status(&name)
         .await
         .ok()
-        .and_then(|c| serde_json::to_value(c).ok())
-        .is_some_and(|v| v["status"]["phase"] == "Signed");
+        .is_some_and(|c| c.data["status"]["phase"] == "Signed");
     if signed && want != before {
         let reset = json!({"status": {"phase": "Pending"}});
         if let Err(e) = certificates
