@@ -16,10 +16,10 @@ use crate::environments::{
     BuildError, Environment, EnvironmentFailure, EnvironmentInputs, SourceOptions,
     build_environments,
 };
-use openvox_crds::codesource::{BuildRecord, EnvironmentRecord, FailedEnvironment};
+use openvox_crds::codesource::{BuildRecord, EnvironmentRecord};
 
 use crate::cli::{CliError, SyncArgs};
-use crate::image::build::write_termination_message;
+use crate::image::build::{failed_records, write_termination_message};
 use crate::limits::Bytes;
 use crate::progress::{Step, count};
 use crate::pvc::{Installed, OutputDir, PvcError, state_digest};
@@ -223,15 +223,7 @@ pub fn sync_record(
         job_name: context.job_name.clone(),
         start_time: context.start_time.map(Time),
         completion_time: context.completion_time.map(Time),
-        failed: report
-            .failed
-            .iter()
-            .map(|f| FailedEnvironment {
-                branch: f.branch.clone(),
-                name: f.name.clone(),
-                reason: f.reason.clone(),
-            })
-            .collect(),
+        failed: failed_records(&report.failed),
     }
 }
 
@@ -337,6 +329,8 @@ fn install_all(
 
 #[cfg(test)]
 mod tests {
+    use openvox_crds::codesource::FailedEnvironment;
+
     use super::*;
     use crate::status::BuildContext;
 
@@ -407,6 +401,15 @@ mod tests {
             report: r,
         };
         let message = synced.message();
+        // Reasons in the record are masked like an image build's.
+        let mut leaky = report(&[("production", "a-1")], &["staging"]);
+        leaky.failed[0].reason = "fetch https://deploy:s3cret@git.example/m.git: refused".into();
+        let record = sync_record(&reference, &leaky, &context);
+        assert!(
+            !record.failed[0].reason.contains("s3cret"),
+            "{:?}",
+            record.failed
+        );
         assert!(
             message.starts_with(&format!("partial: {reference}; ")),
             "{message}"
