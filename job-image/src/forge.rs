@@ -375,6 +375,13 @@ pub fn unpack_release(
                 p if p.contains('\0') || p.contains('\\') => {
                     return Err(format!("entry {raw:?} has an invalid component"));
                 }
+                // Refused by name rather than by the file system's "File name too long".
+                p if p.len() > crate::tree::MAX_NAME_BYTES => {
+                    return Err(format!(
+                        "entry {raw:?} has a component longer than {} bytes",
+                        crate::tree::MAX_NAME_BYTES
+                    ));
+                }
                 p => parts.push(p),
             }
         }

@@ -24,6 +24,8 @@ use crate::limits::{Bytes, Limits};
 
 /// Longest symlink target accepted.
 const MAX_SYMLINK_TARGET: u64 = 4096;
+/// Longest path component, like Linux's `NAME_MAX`.
+pub const MAX_NAME_BYTES: usize = 255;
 /// Symlinks followed while resolving one path, like Linux's `MAXSYMLINKS`.
 const MAX_SYMLINK_HOPS: usize = 40;
 
@@ -208,6 +210,11 @@ fn check_component(parent: &str, name: &[u8]) -> Result<String, TreeError> {
         "." | ".." => Err(unsafe_path("has a '.' or '..' component")),
         _ if name.eq_ignore_ascii_case(".git") => Err(unsafe_path("has a .git component")),
         _ if name.contains(['/', '\0']) => Err(unsafe_path("has a component with '/' or NUL")),
+        // Linux's NAME_MAX. Caught here, not when writing: there it failed late, with the
+        // temporary directory's path in the message (found by tests/hostile.rs).
+        _ if name.len() > MAX_NAME_BYTES => Err(unsafe_path(&format!(
+            "has a component longer than {MAX_NAME_BYTES} bytes (the file system limit)"
+        ))),
         _ => Ok(path),
     }
 }

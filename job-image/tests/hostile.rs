@@ -484,3 +484,62 @@ fn a_git_module_of_a_missing_repository_fails_naming_module_and_url() {
     );
     assert!(reason.contains(&url), "{reason}");
 }
+
+#[test]
+fn forge_tarballs_with_device_files_or_foreign_hard_links_are_refused() {
+    let cases: [(&str, tar::EntryType, Option<&str>, &str); 3] = [
+        (
+            "dev-mod-1.0.0/files/null",
+            tar::EntryType::Char,
+            None,
+            "entry \"files/null\" has unsupported type Char",
+        ),
+        (
+            "dev-mod-1.0.0/files/fifo",
+            tar::EntryType::Fifo,
+            None,
+            "entry \"files/fifo\" has unsupported type Fifo",
+        ),
+        (
+            "dev-mod-1.0.0/files/passwd",
+            tar::EntryType::Link,
+            Some("/etc/passwd"),
+            "hard link \"files/passwd\" -> \"/etc/passwd\" does not name an earlier file of the release",
+        ),
+    ];
+    for (path, kind, link, want) in cases {
+        let world = world();
+        let tarball = raw_tarball(&[
+            ("dev-mod-1.0.0/", tar::EntryType::Directory, b"", None),
+            ("dev-mod-1.0.0/files/", tar::EntryType::Directory, b"", None),
+            (path, kind, b"", link),
+        ]);
+        world
+            .forge
+            .publish("dev-mod", "1.0.0", &tarball, None, true);
+        world.control.commit(
+            "bad",
+            "b",
+            &[("Puppetfile", file("mod 'dev-mod', '1.0.0'\n"))],
+        );
+        let reason = only_bad_fails(&world, &[]);
+        assert!(
+            reason
+                .contains("module mod (Puppetfile line 1): Forge release dev-mod-1.0.0: archive:"),
+            "{reason}"
+        );
+        assert!(reason.contains(want), "{reason}");
+    }
+}
+
+#[test]
+fn a_file_name_longer_than_the_file_system_allows_is_refused_naming_it() {
+    let world = world();
+    let long = format!("manifests/{}.pp", "n".repeat(300));
+    world
+        .control
+        .commit("bad", "b", &[(long.as_str(), file("x\n"))]);
+    let reason = only_bad_fails(&world, &[]);
+    assert!(reason.contains("manifests/nnnn"), "{reason}");
+    assert!(reason.contains("longer than 255 bytes"), "{reason}");
+}

@@ -514,7 +514,7 @@ proptest! {
             Ok(listed) => listed,
         };
         for entry in &listed {
-            prop_assert!(entry.path.split('/').all(|p| !p.is_empty() && p != "." && p != ".." && !p.eq_ignore_ascii_case(".git")), "{:?}", entry.path);
+            prop_assert!(entry.path.split('/').all(|p| !p.is_empty() && p != "." && p != ".." && !p.eq_ignore_ascii_case(".git") && p.len() <= 255), "{:?}", entry.path);
             let meta = std::fs::symlink_metadata(unpacked.path().join(&entry.path)).unwrap();
             match &entry.kind {
                 LocalKind::Directory => prop_assert!(meta.is_dir()),
