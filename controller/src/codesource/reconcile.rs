@@ -353,6 +353,17 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         _ => {}
     }
     status.active_job = building.clone();
+    // A Job that replaces a failed pod (a crashed or killed worker) is still building;
+    // the status says so, so the wait for the replacement is explained.
+    let building = building.map(|job| {
+        let spec_and_status = jobs
+            .iter()
+            .find(|j| j.name_any() == job)
+            .map(|j| (j.spec.as_ref(), j.status.as_ref()));
+        let failed = spec_and_status.and_then(|(_, s)| s?.failed).unwrap_or(0);
+        let limit = spec_and_status.and_then(|(s, _)| s?.backoff_limit);
+        building_text(&job, failed, limit)
+    });
     if build_failed.is_some() && !is_true(&old.conditions, types::BUILD_FAILED) {
         ctx.metrics.build("failed");
     }
@@ -803,6 +814,16 @@ async fn failure_message(
     failure_note(job, &job_reason, termination.as_deref())
 }
 
+/// The running Job as the status names it: its name, and when pods of it failed and
+/// were replaced, how many of the retries its backoff limit allows are used.
+fn building_text(job: &str, failed_pods: i32, backoff_limit: Option<i32>) -> String {
+    match (failed_pods, backoff_limit) {
+        (0, _) => job.to_owned(),
+        (n, Some(limit)) => format!("{job} (a pod failed and was replaced: retry {n} of {limit})"),
+        (n, None) => format!("{job} (a pod failed and was replaced: retry {n})"),
+    }
+}
+
 /// The BuildFailed message: which Job failed, the Job's reason, and the worker's
 /// termination message, within [`MAX_FAILURE_MESSAGE`] bytes. A long termination
 /// message loses its start, never the Job name in front: the Event carrying this
@@ -1064,6 +1085,19 @@ mod tests {
             ["ok-3", "ok-2", "ok-1", "bad-2", "bad-1"]
         );
         assert!(jobs_to_prune(&jobs, 3, 3).is_empty());
+    }
+
+    #[test]
+    fn a_job_replacing_a_failed_pod_says_so() {
+        assert_eq!(building_text("p-1", 0, Some(2)), "p-1");
+        assert_eq!(
+            building_text("p-1", 1, Some(2)),
+            "p-1 (a pod failed and was replaced: retry 1 of 2)"
+        );
+        assert_eq!(
+            building_text("p-1", 2, None),
+            "p-1 (a pod failed and was replaced: retry 2)"
+        );
     }
 
     #[test]
