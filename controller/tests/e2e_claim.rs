@@ -402,6 +402,56 @@ async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> R
     let job_list = jobs.list(&ListParams::default()).await?.items;
     assert_eq!(job_list.len(), 2, "one Job per build, no more");
     assert_ne!(second.job_name.as_deref(), Some(first_job.as_str()));
+
+    // staging breaks while production moves: a partial build. production is switched,
+    // staging keeps its version, the record names the failure, the Config still names
+    // the claim, and Ready says PartialBuild.
+    let staging_kept = version(claim_dir, "staging")?;
+    let production_second = version(claim_dir, "production")?;
+    let mut broken = tree(world.daemon_port, "staging broken");
+    broken[0] = ("Puppetfile", file("mod 'a-b', :svn => 'https://svn'\n"));
+    control.commit("staging", "broken", &broken);
+    control.commit(
+        "production",
+        "moved",
+        &tree(world.daemon_port, "production moved"),
+    );
+    ns.api::<CodeSource>()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {CHECK_REQUESTED_AT: "partial"}}})),
+        )
+        .await?;
+    let third = wait_for_build(ns, Some(&second.image), log).await?;
+    let code = wait_for_config(ns, &third.image).await?;
+    assert_claim_only(&code);
+    assert_eq!(third.failed.len(), 1, "{:?}", third.failed);
+    assert_eq!(third.failed[0].branch, "staging");
+    assert!(
+        third.failed[0].reason.contains("Puppetfile line 1"),
+        "{:?}",
+        third.failed
+    );
+    assert_eq!(version(claim_dir, "staging")?, staging_kept);
+    assert_ne!(version(claim_dir, "production")?, production_second);
+    let site = std::fs::read_to_string(claim_dir.join("production/manifests/site.pp"))?;
+    assert!(site.contains("# production moved"), "{site}");
+    let ready = eventually("Ready=False PartialBuild", || async {
+        let status = ns
+            .api::<CodeSource>()
+            .get(NAME)
+            .await?
+            .status
+            .unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "PartialBuild"))
+    })
+    .await?;
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains("staging"), "{}", ready.message);
     Ok(())
 }
 
