@@ -14,6 +14,7 @@ use harness::world::{NAME, World, WorldOptions};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use openvox_code_controller::webhook::signature::sign_hex;
 use openvox_crds::CodeSource;
 use serde_json::json;
 
@@ -130,11 +131,17 @@ async fn observable_text(world: &World) -> Result<(String, String)> {
 }
 
 #[tokio::test]
-async fn a_registry_password_never_shows_in_logs_events_status_or_job_specs() -> Result<()> {
+async fn planted_secrets_never_show_in_logs_events_status_or_job_specs() -> Result<()> {
+    // A registry password (push), a git password (https-style basic auth, for the head
+    // check and the worker's fetch) and a webhook secret (a good and a bad signature).
     const PASSWORD: &str = "planted-Registry-Secret-7f3a";
+    const GIT_PASSWORD: &str = "planted-Git-Password-91c4";
+    const WEBHOOK_SECRET: &str = "planted-Webhook-Secret-5e2d";
     let (controller, worker) = binaries()?;
     let options = WorldOptions {
         registry_auth: Some(("pusher", PASSWORD)),
+        git_auth: Some(("puller", GIT_PASSWORD)),
+        webhook_secret: Some(WEBHOOK_SECRET),
         ..WorldOptions::default()
     };
     let world = World::start_with(
@@ -147,21 +154,101 @@ async fn a_registry_password_never_shows_in_logs_events_status_or_job_specs() ->
     let image = world.wait_for_image(None, TIMEOUT).await?;
     assert!(
         image.starts_with(&world.repository),
-        "the authenticated push worked: {image}"
+        "the authenticated fetch and push worked: {image}"
     );
 
-    let (text, worker_logs) = observable_text(&world).await?;
+    // Webhooks: a push with a good signature is accepted and leads to a head check
+    // (with the git password again); one with a bad signature is refused.
+    let codesources: Api<CodeSource> = world.ns.api();
+    let url = codesources.get(NAME).await?.spec.git.url.clone();
+    let body = json!({
+        "ref": "refs/heads/production",
+        "after": "59b20b8d5c6ff8d09518454d4dd8b7a30f095ab5",
+        "repository": {"full_name": "puppet/control", "clone_url": url, "html_url": url.trim_end_matches(".git")}
+    })
+    .to_string();
+    let hook = format!(
+        "http://{}/hook/{}/{NAME}",
+        world.webhook_addr.context("no webhook receiver")?,
+        world.ns.name()
+    );
+    let post = |signature: String| {
+        let (hook, body) = (hook.clone(), body.clone());
+        async move {
+            openvox_code_controller::tls::install_ring_provider();
+            let response = reqwest::Client::new()
+                .post(hook)
+                .header("content-type", "application/json")
+                .header("x-github-event", "push")
+                .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+                .header("x-hub-signature-256", signature)
+                .body(body)
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            Ok::<_, anyhow::Error>((status, response.text().await?))
+        }
+    };
+    let good = format!(
+        "sha256={}",
+        sign_hex(WEBHOOK_SECRET.as_bytes(), body.as_bytes())
+    );
+    let bad = format!("sha256={}", sign_hex(b"not-the-secret", body.as_bytes()));
+    let (accepted, accepted_body) = post(good).await?;
+    assert_eq!(accepted, 202, "{accepted_body}");
+    let (refused, refused_body) = post(bad).await?;
+    assert!(
+        refused == 401 || refused == 403,
+        "{refused}: {refused_body}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = codesources.get(NAME).await?.status.unwrap_or_default();
+        if status.last_handled_check_requested_at.is_some() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the accepted webhook led to no head check");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (mut text, worker_logs) = observable_text(&world).await?;
+    text.push_str(&accepted_body);
+    text.push_str(&refused_body);
     // The scan must include the worker's own log, which ends with the pinned reference.
     assert!(
         worker_logs.contains(&image),
         "the worker log was not read: {worker_logs}"
     );
-    assert!(!text.contains(PASSWORD), "the registry password leaked");
+    // …and the controller's log of both webhook requests.
+    let controller_log = std::fs::read_to_string(&world.controller_log)?;
+    for line in ["webhook: head check requested", "webhook refused"] {
+        assert!(
+            controller_log.contains(line),
+            "the controller log lacks {line:?}"
+        );
+    }
     use base64::Engine as _;
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("pusher:{PASSWORD}"));
-    assert!(
-        !text.contains(&encoded),
-        "the encoded registry credentials leaked"
-    );
+    let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+    for (what, secret) in [
+        ("the registry password", PASSWORD.to_string()),
+        (
+            "the encoded registry credentials",
+            b64(format!("pusher:{PASSWORD}")),
+        ),
+        ("the git password", GIT_PASSWORD.to_string()),
+        (
+            "the encoded git credentials",
+            b64(format!("puller:{GIT_PASSWORD}")),
+        ),
+        ("the webhook secret", WEBHOOK_SECRET.to_string()),
+        (
+            "the encoded webhook secret",
+            b64(WEBHOOK_SECRET.to_string()),
+        ),
+    ] {
+        assert!(!text.contains(&secret), "{what} leaked");
+    }
     Ok(())
 }

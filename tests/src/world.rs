@@ -14,7 +14,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::fixtures::registry::{Settings as RegistrySettings, TestRegistry, skopeo};
-use crate::fixtures::{Bare, Scratch, Server, file, git_daemon, git_daemon_at};
+use crate::fixtures::servers::http_git;
+use crate::fixtures::{Bare, Scratch, Server, file, free_port, git_daemon, git_daemon_at};
 use crate::{NodeSim, TestNamespace};
 
 /// Image name the Jobs use; node simulation maps it to the local worker binary.
@@ -45,6 +46,11 @@ pub struct World {
     controller_binary: PathBuf,
     /// Worker pods start only while this file exists (see [`World::hold_workers`]).
     gate: PathBuf,
+    /// Smart HTTP git with basic auth, when [`WorldOptions::git_auth`] is set.
+    _http_git: Option<Server>,
+    /// Where the controller's webhook receiver listens, when
+    /// [`WorldOptions::webhook_secret`] is set.
+    pub webhook_addr: Option<std::net::SocketAddr>,
     scratch: Scratch,
 }
 
@@ -60,12 +66,21 @@ impl Drop for Process {
 
 /// The controller binary against the namespace's control plane, output into `log`
 /// (appended).
-fn spawn_controller(controller: &Path, ns: &TestNamespace, log: &Path) -> Result<Child> {
+fn spawn_controller(
+    controller: &Path,
+    ns: &TestNamespace,
+    log: &Path,
+    webhook_addr: Option<std::net::SocketAddr>,
+) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(log)?;
-    Command::new(controller)
+    let mut command = Command::new(controller);
+    if let Some(addr) = webhook_addr {
+        command.arg(format!("--webhook-addr={addr}"));
+    }
+    command
         .env("KUBECONFIG", ns.control_plane().kubeconfig())
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -92,6 +107,12 @@ pub struct WorldOptions {
     pub registry_auth: Option<(&'static str, &'static str)>,
     /// Extra tags (`spec.output.tags`) pushed with every build.
     pub tags: &'static [&'static str],
+    /// Serve the control repository over smart HTTP with basic auth for this user and
+    /// password (instead of git://), and give the CodeSource a git Secret with them.
+    pub git_auth: Option<(&'static str, &'static str)>,
+    /// Run the controller's webhook receiver and give the CodeSource a webhook Secret
+    /// holding this shared secret.
+    pub webhook_secret: Option<&'static str>,
 }
 
 impl World {
@@ -126,7 +147,16 @@ impl World {
                 ),
             ],
         );
-        let control = Bare::init(&repos.join("control.git"));
+        // Below repos/private/ the HTTP server wants basic auth.
+        let control_path = if options.git_auth.is_some() {
+            "private/control.git"
+        } else {
+            "control.git"
+        };
+        let control = Bare::init(&repos.join(control_path));
+        let http = options
+            .git_auth
+            .map(|(user, password)| http_git(&scratch, &repos, &[(user, password)], "unused"));
         for branch in ["production", "staging"] {
             control.commit(
                 branch,
@@ -155,7 +185,10 @@ impl World {
 
         let controller_log = scratch.path("controller.log");
         std::fs::File::create(&controller_log)?;
-        let child = spawn_controller(controller, &ns, &controller_log)?;
+        let webhook_addr = options
+            .webhook_secret
+            .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let child = spawn_controller(controller, &ns, &controller_log, webhook_addr)?;
 
         let repository = format!("{}/puppet/code", registry.host());
         let mut output = json!({"image": repository, "insecure": true});
@@ -188,16 +221,38 @@ impl World {
             }),
         )
         .await?;
-        crate::apply::apply(ns.client(), Some(ns.name()), json!({
-            "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
-            "metadata": {"name": NAME},
-            "spec": {
-                "configRef": NAME,
-                "git": {"url": format!("git://127.0.0.1:{}/control.git", daemon.port), "branches": ["production", "staging"]},
-                "schedule": "@hourly",
-                "output": output,
-            },
-        }))
+        let mut git = json!({"url": format!("git://127.0.0.1:{}/control.git", daemon.port),
+                             "branches": ["production", "staging"]});
+        if let (Some((user, password)), Some(http)) = (options.git_auth, &http) {
+            git["url"] = json!(format!("http://127.0.0.1:{}/git/{control_path}", http.port));
+            git["secretRef"] = json!({"name": "git-auth"});
+            crate::apply::apply(
+                ns.client(),
+                Some(ns.name()),
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-auth"},
+                       "stringData": {"username": user, "password": password}}),
+            )
+            .await?;
+        }
+        let mut spec =
+            json!({"configRef": NAME, "git": git, "schedule": "@hourly", "output": output});
+        if let Some(secret) = options.webhook_secret {
+            let key = openvox_crds::names::WEBHOOK_SECRET_KEY;
+            crate::apply::apply(
+                ns.client(),
+                Some(ns.name()),
+                json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "webhook"},
+                       "stringData": {key: secret}}),
+            )
+            .await?;
+            spec["webhook"] = json!({"secretRef": {"name": "webhook"}});
+        }
+        crate::apply::apply(
+            ns.client(),
+            Some(ns.name()),
+            json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
+                   "metadata": {"name": NAME}, "spec": spec}),
+        )
         .await?;
         Ok(Self {
             ns,
@@ -211,6 +266,8 @@ impl World {
             controller: Some(Process(child)),
             controller_binary: controller.to_owned(),
             gate,
+            _http_git: http,
+            webhook_addr,
             scratch,
         })
     }
@@ -224,7 +281,12 @@ impl World {
     /// it exited), appending to the same log, as a Deployment restarts its pod.
     pub fn start_controller(&mut self) -> Result<()> {
         drop(self.controller.take());
-        let child = spawn_controller(&self.controller_binary, &self.ns, &self.controller_log)?;
+        let child = spawn_controller(
+            &self.controller_binary,
+            &self.ns,
+            &self.controller_log,
+            self.webhook_addr,
+        )?;
         self.controller = Some(Process(child));
         Ok(())
     }
