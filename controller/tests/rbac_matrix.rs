@@ -2,8 +2,9 @@
 //!
 //! 1. The chart's RBAC (from `helm template`) and the per-CodeSource worker identity the
 //!    controller creates are installed; then the controller runs with a token of the
-//!    chart's ServiceAccount through a full cycle: two CodeSources (one build that
-//!    succeeds, is pinned into a Config and pruned; one that fails), a webhook, a Pool
+//!    chart's ServiceAccount through a full cycle: three CodeSources (one build that
+//!    succeeds, is pinned into a Config and pruned; one that fails; one with claim
+//!    output, whose claim is read before the launch), a webhook, a Pool
 //!    with a route that is then disabled, and the leader Lease. The worker's report is
 //!    written with a token of the worker's own ServiceAccount.
 //! 2. `kubectl auth can-i --as=system:serviceaccount:…` checks a matrix: the worker
@@ -532,6 +533,13 @@ async fn the_worker_and_the_controller_have_exactly_the_rights_they_use() -> Res
             "broken",
             json!({"configRef": null, "job": {"image": "openvox-code-worker:fail"}}),
         ),
+        // Claim output: the controller reads the claim by name before it launches.
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "code"},
+               "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        codesource(
+            "claimed",
+            json!({"configRef": null, "output": {"claimName": "code"}}),
+        ),
     ] {
         harness::apply::apply(ns.client(), Some(ns.name()), object).await?;
     }
@@ -672,6 +680,11 @@ async fn the_worker_and_the_controller_have_exactly_the_rights_they_use() -> Res
         .send()
         .await?;
     assert_eq!(answer.status().as_u16(), 202);
+    eventually("the claim-mode CodeSource launched", || async {
+        let st = codesources.get("claimed").await?.status.unwrap_or_default();
+        Ok(st.last_launch.map(|_| ()))
+    })
+    .await?;
     eventually("the check request handled", || async {
         let st = codesources.get("prod").await?.status.unwrap_or_default();
         Ok(st.last_handled_check_requested_at.map(|_| ()))
