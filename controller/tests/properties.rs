@@ -259,3 +259,19 @@ fn provider() -> impl Strategy<Value = Provider> {
         Just(Provider::Generic),
     ]
 }
+
+/// JSON nested far deeper than any payload: refused as not JSON (serde_json's recursion
+/// limit), not a stack overflow.
+#[test]
+fn deeply_nested_bodies_are_refused() {
+    for provider in [Provider::GitHub, Provider::GitLab, Provider::Generic] {
+        let body = format!("{{\"ref\":{}", "[".repeat(200_000));
+        assert!(
+            matches!(
+                parse(provider, None, body.as_bytes()),
+                Err(PayloadError::NotJson(_))
+            ),
+            "{provider:?}"
+        );
+    }
+}

@@ -394,6 +394,14 @@ fn three_thousand_branches_are_listed_and_selected_by_glob() {
         started.elapsed()
     );
     run.assert_ok();
+    // The worker's own timing of the ref listing.
+    let listing = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(" list "))
+        .unwrap_or_default();
+    eprintln!("{listing}");
+    assert!(listing.contains("3001 branches, 10 selected"), "{listing}");
     let mut deployed: Vec<String> = std::fs::read_dir(&world.out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

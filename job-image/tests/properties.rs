@@ -543,3 +543,22 @@ proptest! {
         }
     }
 }
+
+/// Pathological sizes: 100,000 open parentheses, 50,000 modules on one line each, a
+/// string that never closes over 100,000 lines. Refused or parsed in linear time, with
+/// the line.
+#[test]
+fn pathological_puppetfiles() {
+    let err = parse_puppetfile(&format!("mod {}", "(".repeat(100_000))).unwrap_err();
+    assert_eq!((err.line, err.message.as_str()), (1, "'(' is not closed"));
+    let many: String = (0..50_000)
+        .map(|i| format!("mod 'a-m{i}', '1.0.0'\n"))
+        .collect();
+    assert_eq!(parse_puppetfile(&many).unwrap().modules.len(), 50_000);
+    let open = format!("forge 'x'\nmod 'a-b', '{}", "\n".repeat(100_000));
+    let err = parse_puppetfile(&open).unwrap_err();
+    assert_eq!(
+        (err.line, err.message.as_str()),
+        (2, "string is not closed")
+    );
+}
