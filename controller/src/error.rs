@@ -30,6 +30,9 @@ pub enum Error {
         /// What is wrong with it (never its content).
         problem: String,
     },
+    /// The PersistentVolumeClaim named by `output.claimName` does not exist.
+    #[error("PersistentVolumeClaim {0:?} does not exist (output.claimName)")]
+    ClaimNotFound(String),
     /// Listing the remote heads failed.
     #[error("listing the remote heads failed: {0}")]
     HeadCheck(#[from] HeadError),
@@ -51,6 +54,7 @@ impl Error {
             Self::Kube { .. } => "KubeApiError",
             Self::InvalidSpec(_) => openvox_crds::names::reasons::INVALID_SPEC,
             Self::Secret { .. } => openvox_crds::names::reasons::SECRET_NOT_FOUND,
+            Self::ClaimNotFound(_) => openvox_crds::names::reasons::CLAIM_NOT_FOUND,
             Self::HeadCheck(_) => openvox_crds::names::reasons::GIT_OPERATION_FAILED,
             Self::ConfigNotFound(_) => openvox_crds::names::reasons::CONFIG_NOT_FOUND,
             Self::ConfigShape(_) => "ConfigShapeUnknown",
@@ -99,6 +103,7 @@ mod tests {
                 name: "s".into(),
                 problem: "p".into(),
             },
+            Error::ClaimNotFound("code".into()),
             Error::HeadCheck(HeadError::Timeout(1)),
             Error::ConfigNotFound("c".into()),
             Error::Unnamed,

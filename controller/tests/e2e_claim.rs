@@ -172,6 +172,27 @@ struct ClaimWorld {
 
 impl ClaimWorld {
     async fn start(ns: TestNamespace) -> Result<Self> {
+        let world = Self::start_without_claim(ns).await?;
+        world.create_claim().await?;
+        Ok(world)
+    }
+
+    /// The PersistentVolumeClaim the CodeSource names.
+    async fn create_claim(&self) -> Result<()> {
+        harness::apply::apply(
+            self.ns.client(),
+            Some(self.ns.name()),
+            json!({
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
+                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+            }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Everything but the claim.
+    async fn start_without_claim(ns: TestNamespace) -> Result<Self> {
         let (controller, worker) = binaries()?;
         // The worker pod, claim included, must pass the "restricted" Pod Security
         // Standard.
@@ -212,15 +233,6 @@ impl ClaimWorld {
         let log = scratch.path("controller.log");
         let controller = start_controller(&controller, &ns, &log)?;
 
-        harness::apply::apply(
-            ns.client(),
-            Some(ns.name()),
-            json!({
-                "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
-                "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
-            }),
-        )
-        .await?;
         harness::apply::apply(
             ns.client(),
             Some(ns.name()),
@@ -474,5 +486,47 @@ async fn a_single_object_config_gets_the_claim_name() -> Result<()> {
             .join("production/manifests/site.pp")
             .is_file()
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_claim_is_reported_and_the_build_follows_once_it_exists() -> Result<()> {
+    let world =
+        ClaimWorld::start_without_claim(TestNamespace::new("e2e-claim-missing").await?).await?;
+    let ns = &world.ns;
+    let codesources: Api<CodeSource> = ns.api();
+    let ready = eventually("Ready=False ClaimNotFound", || async {
+        let status = codesources.get(NAME).await?.status.unwrap_or_default();
+        Ok(status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "ClaimNotFound"))
+    })
+    .await?;
+    assert_eq!(ready.status, "False");
+    assert!(ready.message.contains(CLAIM), "{}", ready.message);
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    eventually("a ClaimNotFound Warning Event", || async {
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("ClaimNotFound")
+                    && e.type_.as_deref() == Some("Warning")
+            }))
+    })
+    .await?;
+    let jobs: Api<Job> = ns.api();
+    assert!(
+        jobs.list(&ListParams::default()).await?.items.is_empty(),
+        "no Job waits for a claim that does not exist"
+    );
+
+    world.create_claim().await?;
+    let build = wait_for_build(ns, None, &world.log).await?;
+    assert!(build.image.starts_with(&format!("pvc:{CLAIM}@sha256:")));
+    assert_claim_only(&wait_for_config(ns, &build.image).await?);
     Ok(())
 }

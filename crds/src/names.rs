@@ -115,6 +115,8 @@ pub mod reasons {
     pub const SUSPENDED: &str = "Suspended";
     /// The Config named by `configRef` does not exist.
     pub const CONFIG_NOT_FOUND: &str = "ConfigNotFound";
+    /// The PersistentVolumeClaim named by `output.claimName` does not exist.
+    pub const CLAIM_NOT_FOUND: &str = "ClaimNotFound";
     /// Config updated with a new image.
     pub const CONFIG_UPDATED: &str = "ConfigUpdated";
     /// The Pool's Service has ready endpoints.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -284,7 +284,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             let job = job_name(&name, name_seed);
             match launch(ctx, cs, &ns, &job, inputs_hash).await {
                 Ok(()) => Some(job),
-                Err(e @ Error::Secret { .. }) => {
+                Err(e @ (Error::Secret { .. } | Error::ClaimNotFound(_))) => {
                     launch_error = Some(e);
                     None
                 }
@@ -683,6 +683,18 @@ async fn launch(
                           kubernetes.io/dockerconfigjson Secret)"
                     .into(),
             });
+        }
+    }
+    // Likewise a missing output claim: the pod would wait unscheduled until the deadline.
+    if let Some(claim) = cs.spec.output.claim_name.as_ref().filter(|c| !c.is_empty()) {
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+        if claims
+            .get_opt(claim)
+            .await
+            .map_err(kube("get output PersistentVolumeClaim"))?
+            .is_none()
+        {
+            return Err(Error::ClaimNotFound(claim.clone()));
         }
     }
     let previous_image = cs
