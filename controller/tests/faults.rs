@@ -522,7 +522,7 @@ async fn an_api_server_restart_mid_build_is_survived_by_controller_and_worker() 
     // A control plane of its own: the others' tests must not see the outage.
     let plane =
         Arc::new(tokio::task::spawn_blocking(|| ControlPlane::start(&Options::default())).await??);
-    let world = start(TestNamespace::new_in(&plane, "faults-apiserver").await?).await?;
+    let mut world = start(TestNamespace::new_in(&plane, "faults-apiserver").await?).await?;
     let (first, first_job, job, _pod) = hold_second_build(&world).await?;
 
     let stop = plane.clone();
@@ -554,6 +554,9 @@ async fn an_api_server_restart_mid_build_is_survived_by_controller_and_worker() 
     })
     .await?;
     assert!(!is_true(&cs, "BuildFailed"), "{:?}", cs.status);
+    // The controller rode out the outage (no leader election here; with it, a leader
+    // that cannot renew its Lease exits and its Deployment restarts it).
+    assert!(world.controller_running(), "the controller process exited");
     // The worker's status write outlasted the outage: its pod did not fail, the
     // build was not redone.
     let j = world.ns.api::<Job>().get(&job).await?;
