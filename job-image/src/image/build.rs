@@ -277,13 +277,13 @@ pub fn source_annotation(url: &str) -> String {
     mask_url(url).replace("***@", "")
 }
 
-/// Writes `text` as the termination message when the file's directory exists (in a
-/// pod, `/dev`); errors are only logged: the message is a courtesy to the controller.
+/// Writes `text` as the termination message (see [`may_write_termination`]); errors
+/// are only logged: the message is a courtesy to the controller.
 pub fn write_termination_message(path: &Path, text: &str) {
-    let exists = path
+    let parent_is_dir = path
         .parent()
         .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir());
-    if !exists {
+    if !may_write_termination(path, path.is_file(), parent_is_dir) {
         return;
     }
     // Kubernetes keeps at most 4096 bytes of it.
@@ -293,6 +293,19 @@ pub fn write_termination_message(path: &Path, text: &str) {
         .collect();
     if let Err(e) = std::fs::write(path, line) {
         tracing::debug!("termination message {}: {e}", path.display());
+    }
+}
+
+/// Whether to write the termination message at `path`. A path given with
+/// `--termination-log` is written when its directory exists. The default
+/// `/dev/termination-log` only when the file is already there: in a pod the runtime
+/// creates it; on a host (a worker run by hand, or by the tests' node simulation) `/dev`
+/// exists too, and a stray `/dev/termination-log` must not be created there.
+pub fn may_write_termination(path: &Path, file_exists: bool, parent_is_dir: bool) -> bool {
+    if path == Path::new(TERMINATION_LOG) {
+        file_exists
+    } else {
+        parent_is_dir
     }
 }
 
@@ -484,6 +497,22 @@ mod tests {
 
     use super::*;
     use crate::cli::InvalidBranchesArg;
+
+    #[test]
+    fn the_default_termination_log_is_written_only_where_the_runtime_made_it() {
+        let default = Path::new(TERMINATION_LOG);
+        assert!(may_write_termination(default, true, true), "in a pod");
+        assert!(!may_write_termination(default, false, true), "on a host");
+        let given = Path::new("/tmp/pod/termination/worker");
+        assert!(
+            may_write_termination(given, false, true),
+            "an explicit path"
+        );
+        assert!(
+            !may_write_termination(given, false, false),
+            "no such directory"
+        );
+    }
 
     #[derive(Debug, Parser)]
     struct Wrapper {
