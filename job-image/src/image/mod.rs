@@ -23,9 +23,11 @@ pub mod push;
 pub mod reuse;
 pub mod tar;
 
-/// Version of the layer format: the tar layout, the compressor and its level. Part of
-/// every layer's reuse key, so a change here never reuses a layer built the old way.
-pub const LAYER_FORMAT_VERSION: u32 = 1;
+/// Version of the layer format: the tar layout, the compressor, its level and its
+/// chunking. Part of every layer's reuse key, so a change here never reuses a layer
+/// built the old way. 2: gzip of independently deflated 1 MiB chunks (one layer on
+/// every core).
+pub const LAYER_FORMAT_VERSION: u32 = 2;
 
 /// Most layers an image may have: containerd refuses images with more than 127.
 pub const MAX_LAYERS: usize = 127;
