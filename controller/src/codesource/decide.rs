@@ -108,7 +108,10 @@ pub enum Decision {
     UpToDate,
     /// The last build is of these inputs but some environments failed in it; its image
     /// is published, and the next tick after the backoff retries.
-    PartialWaitingForRetry,
+    PartialWaitingForRetry {
+        /// The retry of it that failed outright (its Job), when that is the last launch.
+        failed_retry: Option<String>,
+    },
     /// The last launch for these inputs failed; the next tick retries.
     FailedWaitingForRetry {
         /// The failed Job, when it still exists.
@@ -220,7 +223,18 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
                 inputs_hash: inputs,
                 reason: LaunchReason::RetryPartial,
             },
-            None => Decision::PartialWaitingForRetry,
+            None => Decision::PartialWaitingForRetry {
+                failed_retry: facts
+                    .last_launch
+                    .filter(|l| l.inputs_hash == inputs)
+                    .and_then(|l| {
+                        facts
+                            .jobs
+                            .iter()
+                            .find(|j| j.name == l.job_name && j.state == JobState::Failed)
+                    })
+                    .map(|j| j.name.clone()),
+            },
         };
     }
     if !launched_these {
@@ -598,9 +612,57 @@ mod tests {
                 assert_eq!(got, inputs);
                 assert!(name_seed.contains("/retry/"), "fresh name: {name_seed}");
             } else {
-                assert_eq!(d, Decision::PartialWaitingForRetry, "{minutes:?}");
+                assert_eq!(
+                    d,
+                    Decision::PartialWaitingForRetry { failed_retry: None },
+                    "{minutes:?}"
+                );
             }
         }
+    }
+
+    #[test]
+    fn a_retry_of_a_partial_build_that_failed_outright_is_named() {
+        let h = heads(&[("production", "aaa")]);
+        let inputs = inputs_hash("spec1", &h);
+        let retry = launch(&inputs, "cs-2", &h);
+        let jobs = [
+            finished("cs-1", &inputs, JobState::Succeeded),
+            finished("cs-2", &inputs, JobState::Failed),
+        ];
+        let f = Facts {
+            last_launch: Some(&retry),
+            last_build_inputs: Some(&inputs),
+            last_build_partial: true,
+            jobs: &jobs,
+            ..facts(&h)
+        };
+        assert_eq!(
+            decide(&f),
+            Decision::PartialWaitingForRetry {
+                failed_retry: Some("cs-2".into())
+            }
+        );
+        // Two attempts: the next retry waits 10 minutes after this one.
+        let early = Facts {
+            tick: Some(Timestamp::from_second(540).unwrap()),
+            ..f.clone()
+        };
+        assert!(matches!(
+            decide(&early),
+            Decision::PartialWaitingForRetry { .. }
+        ));
+        let f = Facts {
+            tick: Some(Timestamp::from_second(600).unwrap()),
+            ..f
+        };
+        assert!(matches!(
+            decide(&f),
+            Decision::Launch {
+                reason: LaunchReason::RetryPartial,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -350,6 +350,15 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         (Decision::FailedWaitingForRetry { job }, _) => {
             build_failed = Some(failure_message(ctx, &ns, job.as_deref(), &jobs, &old).await);
         }
+        // The partial image stands, but say why its retry failed.
+        (
+            Decision::PartialWaitingForRetry {
+                failed_retry: Some(job),
+            },
+            _,
+        ) => {
+            build_failed = Some(failure_message(ctx, &ns, Some(job), &jobs, &old).await);
+        }
         _ => {}
     }
     status.active_job = building.clone();
@@ -418,7 +427,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     // Status.
     let up_to_date = matches!(decision, Decision::UpToDate);
     let partial_build = match (&decision, &old.last_build) {
-        (Decision::PartialWaitingForRetry, Some(build)) => {
+        (Decision::PartialWaitingForRetry { .. }, Some(build)) => {
             Some(partial_message(&build.image, &build.failed))
         }
         _ => None,
@@ -493,6 +502,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     // A partial build warns once when it lands (each retry that is partial again lands
     // anew), not at every reconcile while it waits for its retry.
     if let Some(message) = &partial_build
+        && build_failed.is_none()
         && find(&old.conditions, types::READY)
             .is_none_or(|c| c.reason != reasons::PARTIAL_BUILD || c.message != *message)
     {
