@@ -37,7 +37,10 @@ pub struct Settings {
     pub worker_defaults: WorkerDefaults,
     /// Reconciles running at once.
     pub concurrency: u16,
-    /// How long a head listing is shared; shorter than the shortest schedule (1 min).
+    /// How long a head listing is kept for sharing. Freshness comes from each check's
+    /// `not_before` (a scheduled check shares only listings started since its tick), so
+    /// this only has to outlast one tick's reconciles: with 20 s, 1,000 CodeSources on
+    /// a loaded 2-core machine took longer and every repository was listed twice a tick.
     pub head_cache_ttl: Duration,
     /// Writable directory for the head checker's scratch repository.
     pub scratch_dir: PathBuf,
@@ -51,7 +54,7 @@ impl Settings {
             worker_image: worker_image.into(),
             worker_defaults: WorkerDefaults::default(),
             concurrency: 4,
-            head_cache_ttl: Duration::from_secs(20),
+            head_cache_ttl: Duration::from_secs(55),
             scratch_dir: std::env::temp_dir(),
         }
     }
