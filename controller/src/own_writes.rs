@@ -1,5 +1,5 @@
-//! The controller's own status writes, so the watch event each of them causes does not
-//! trigger one more reconcile of the same object.
+//! The controller's own writes (status, and a Pool's Service), so the watch event each
+//! of them causes does not trigger one more reconcile of the same object.
 //!
 //! Every reconcile of a scheduled CodeSource writes its status (check and schedule
 //! times); without this, the write came back as a watch event and a second reconcile

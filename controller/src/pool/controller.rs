@@ -80,6 +80,7 @@ pub async fn run(
     let pools: Api<Pool> = api(&client, ns);
     let own_writes = OwnWrites::default();
     let own_filter = own_writes.clone();
+    let own_services = own_writes.clone();
     let (store, writer) = reflector::store();
     let triggers = reflector(
         writer,
@@ -125,7 +126,14 @@ pub async fn run(
     });
 
     controller
-        .owns(api::<Service>(&client, ns), watcher::Config::default())
+        // Service changes wake their Pool, except the ones this controller just made:
+        // each Pool's first reconcile created its Service and then ran again for it.
+        .owns_stream(
+            watcher(api::<Service>(&client, ns), watcher::Config::default())
+                .default_backoff()
+                .touched_objects()
+                .try_filter(move |service| future::ready(!own_services.is_own(&service.metadata))),
+        )
         // A Pool change can hand its hostname to a sibling (or take it away): wake the
         // Pools claiming the same hostname and every Pool currently losing a conflict.
         .watches(

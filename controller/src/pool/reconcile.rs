@@ -108,7 +108,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     }
 
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
-    services
+    let applied = services
         .patch(
             &name,
             &apply_params(),
@@ -116,6 +116,8 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
         )
         .await
         .map_err(kube("apply Service"))?;
+    // Creating or changing the Service must not wake this Pool again.
+    ctx.own_writes.record(&applied.metadata);
 
     let route = sync_route(&ctx, &pool, &name, &ns).await?;
 
