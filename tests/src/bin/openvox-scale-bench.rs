@@ -86,10 +86,14 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let controller = std::fs::canonicalize(&args.controller)
         .with_context(|| format!("controller binary {}", args.controller.display()))?;
-    let profile = if controller.components().any(|c| c.as_os_str() == "release") {
-        "release"
+    // Named by the cargo profile directory it was built in (target/release, target/debug).
+    let in_dir = |name: &str| controller.components().any(|c| c.as_os_str() == name);
+    let profile = if in_dir("release") {
+        "release build"
+    } else if in_dir("debug") {
+        "debug build"
     } else {
-        "debug"
+        "build profile unknown"
     };
     println!("# openvox-code scale benchmark");
     println!(
@@ -101,7 +105,7 @@ async fn main() -> Result<()> {
         command_line(&mut Command::new("nproc"), &[])
     );
     println!("load before: {}", loadavg());
-    println!("controller:  {} ({profile} build)", controller.display());
+    println!("controller:  {} ({profile})", controller.display());
     println!(
         "objects:     {} CodeSources over {} repositories ({} branches each, schedule \"* * * * *\"), {} Pools",
         args.codesources,
@@ -176,8 +180,9 @@ async fn main() -> Result<()> {
         .try_collect::<Vec<()>>()
         .await?;
     println!(
-        "created {} objects in {:.1}s ({} at a time)",
-        args.codesources * 2 + args.pools,
+        "created {} objects and {} build reports in {:.1}s ({} requests at a time)",
+        args.codesources + args.pools,
+        args.codesources,
         created.elapsed().as_secs_f64(),
         args.create_concurrency
     );
