@@ -522,7 +522,15 @@ async fn an_api_server_restart_mid_build_is_survived_by_controller_and_worker() 
     // A control plane of its own: the others' tests must not see the outage.
     let plane =
         Arc::new(tokio::task::spawn_blocking(|| ControlPlane::start(&Options::default())).await??);
-    let mut world = start(TestNamespace::new_in(&plane, "faults-apiserver").await?).await?;
+    let (controller, worker) = binaries()?;
+    // Leader election on, as the chart runs the controller.
+    let options = WorldOptions {
+        tags: &[TAG],
+        leader_election: true,
+        ..WorldOptions::default()
+    };
+    let ns = TestNamespace::new_in(&plane, "faults-apiserver").await?;
+    let mut world = World::start_with(ns, &controller, &worker, options).await?;
     let (first, first_job, job, _pod) = hold_second_build(&world).await?;
 
     let stop = plane.clone();
@@ -537,11 +545,20 @@ async fn an_api_server_restart_mid_build_is_survived_by_controller_and_worker() 
         Ok((world.registry.manifest_puts(&repo).len() > puts).then_some(()))
     })
     .await?;
-    // Longer than a few quick retries would wait.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Down for longer than a few quick retries, and than the leader's renew deadline
+    // (10 s after its last renewal, which was at most 5 s before the outage).
+    let down_for = Duration::from_secs(16);
+    tokio::time::sleep(down_for.saturating_sub(outage.elapsed())).await;
     let restart = plane.clone();
     tokio::task::spawn_blocking(move || restart.start_apiserver()).await??;
     eprintln!("API server outage: {:.1?}", outage.elapsed());
+
+    // The leader could not renew its Lease: it exited rather than keep acting without
+    // it; its Deployment would start it again, as the test does.
+    assert!(!world.controller_running(), "the leader outlived its Lease");
+    let log = std::fs::read_to_string(&world.controller_log)?;
+    assert!(log.contains("lost the leader lease"), "{log}");
+    world.start_controller()?;
 
     let second = new_config_image(&world, &first).await?;
     assert_published(&world, &second).await?;
@@ -554,9 +571,6 @@ async fn an_api_server_restart_mid_build_is_survived_by_controller_and_worker() 
     })
     .await?;
     assert!(!is_true(&cs, "BuildFailed"), "{:?}", cs.status);
-    // The controller rode out the outage (no leader election here; with it, a leader
-    // that cannot renew its Lease exits and its Deployment restarts it).
-    assert!(world.controller_running(), "the controller process exited");
     // The worker's status write outlasted the outage: its pod did not fail, the
     // build was not redone.
     let j = world.ns.api::<Job>().get(&job).await?;

@@ -51,6 +51,8 @@ pub struct World {
     /// Where the controller's webhook receiver listens, when
     /// [`WorldOptions::webhook_secret`] is set.
     pub webhook_addr: Option<std::net::SocketAddr>,
+    /// Whether the controller runs with leader election.
+    leader_election: bool,
     scratch: Scratch,
 }
 
@@ -71,6 +73,7 @@ fn spawn_controller(
     ns: &TestNamespace,
     log: &Path,
     webhook_addr: Option<std::net::SocketAddr>,
+    leader_election: bool,
 ) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .append(true)
@@ -79,6 +82,13 @@ fn spawn_controller(
     let mut command = Command::new(controller);
     if let Some(addr) = webhook_addr {
         command.arg(format!("--webhook-addr={addr}"));
+    }
+    if leader_election {
+        command.args([
+            "--leader-election=true",
+            "--leader-election-namespace",
+            ns.name(),
+        ]);
     }
     command
         .env("KUBECONFIG", ns.control_plane().kubeconfig())
@@ -113,6 +123,9 @@ pub struct WorldOptions {
     /// Run the controller's webhook receiver and give the CodeSource a webhook Secret
     /// holding this shared secret.
     pub webhook_secret: Option<&'static str>,
+    /// Run the controller with leader election (a Lease in the test namespace), as the
+    /// chart does by default.
+    pub leader_election: bool,
 }
 
 impl World {
@@ -188,7 +201,13 @@ impl World {
         let webhook_addr = options
             .webhook_secret
             .map(|_| std::net::SocketAddr::from(([127, 0, 0, 1], free_port())));
-        let child = spawn_controller(controller, &ns, &controller_log, webhook_addr)?;
+        let child = spawn_controller(
+            controller,
+            &ns,
+            &controller_log,
+            webhook_addr,
+            options.leader_election,
+        )?;
 
         let repository = format!("{}/puppet/code", registry.host());
         let mut output = json!({"image": repository, "insecure": true});
@@ -268,6 +287,7 @@ impl World {
             gate,
             _http_git: http,
             webhook_addr,
+            leader_election: options.leader_election,
             scratch,
         })
     }
@@ -286,6 +306,7 @@ impl World {
             &self.ns,
             &self.controller_log,
             self.webhook_addr,
+            self.leader_election,
         )?;
         self.controller = Some(Process(child));
         Ok(())
