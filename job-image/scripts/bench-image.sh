@@ -122,14 +122,18 @@ for line in open(sys.argv[1]):
 PY
 )
   rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.1f", $2/1024}' "$work/time.txt")
-  printf '%-34s %8s s   peak RSS %7s MiB\n' "$label" "$wall" "$rss"
+  # CPU time (user + system) varies far less than wall time on a loaded machine.
+  cpu=$(awk -F': ' '/User time|System time/ {t += $2} END {printf "%.2f", t}' "$work/time.txt")
+  printf '%-34s %8s s   peak RSS %7s MiB   CPU %7s s\n' "$label" "$wall" "$rss" "$cpu"
   echo "$wall" >"$work/last-wall"
+  echo "$cpu" >"$work/last-cpu"
 }
 
 build=("$WORKER" build --url "$control" --branch '*' --image "$image" --tag latest --insecure
        --work-dir "$work/tmp" --termination-log "$work/termination-log")
 measure "cold build + push" "${build[@]}"
 cold=$(cat "$work/last-wall")
+cold_cpu=$(cat "$work/last-cpu")
 grep -E ' (fetch|reuse|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
 
 # One commit on one branch.
@@ -146,6 +150,7 @@ node default { include profile }
 EOF
 measure "incremental (1 branch changed)" "${build[@]}"
 incremental=$(cat "$work/last-wall")
+incremental_cpu=$(cat "$work/last-cpu")
 grep -E ' (fetch|reuse|layer|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
 
 # Baseline: clone, tar | gzip -1, an OCI layout, skopeo copy.
@@ -192,10 +197,11 @@ echo "$floor_line"
 floor=$(echo "$floor_line" | awk '{for (i=1;i<=NF;i++) if ($i=="s") print $(i-1)}' | head -1)
 
 echo "load average during the run: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores: above 2 means other work shared the CPU)"
-python3 - "$cold" "$incremental" "$floor" "$baseline_wall" <<'PY'
+python3 - "$cold" "$incremental" "$floor" "$baseline_wall" "$cold_cpu" "$incremental_cpu" <<'PY'
 import sys
-cold, inc, floor, base = map(float, sys.argv[1:5])
+cold, inc, floor, base, cold_cpu, inc_cpu = map(float, sys.argv[1:7])
 print("cold / gzip floor:       %.2fx (target <= 2)" % (cold / floor))
 print("incremental / cold:      %.2f  (target <= 0.20)" % (inc / cold))
+print("  in CPU time:           %.2f" % (inc_cpu / cold_cpu))
 print("cold / baseline:         %.2fx" % (cold / base))
 PY
