@@ -791,3 +791,78 @@ fn the_log_format_comes_from_the_environment_too() {
     );
     assert!(serde_json::from_str::<serde_json::Value>(stderr.lines().next().unwrap()).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_build_records_its_failures_in_the_codesource_status() {
+    use harness::TestNamespace;
+    use harness::apply::{apply, readme_example};
+    let ns = TestNamespace::new("worker-partial").await.unwrap();
+    let mut codesource = readme_example("CodeSource").unwrap();
+    codesource["metadata"]["namespace"] = ns.name().into();
+    let name = codesource["metadata"]["name"].as_str().unwrap().to_owned();
+    apply(ns.client(), Some(ns.name()), codesource)
+        .await
+        .unwrap();
+
+    let served = Served::new();
+    control_branch(&served, "production", "");
+    control_branch(
+        &served,
+        "staging",
+        "mod 'x', :svn => 'https://svn.example/x'\n",
+    );
+    let url = served.url("control.git");
+    let target = format!("{}/{name}", ns.name());
+    let output = Command::new(env!("CARGO_BIN_EXE_openvox-code-worker"))
+        .args(["build", "--url", &url, "--branch", "*", "--image"])
+        .arg(served.image())
+        .args(["--insecure", "--codesource", &target, "--job-name", "job-1"])
+        .arg("--work-dir")
+        .arg(&served.work)
+        .arg("--termination-log")
+        .arg(served.work.join("termination-log"))
+        .env("KUBECONFIG", ns.control_plane().kubeconfig())
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let reference = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+
+    let object = ns
+        .api::<openvox_crds::CodeSource>()
+        .get(&name)
+        .await
+        .unwrap();
+    let record = object.status.and_then(|s| s.last_build).unwrap();
+    assert_eq!(record.image, reference);
+    assert_eq!(record.job_name.as_deref(), Some("job-1"));
+    assert_eq!(
+        record
+            .environments
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["production"]
+    );
+    assert_eq!(record.failed.len(), 1, "{:?}", record.failed);
+    assert_eq!(record.failed[0].branch, "staging");
+    assert_eq!(record.failed[0].name.as_deref(), Some("staging"));
+    assert!(
+        record.failed[0].reason.contains("Puppetfile"),
+        "{}",
+        record.failed[0].reason
+    );
+    assert!(
+        served.termination_message().starts_with(&format!(
+            "partial: {reference}; 1 environments failed: staging"
+        )),
+        "{}",
+        served.termination_message()
+    );
+}
