@@ -69,6 +69,12 @@ pub struct Args {
     #[arg(long, env = "OPENVOX_CODE_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u16,
 
+    /// Pool reconciles running at once. A Pool reconcile is a handful of API calls and
+    /// no local work, so its pace is set by round trips: with 4 at a time, 1,000 Pools
+    /// took 70 s to reconcile once in the scale benchmark (docs/benchmarks.md).
+    #[arg(long, env = "OPENVOX_CODE_POOL_CONCURRENCY", default_value_t = 16)]
+    pub pool_concurrency: u16,
+
     /// Log format.
     #[arg(long, env = "OPENVOX_CODE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -121,7 +121,7 @@ async fn main() -> Result<()> {
         let settings = pool::Settings {
             namespace: args.namespace.clone(),
             gateway_api_poll: Duration::from_secs(60),
-            concurrency: args.concurrency,
+            concurrency: args.pool_concurrency,
         };
         tasks.push(tokio::spawn(pool::run(
             client.clone(),
