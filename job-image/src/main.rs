@@ -66,11 +66,7 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) if e.is_permanent() => {
-                let _ = fail(&e.to_string());
-                ExitCode::from(permanent_failure_code())
-            }
-            Err(e) => fail(&e.to_string()),
+            Err(e) => failed(&e.to_string(), e.is_permanent()),
         },
         Command::Build(args) => match runtime.block_on(run_build(args)) {
             Ok(built) => {
@@ -84,20 +80,28 @@ fn main() -> ExitCode {
                 }
                 ExitCode::SUCCESS
             }
-            Err(e) if e.is_permanent() => {
-                let _ = fail(&e.to_string());
-                ExitCode::from(permanent_failure_code())
-            }
-            Err(e) => fail(&e.to_string()),
+            Err(e) => failed(&e.to_string(), e.is_permanent()),
         },
     }
 }
 
-/// Prints the one-line reason and returns the failure exit code.
+/// Prints the one-line reason; a permanent failure (retrying cannot help) exits with
+/// the code that makes the Job give up at once.
+fn failed(reason: &str, permanent: bool) -> ExitCode {
+    let code = fail(reason);
+    if permanent {
+        ExitCode::from(permanent_failure_code())
+    } else {
+        code
+    }
+}
+
+/// The exit code of a permanent failure.
 fn permanent_failure_code() -> u8 {
     u8::try_from(WORKER_PERMANENT_FAILURE_EXIT_CODE).unwrap_or(1)
 }
 
+/// Prints the one-line reason and returns the failure exit code.
 fn fail(reason: &str) -> ExitCode {
     logging::final_error(reason);
     ExitCode::FAILURE

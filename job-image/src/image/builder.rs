@@ -269,23 +269,42 @@ async fn take_unchanged(
         )));
     };
     let created = rfc3339(env.commit_time);
+    Ok(Ok(reused_layer(
+        &env.inputs,
+        layer,
+        &key,
+        created,
+        Some(&env.pins),
+        transfer,
+    )))
+}
+
+/// A previous layer taken for `inputs`: annotated as a fresh build of them would be.
+fn reused_layer(
+    inputs: &EnvironmentInputs,
+    layer: &PreviousLayer,
+    key: &str,
+    created: String,
+    pins: Option<&Pins>,
+    transfer: Transfer,
+) -> PlannedLayer {
     let mut descriptor = layer.descriptor.clone();
-    descriptor.annotations = layer_annotations(&env.inputs, &key, &created, Some(&env.pins));
-    Ok(Ok(PlannedLayer {
+    descriptor.annotations = layer_annotations(inputs, key, &created, pins);
+    PlannedLayer {
         report: LayerReport {
-            environment: env.inputs.name.clone(),
-            branch: env.inputs.branch.clone(),
-            revision: env.inputs.revision(),
+            environment: inputs.name.clone(),
+            branch: inputs.branch.clone(),
+            revision: inputs.revision(),
             digest: descriptor.digest.clone(),
             size: descriptor.size,
             origin: LayerOrigin::Reused,
             transfer,
-            inputs: Some(env.inputs.clone()),
+            inputs: Some(inputs.clone()),
         },
         descriptor,
         diff_id: layer.diff_id.clone(),
         created,
-    }))
+    }
 }
 
 /// The environments of `previous` whose layer the output has (or got by a mount), with
@@ -348,24 +367,14 @@ pub async fn build_image(
         if let Some((previous, layer)) = reusable {
             transfer = available(output, layer, previous).await?;
             if let Some(transfer) = transfer {
-                let mut descriptor = layer.descriptor.clone();
-                descriptor.annotations =
-                    layer_annotations(&env.inputs, &key, &created, env.pins.as_ref());
-                planned.push(PlannedLayer {
-                    report: LayerReport {
-                        environment: env.inputs.name.clone(),
-                        branch: env.inputs.branch.clone(),
-                        revision: env.inputs.revision(),
-                        digest: descriptor.digest.clone(),
-                        size: descriptor.size,
-                        origin: LayerOrigin::Reused,
-                        transfer,
-                        inputs: Some(env.inputs.clone()),
-                    },
-                    descriptor,
-                    diff_id: layer.diff_id.clone(),
+                planned.push(reused_layer(
+                    &env.inputs,
+                    layer,
+                    &key,
                     created,
-                });
+                    env.pins.as_ref(),
+                    transfer,
+                ));
             } else {
                 tracing::info!(
                     "{}: layer {} of the previous image is gone from the output; building it again",
