@@ -192,9 +192,15 @@ start_again() {
   eval "start $name $cmd"
 }
 
-# stop_one NAME: stop one component (TERM, then KILL after 5 s), by its PID file.
+# stop_one NAME: stop one component of this control plane.
 stop_one() {
-  local pidfile="$dir/pids/$1.pid" pid
+  stop_pidfile "$dir/pids/$1.pid"
+}
+
+# stop_pidfile FILE: stop the process of a PID file (TERM, then KILL after 5 s), only
+# if it is still one of ours, and remove the file.
+stop_pidfile() {
+  local pidfile=$1 pid
   if ours "$pidfile"; then
     pid=$(cat "$pidfile")
     kill -TERM "$pid" 2>/dev/null || true
@@ -230,19 +236,13 @@ ours() {
 }
 
 stop_all() {
-  local d=$1 pidfile pid
+  local d=$1 pidfile
   [[ -d "$d/pids" ]] || return 0
   # Reverse start order: controller-manager, apiserver, etcd.
   for name in kube-controller-manager kube-apiserver etcd; do
     pidfile="$d/pids/$name.pid"
     [[ -f "$pidfile" ]] || continue
-    if ours "$pidfile"; then
-      pid=$(cat "$pidfile")
-      kill -TERM "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -KILL "$pid" 2>/dev/null || true
-    fi
-    rm -f "$pidfile"
+    stop_pidfile "$pidfile"
   done
 }
 
