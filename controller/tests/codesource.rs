@@ -85,6 +85,17 @@ async fn worker_jobs(ns: &TestNamespace, name: &str) -> Result<Vec<Job>> {
         .items)
 }
 
+/// The first worker Job of `name` that succeeded, once there is one.
+async fn completed_job(ns: &TestNamespace, name: &str) -> Result<Job> {
+    eventually("the Job to complete", || async {
+        Ok(worker_jobs(ns, name)
+            .await?
+            .into_iter()
+            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
+    })
+    .await
+}
+
 async fn status(ns: &TestNamespace, name: &str) -> Result<Value> {
     let api: Api<CodeSource> = ns.api();
     Ok(serde_json::to_value(
@@ -350,13 +361,7 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
     )
     .await?;
 
-    let job = eventually("the Job to complete", || async {
-        Ok(worker_jobs(&ns, "prod")
-            .await?
-            .into_iter()
-            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
-    })
-    .await?;
+    let job = completed_job(&ns, "prod").await?;
     let digest = "registry.example/puppet-code@sha256:1111111111111111111111111111111111111111111111111111111111111111";
     report_build(&ns, "prod", digest).await?;
 
@@ -480,13 +485,7 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
         codesource("prod", with_config(&repo.url(), "prod")),
     )
     .await?;
-    let first = eventually("the Job to complete", || async {
-        Ok(worker_jobs(&ns, "prod")
-            .await?
-            .into_iter()
-            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
-    })
-    .await?;
+    let first = completed_job(&ns, "prod").await?;
 
     // The worker's report of a partial build: published, one environment failed.
     let digest = "registry.example/puppet-code@sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -741,13 +740,7 @@ async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> 
         codesource("prod", with_config(&repo.url(), "later")),
     )
     .await?;
-    eventually("the Job to complete", || async {
-        Ok(worker_jobs(&ns, "prod")
-            .await?
-            .into_iter()
-            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
-    })
-    .await?;
+    completed_job(&ns, "prod").await?;
     let digest = "registry.example/puppet-code@sha256:2222";
     report_build(&ns, "prod", digest).await?;
     let missing = eventually("ConfigUpdated=False", || async {
@@ -854,13 +847,7 @@ async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Res
         codesource("prod", with_config(&repo.url(), "prod")),
     )
     .await?;
-    eventually("the Job to complete", || async {
-        Ok(worker_jobs(&ns, "prod")
-            .await?
-            .into_iter()
-            .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
-    })
-    .await?;
+    completed_job(&ns, "prod").await?;
     let digest = "registry.example/puppet-code@sha256:3333";
     report_build(&ns, "prod", digest).await?;
     eventually("ConfigUpdated", || async {
