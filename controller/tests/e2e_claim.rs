@@ -6,11 +6,11 @@
 //! Then a commit to one branch gives a second Job that switches only that environment.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use harness::fixtures::{Bare, Scratch, Server, eventually, file, git_daemon};
+use harness::world::{Process, spawn_controller};
 use harness::{NodeSim, TestNamespace};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
@@ -36,32 +36,6 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
         );
     }
     Ok((controller, worker))
-}
-
-/// The controller process, killed (by its PID) when dropped.
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_controller(binary: &Path, ns: &TestNamespace, log: &Path) -> Result<Controller> {
-    let log = std::fs::File::create(log)?;
-    let child = Command::new(binary)
-        .env("KUBECONFIG", ns.control_plane().kubeconfig())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .args(["--worker-image", WORKER_IMAGE, "--namespace", ns.name()])
-        .args(["--enable-pool", "false", "--metrics-addr", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {}", binary.display()))?;
-    Ok(Controller(child))
 }
 
 fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, harness::fixtures::Node)> {
@@ -164,7 +138,7 @@ struct ClaimWorld {
     claim_dir: PathBuf,
     log: PathBuf,
     // Dropped in this order: the controller, then the node, then the servers.
-    _controller: Controller,
+    _controller: Process,
     _node: NodeSim,
     _daemon: Server,
     _scratch: Scratch,
@@ -231,7 +205,7 @@ impl ClaimWorld {
                 .await?;
         let claim_dir = node.work_dir().join("claims").join(ns.name()).join(CLAIM);
         let log = scratch.path("controller.log");
-        let controller = start_controller(&controller, &ns, &log)?;
+        let controller = Process(spawn_controller(&controller, &ns, &log, None, false)?);
 
         harness::apply::apply(
             ns.client(),

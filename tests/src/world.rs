@@ -56,8 +56,9 @@ pub struct World {
     scratch: Scratch,
 }
 
+/// A child process, killed (by its PID) and reaped when dropped.
 #[derive(Debug)]
-struct Process(Child);
+pub struct Process(pub Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -67,8 +68,8 @@ impl Drop for Process {
 }
 
 /// The controller binary against the namespace's control plane, output into `log`
-/// (appended).
-fn spawn_controller(
+/// (appended): the CodeSource controller only, watching only the test's namespace.
+pub fn spawn_controller(
     controller: &Path,
     ns: &TestNamespace,
     log: &Path,
