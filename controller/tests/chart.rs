@@ -3,13 +3,11 @@
 //! the chart's RBAC is enough: the Pool controller runs with a token of the chart's
 //! ServiceAccount through a full Pool cycle.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use harness::control_plane::{repo_root, scripts_dir};
+use harness::tools::chart_dir;
 use harness::{ControlPlane, TestNamespace};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
@@ -18,35 +16,9 @@ use openvox_code_controller::pool::{self, Settings};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-fn chart_dir() -> PathBuf {
-    repo_root().join("charts/openvox-code")
-}
-
 /// The `helm` that tests/scripts/install-kubectl-helm.sh installs (cached).
 fn helm() -> Command {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(scripts_dir().join("install-kubectl-helm.sh"))
-            .output()
-            .expect("running install-kubectl-helm.sh");
-        assert!(out.status.success(), "install-kubectl-helm.sh failed");
-        PathBuf::from(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim(),
-        )
-    });
-    let mut command = Command::new(dir.join("helm"));
-    // Keep helm's caches and config out of the user's home.
-    let home = std::env::temp_dir().join("openvox-code-e2e-helm");
-    command
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    command
+    harness::tools::helm().expect("installing helm")
 }
 
 fn run(mut command: Command) -> Output {
@@ -55,24 +27,7 @@ fn run(mut command: Command) -> Output {
 
 /// `helm template` with `--set` values, as parsed documents.
 fn template(sets: &[&str]) -> Result<Vec<Value>> {
-    let mut command = helm();
-    command
-        .arg("template")
-        .arg("oc")
-        .arg(chart_dir())
-        .arg("--namespace")
-        .arg("openvox-code");
-    for set in sets {
-        command.arg("--set").arg(set);
-    }
-    let out = run(command);
-    if !out.status.success() {
-        bail!(
-            "helm template failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    harness::apply::yaml_documents(&String::from_utf8_lossy(&out.stdout))
+    harness::tools::chart_template("oc", "openvox-code", sets)
 }
 
 fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {

@@ -4,12 +4,11 @@
 //! server only lets it create when it holds every right it grants), Job, pod
 //! termination message, Config CRD shape, Config patch, status, Events.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use harness::control_plane::{repo_root, scripts_dir};
 use harness::{ControlPlane, TestNamespace};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::batch::v1::Job;
@@ -22,45 +21,13 @@ use openvox_crds::names::{WORKER_MANAGER, labels};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-/// `helm template` of the chart (helm from tests/scripts/install-kubectl-helm.sh).
+/// `helm template` of the chart in single-namespace mode.
 fn chart_objects(release: &str, namespace: &str) -> Result<Vec<Value>> {
-    let out = Command::new("bash")
-        .arg(scripts_dir().join("install-kubectl-helm.sh"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "install-kubectl-helm.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let bin = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    );
-    let home = std::env::temp_dir().join("openvox-code-e2e-helm");
-    let out = Command::new(bin.join("helm"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .args(["template", release])
-        .arg(repo_root().join("charts/openvox-code"))
-        .args([
-            "--namespace",
-            namespace,
-            "--set",
-            &format!("watchNamespace={namespace}"),
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "helm template failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    harness::apply::yaml_documents(&String::from_utf8_lossy(&out.stdout))
+    harness::tools::chart_template(
+        release,
+        namespace,
+        &[&format!("watchNamespace={namespace}")],
+    )
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String> {

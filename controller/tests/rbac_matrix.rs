@@ -19,12 +19,9 @@
 //! print the tables of docs/security.md.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use harness::control_plane::{repo_root, scripts_dir};
 use harness::fixtures::{ControlRepo, Scratch, eventually};
 use harness::{ControlPlane, TestNamespace};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -95,48 +92,13 @@ const NEEDED_BUT_NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
 const TEST_ONLY: &[(&str, &str, &str)] =
     &[("create", "authorization.k8s.io", "selfsubjectaccessreviews")];
 
-fn tools_dir() -> Result<PathBuf> {
-    let out = Command::new("bash")
-        .arg(scripts_dir().join("install-kubectl-helm.sh"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "install-kubectl-helm.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim(),
-    ))
-}
-
 /// `helm template` of the chart in single-namespace mode.
 fn chart_objects(release: &str, namespace: &str) -> Result<Vec<Value>> {
-    let home = std::env::temp_dir().join("openvox-code-e2e-helm");
-    let out = Command::new(tools_dir()?.join("helm"))
-        .env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"))
-        .args(["template", release])
-        .arg(repo_root().join("charts/openvox-code"))
-        .args([
-            "--namespace",
-            namespace,
-            "--set",
-            &format!("watchNamespace={namespace}"),
-        ])
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "helm template failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    harness::apply::yaml_documents(&String::from_utf8_lossy(&out.stdout))
+    harness::tools::chart_template(
+        release,
+        namespace,
+        &[&format!("watchNamespace={namespace}")],
+    )
 }
 
 const RBAC_KINDS: [&str; 5] = [

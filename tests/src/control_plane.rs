@@ -211,7 +211,7 @@ impl ControlPlane {
     /// `kubectl` (the one tests/scripts/install-kubectl-helm.sh installed, or
     /// `$OPENVOX_CODE_KUBECTL`) pointed at this control plane as admin.
     pub fn kubectl(&self) -> Result<Command> {
-        let mut command = Command::new(kubectl_path()?);
+        let mut command = Command::new(crate::tools::kubectl_path()?);
         command.arg("--kubeconfig").arg(&self.kubeconfig);
         Ok(command)
     }
@@ -336,31 +336,4 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default()
-}
-
-fn kubectl_path() -> Result<PathBuf> {
-    static KUBECTL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    KUBECTL
-        .get_or_init(|| {
-            if let Some(path) = std::env::var_os("OPENVOX_CODE_KUBECTL").filter(|p| !p.is_empty()) {
-                return Ok(PathBuf::from(path));
-            }
-            let output = Command::new("bash")
-                .arg(scripts_dir().join("install-kubectl-helm.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("running install-kubectl-helm.sh: {e}"))?;
-            if !output.status.success() {
-                return Err(format!("install-kubectl-helm.sh failed: {}", output.status));
-            }
-            let dir = String::from_utf8_lossy(&output.stdout)
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            Ok(PathBuf::from(dir).join("kubectl"))
-        })
-        .clone()
-        .map_err(|e| anyhow!(e))
 }

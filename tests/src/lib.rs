@@ -20,6 +20,7 @@ pub mod fixtures;
 pub mod namespace;
 pub mod node_sim;
 mod time;
+pub mod tools;
 pub mod world;
 
 pub use control_plane::{ConfigShape, ControlPlane, Options};
