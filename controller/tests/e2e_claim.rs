@@ -14,6 +14,7 @@ use harness::world::{Process, spawn_controller};
 use harness::{NodeSim, TestNamespace};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use openvox_crds::CodeSource;
 use openvox_crds::codesource::BuildRecord;
@@ -246,6 +247,24 @@ impl ClaimWorld {
     }
 }
 
+/// The first condition of the CodeSource that `wanted` accepts, once there is one.
+async fn condition_where(
+    ns: &TestNamespace,
+    what: &str,
+    wanted: impl Fn(&Condition) -> bool,
+) -> Result<Condition> {
+    eventually(what, || async {
+        let status = ns
+            .api::<CodeSource>()
+            .get(NAME)
+            .await?
+            .status
+            .unwrap_or_default();
+        Ok(status.conditions.into_iter().find(|c| wanted(c)))
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> Result<()> {
     let started = Instant::now();
@@ -303,17 +322,8 @@ async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> R
 
     // Conditions and Events as for an image: Ready, a NewArtifact and a ConfigUpdated
     // Event naming the claim's reference.
-    let ready = eventually("Ready=True", || async {
-        let status = ns
-            .api::<CodeSource>()
-            .get(NAME)
-            .await?
-            .status
-            .unwrap_or_default();
-        Ok(status
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready" && c.status == "True"))
+    let ready = condition_where(ns, "Ready=True", |c| {
+        c.type_ == "Ready" && c.status == "True"
     })
     .await?;
     assert_eq!(ready.reason, "Succeeded");
@@ -423,17 +433,8 @@ async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> R
     assert_ne!(version(claim_dir, "production")?, production_second);
     let site = std::fs::read_to_string(claim_dir.join("production/manifests/site.pp"))?;
     assert!(site.contains("# production moved"), "{site}");
-    let ready = eventually("Ready=False PartialBuild", || async {
-        let status = ns
-            .api::<CodeSource>()
-            .get(NAME)
-            .await?
-            .status
-            .unwrap_or_default();
-        Ok(status
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "Ready" && c.reason == "PartialBuild"))
+    let ready = condition_where(ns, "Ready=False PartialBuild", |c| {
+        c.type_ == "Ready" && c.reason == "PartialBuild"
     })
     .await?;
     assert_eq!(ready.status, "False");

@@ -269,6 +269,20 @@ async fn hold_second_build(world: &World) -> Result<(String, String, String, Str
     Ok((first, first_job, job, pod))
 }
 
+/// `backoffLimit: 0`: the first counted pod failure fails the Job.
+async fn without_pod_retries(world: &World) -> Result<()> {
+    world
+        .ns
+        .api::<CodeSource>()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"job": {"backoffLimit": 0}}})),
+        )
+        .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_controller_killed_mid_build_adopts_the_running_job_after_a_restart() -> Result<()> {
     let mut world = start(TestNamespace::new("faults-kill-controller").await?).await?;
@@ -320,15 +334,7 @@ async fn a_controller_killed_mid_build_adopts_the_running_job_after_a_restart() 
 async fn a_registry_down_during_the_push_fails_the_build_and_keeps_the_old_image() -> Result<()> {
     let mut world = start(TestNamespace::new("faults-registry").await?).await?;
     // One try per build keeps the test short; retries are the worker Job's own.
-    world
-        .ns
-        .api::<CodeSource>()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"job": {"backoffLimit": 0}}})),
-        )
-        .await?;
+    without_pod_retries(&world).await?;
     let (first, first_job, job, _pod) = hold_second_build(&world).await?;
 
     world.registry.stop();
@@ -473,15 +479,7 @@ async fn a_killed_worker_is_retried_by_the_job_and_publishes_nothing_half_done()
 async fn a_pod_disrupted_by_a_scale_down_does_not_count_as_a_failed_build() -> Result<()> {
     let world = start(TestNamespace::new("faults-disruption").await?).await?;
     // With no retries at all, a counted failure would fail the Job.
-    world
-        .ns
-        .api::<CodeSource>()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"job": {"backoffLimit": 0}}})),
-        )
-        .await?;
+    without_pod_retries(&world).await?;
     let (first, _first_job, job, pod) = hold_second_build(&world).await?;
 
     harness::node_sim::evict_like_cluster_autoscaler(world.ns.client(), world.ns.name(), &pod)
