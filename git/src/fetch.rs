@@ -6,6 +6,7 @@
 
 use std::sync::atomic::AtomicBool;
 
+use super::decoded::DecodedBlobs;
 use super::remote::{Remote, ScratchDir, ScratchRepo};
 use super::{GitError, error_chain, run_with_deadline};
 
@@ -43,6 +44,8 @@ pub struct FetchedRepo {
     url: String,
     tips: Vec<(FetchWant, gix::ObjectId)>,
     received_bytes: u64,
+    /// Blobs decoded ahead ([`FetchedRepo::decode_blobs`]).
+    decoded: std::sync::OnceLock<DecodedBlobs>,
 }
 
 impl FetchedRepo {
@@ -74,6 +77,41 @@ impl FetchedRepo {
     /// Path of the bare repository (for diagnostics and tests).
     pub fn path(&self) -> &std::path::Path {
         self.scratch.dir.path()
+    }
+
+    /// Decodes every blob of the fetched pack into a scratch file beside it, on `threads`
+    /// threads ([`DecodedBlobs`]); blob sizes and contents then come from there. An
+    /// object larger than `max_object_bytes` (or any failure) leaves the repository as it
+    /// was: reads then go to the pack, only slower. Worth it for a shallow fetch, where
+    /// nearly every blob is wanted; not for a full history.
+    pub fn decode_blobs(&self, threads: usize, max_object_bytes: u64) -> Result<(), GitError> {
+        if self.decoded.get().is_some() {
+            return Ok(());
+        }
+        let dir = self.scratch.repo.objects_dir().join("pack");
+        let mut indexes: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| GitError::Local(format!("{}: {e}", dir.display())))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "idx"))
+            .collect();
+        indexes.sort();
+        let decoded = DecodedBlobs::decode(
+            &indexes,
+            self.scratch.repo.objects.object_hash(),
+            self.scratch.dir.path(),
+            threads,
+            max_object_bytes,
+        )
+        .map_err(|e| GitError::Local(format!("{}: decoding blobs: {e}", self.url)))?;
+        // A second caller racing this one decoded the same blobs; either copy will do.
+        let _ = self.decoded.set(decoded);
+        Ok(())
+    }
+
+    /// The blobs decoded ahead, if [`FetchedRepo::decode_blobs`] succeeded.
+    pub fn decoded(&self) -> Option<&DecodedBlobs> {
+        self.decoded.get()
     }
 
     /// The tree of `commit`.
@@ -240,6 +278,7 @@ impl Remote {
             url,
             tips,
             received_bytes,
+            decoded: std::sync::OnceLock::new(),
         })
     }
 }

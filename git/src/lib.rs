@@ -15,6 +15,7 @@
 //! secret values are redacted from every message that comes from gix or a server.
 
 pub mod credentials;
+pub mod decoded;
 pub mod fetch;
 pub mod glob;
 pub mod remote;
@@ -25,6 +26,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use credentials::{Credentials, CredentialsError, HttpAuth, Secret, SshAuth};
+pub use decoded::DecodedBlobs;
 pub use fetch::{FetchWant, FetchedRepo};
 pub use glob::{branch_matches, branch_selected};
 pub use remote::{GitAccess, Head, Remote, RemoteRef, list_heads};

@@ -216,8 +216,14 @@ fn line(what: &str, input: u64, elapsed: Duration, output: Option<u64>, rss: f64
     let ratio = output.map_or(String::from("     -"), |o| {
         format!("{:6.3}", o as f64 / input as f64)
     });
+    // The floor holds all its input in memory on purpose: no RSS worth printing.
+    let rss = if rss.is_nan() {
+        String::from("     -")
+    } else {
+        format!("{rss:>6.1}")
+    };
     println!(
-        "{what:<44} {:>7.1} MB/s  {:>6.2} s  ratio {ratio}  peak RSS {rss:>6.1} MiB",
+        "{what:<44} {:>7.1} MB/s  {:>6.2} s  ratio {ratio}  peak RSS {rss} MiB",
         input as f64 / MIB / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
     );

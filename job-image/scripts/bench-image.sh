@@ -134,7 +134,7 @@ build=("$WORKER" build --url "$control" --branch '*' --image "$image" --tag late
 measure "cold build + push" "${build[@]}"
 cold=$(cat "$work/last-wall")
 cold_cpu=$(cat "$work/last-cpu")
-grep -E ' (fetch|reuse|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
+grep -E ' (fetch|decode|reuse|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
 
 # One commit on one branch: env03 (as in the published numbers), or the last branch of a
 # smaller run.
@@ -153,7 +153,7 @@ EOF
 measure "incremental (1 branch changed)" "${build[@]}"
 incremental=$(cat "$work/last-wall")
 incremental_cpu=$(cat "$work/last-cpu")
-grep -E ' (fetch|reuse|layer|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
+grep -E ' (fetch|decode|reuse|layer|publish) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
 
 # Baseline: clone, tar | gzip -1, an OCI layout, skopeo copy.
 baseline() {

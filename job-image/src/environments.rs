@@ -283,6 +283,7 @@ pub async fn build_environments_reusing(
         forge,
         &options.forge_url,
         options.jobs,
+        options.limits,
     ));
 
     // 4. Environments that did not change since the recorded build are not fetched.
@@ -327,6 +328,11 @@ pub async fn build_environments_reusing(
         plans.len(),
         Bytes(control.received_bytes())
     ));
+    let decoding = control.clone();
+    let limits = options.limits;
+    if let Err(e) = tokio::task::spawn_blocking(move || decode_ahead(&decoding, limits)).await {
+        tracing::warn!("decoding blobs stopped: {e}; reading blobs from the pack instead");
+    }
 
     // 6. Environments, concurrently; modules are shared through the resolver.
     let mut tasks = tokio::task::JoinSet::new();
@@ -461,6 +467,26 @@ async fn failed_check(checks: &[Check], resolver: &Resolver) -> Option<String> {
     }))
     .await;
     results.into_iter().flatten().next()
+}
+
+/// Decodes the blobs of a shallow fetch ahead ([`FetchedRepo::decode_blobs`]), on every
+/// core; blocking. A failure is logged and costs only speed: blobs are then read from
+/// the pack.
+pub(crate) fn decode_ahead(repo: &FetchedRepo, limits: Limits) {
+    /// Trees and commits must fit too, whatever the file size limit.
+    const MIN_OBJECT_BYTES: u64 = 64 << 20;
+    let step = Step::start("decode", repo.url());
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    match repo.decode_blobs(threads, limits.max_file_bytes.max(MIN_OBJECT_BYTES)) {
+        Ok(()) => step.done(repo.decoded().map_or_else(String::new, |decoded| {
+            format!(
+                "{} blobs, {}",
+                count(decoded.blobs() as u64),
+                Bytes(decoded.bytes())
+            )
+        })),
+        Err(e) => step.failed(format!("{e}; reading blobs from the pack instead")),
+    }
 }
 
 /// Reads and parses the Puppetfile at the root of `tree`, if there is one.

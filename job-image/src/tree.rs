@@ -383,10 +383,13 @@ impl EnvironmentTree {
                     }
                     Git::Commit => self.insert(path, EntryKind::Directory)?,
                     Git::Blob | Git::BlobExecutable => {
-                        let size = handle
-                            .find_header(id)
-                            .map_err(|e| read_error(format!("blob {id} ({path})"), &e))?
-                            .size();
+                        let size = match repo.decoded().and_then(|d| d.size(&id)) {
+                            Some(size) => size,
+                            None => handle
+                                .find_header(id)
+                                .map_err(|e| read_error(format!("blob {id} ({path})"), &e))?
+                                .size(),
+                        };
                         let kind = EntryKind::File {
                             executable: entry.kind() == Git::BlobExecutable,
                             size,
@@ -590,11 +593,14 @@ impl EnvironmentTree {
     }
 }
 
-/// Reads file contents of trees. Holds one repository handle per fetched repository, so
-/// keep one reader per thread.
+/// Reads file contents of trees: git blobs from the repository's decoded blobs when it
+/// has them ([`FetchedRepo::decode_blobs`]), else from its pack. Holds one repository
+/// handle per fetched repository, so keep one reader per thread.
 #[derive(Debug, Default)]
 pub struct ContentReader {
     repos: Vec<(Arc<FetchedRepo>, gix::Repository)>,
+    /// Holds a blob decoded ahead on its way out.
+    buf: Vec<u8>,
 }
 
 impl ContentReader {
@@ -623,6 +629,15 @@ impl ContentReader {
     ) -> Result<u64, TreeError> {
         match content {
             Content::Git { repo, id } => {
+                if let Some(copied) = repo
+                    .decoded()
+                    .and_then(|decoded| decoded.copy_to(id, &mut self.buf, out))
+                {
+                    return copied.map_err(|e| TreeError::Read {
+                        what: format!("{path} (blob {id})"),
+                        message: e.to_string(),
+                    });
+                }
                 let handle = self.repo_for(repo);
                 let object = handle.find_object(*id).map_err(|e| TreeError::Read {
                     what: format!("{path} (blob {id})"),

@@ -14,10 +14,11 @@ use openvox_crds::codesource::ModuleRecord;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
+use crate::environments::decode_ahead;
 use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
 use crate::git::fetch::Depth;
 use crate::git::{FetchWant, FetchedRepo, GitAccess, RemoteRef};
-use crate::limits::Bytes;
+use crate::limits::{Bytes, Limits};
 use crate::progress::Step;
 
 /// A module that could not be resolved, with its Puppetfile line.
@@ -121,10 +122,18 @@ pub struct Resolver {
     fetches: Flights<(String, FetchWant, bool), FetchedRepo>,
     releases: Flights<(String, String, Option<String>), ForgeRelease>,
     downloads: Flights<(String, String), UnpackedRelease>,
+    /// Bounds the objects decoded ahead from shallow fetches.
+    limits: Limits,
 }
 
 impl Resolver {
-    pub fn new(git: GitAccess, forge: ForgeClient, configured_forge: &str, jobs: usize) -> Self {
+    pub fn new(
+        git: GitAccess,
+        forge: ForgeClient,
+        configured_forge: &str,
+        jobs: usize,
+        limits: Limits,
+    ) -> Self {
         Self {
             git,
             forge,
@@ -134,6 +143,7 @@ impl Resolver {
             fetches: Flights::new(),
             releases: Flights::new(),
             downloads: Flights::new(),
+            limits,
         }
     }
 
@@ -296,7 +306,18 @@ impl Resolver {
                     Ok(repo) => step.done(format!("{} received", Bytes(repo.received_bytes()))),
                     Err(e) => step.failed(e),
                 }
-                result.map_err(|e| e.to_string())
+                let repo = result.map_err(|e| e.to_string())?;
+                if depth == Depth::Full {
+                    // Most of a full history is never read: decoding it all would cost more.
+                    return Ok(repo);
+                }
+                let limits = self.limits;
+                tokio::task::spawn_blocking(move || {
+                    decode_ahead(&repo, limits);
+                    repo
+                })
+                .await
+                .map_err(|e| format!("decoding blobs stopped: {e}"))
             })
             .await
     }

@@ -1,0 +1,190 @@
+//! Every blob of a fetched pack, decoded once into a scratch file beside it.
+//!
+//! Why: a pack stores most blobs as deltas against other objects, in chains up to 50
+//! deep (git's default `pack.depth`). Read one at a time in path order, as an
+//! environment's tar or directory needs them, each blob's chain is inflated again from
+//! its base, because gix caches only the object asked for; even a size lookup walks the
+//! chain to learn the object's kind. In the 8-branch benchmark, inflating took half of a
+//! cold build's CPU and the lookups kept the whole pack mapped. Walking the pack's delta
+//! tree instead (what index-pack does) inflates every object exactly once, on every
+//! core. The blobs are appended to one unlinked file and read back by offset, which the
+//! page cache turns into a copy.
+//!
+//! It is only a faster path: an object missing from the file (a loose object, or a pack
+//! that could not be walked) is read from the repository as before.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use gix::odb::pack;
+
+/// Buffer in front of the scratch file.
+const WRITE_BUFFER: usize = 1 << 20;
+
+/// Where one blob lies in the scratch file.
+#[derive(Debug, Clone, Copy)]
+struct Extent {
+    offset: u64,
+    len: usize,
+}
+
+/// Decoded blobs by id.
+#[derive(Debug)]
+pub struct DecodedBlobs {
+    file: std::fs::File,
+    extents: HashMap<gix::ObjectId, Extent>,
+    bytes: u64,
+}
+
+/// The scratch file while packs are walked (shared by the walking threads).
+struct Spill {
+    out: BufWriter<std::fs::File>,
+    extents: HashMap<gix::ObjectId, Extent>,
+    bytes: u64,
+}
+
+impl Spill {
+    fn append(&mut self, id: gix::ObjectId, data: &[u8]) -> std::io::Result<()> {
+        if self.extents.contains_key(&id) {
+            return Ok(());
+        }
+        self.out.write_all(data)?;
+        self.extents.insert(
+            id,
+            Extent {
+                offset: self.bytes,
+                len: data.len(),
+            },
+        );
+        self.bytes += data.len() as u64;
+        Ok(())
+    }
+}
+
+impl DecodedBlobs {
+    /// Decodes every blob of the packs `indexes` into a new unlinked file in `dir`, on
+    /// `threads` threads. An object larger than `max_object_bytes` stops the walk with an
+    /// error (it bounds the memory one object takes); so does any other failure, and
+    /// then nothing was decoded.
+    pub fn decode(
+        indexes: &[PathBuf],
+        object_hash: gix::hash::Kind,
+        dir: &Path,
+        threads: usize,
+        max_object_bytes: u64,
+    ) -> Result<Self, String> {
+        let file = tempfile::tempfile_in(dir)
+            .map_err(|e| format!("scratch file in {}: {e}", dir.display()))?;
+        let spill = Arc::new(Mutex::new(Spill {
+            out: BufWriter::with_capacity(WRITE_BUFFER, file),
+            extents: HashMap::new(),
+            bytes: 0,
+        }));
+        let alloc_limit = usize::try_from(max_object_bytes).ok();
+        for index in indexes {
+            walk_pack(index, object_hash, &spill, threads, alloc_limit).map_err(|e| {
+                format!(
+                    "{}: {e}",
+                    index.file_name().unwrap_or_default().to_string_lossy()
+                )
+            })?;
+        }
+        let spill = Arc::into_inner(spill)
+            .and_then(|m| m.into_inner().ok())
+            .ok_or("a decoding thread is still running")?;
+        let file = spill
+            .out
+            .into_inner()
+            .map_err(|e| format!("scratch file: {}", e.error()))?;
+        Ok(Self {
+            file,
+            extents: spill.extents,
+            bytes: spill.bytes,
+        })
+    }
+
+    /// Number of blobs decoded.
+    pub fn blobs(&self) -> usize {
+        self.extents.len()
+    }
+
+    /// Bytes of blobs decoded.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Size of blob `id`, if it was decoded.
+    pub fn size(&self, id: &gix::oid) -> Option<u64> {
+        self.extents.get(id).map(|e| e.len as u64)
+    }
+
+    /// Copies blob `id` into `out` through `buf`; `None` when it was not decoded.
+    pub fn copy_to(
+        &self,
+        id: &gix::oid,
+        buf: &mut Vec<u8>,
+        out: &mut dyn Write,
+    ) -> Option<std::io::Result<u64>> {
+        let extent = *self.extents.get(id)?;
+        buf.resize(extent.len, 0);
+        Some(
+            self.file
+                .read_exact_at(buf, extent.offset)
+                .and_then(|()| out.write_all(buf))
+                .map(|()| extent.len as u64),
+        )
+    }
+}
+
+/// Walks the pack of `index` along its delta tree, appending every blob.
+fn walk_pack(
+    index: &Path,
+    object_hash: gix::hash::Kind,
+    spill: &Arc<Mutex<Spill>>,
+    threads: usize,
+    alloc_limit: Option<usize>,
+) -> Result<(), String> {
+    let bundle = pack::Bundle::at(index, object_hash).map_err(|e| e.to_string())?;
+    let interrupt = AtomicBool::new(false);
+    let processor = {
+        let spill = spill.clone();
+        move |kind: gix::object::Kind,
+              data: &[u8],
+              entry: &pack::index::Entry,
+              _: &dyn gix::Progress|
+              -> gix::Result {
+            if kind != gix::object::Kind::Blob {
+                return Ok(());
+            }
+            let mut spill = spill
+                .lock()
+                .map_err(|_| gix::Error::from_error(std::io::Error::other("a thread panicked")))?;
+            spill
+                .append(entry.oid, data)
+                .map_err(gix::Error::from_error)
+        }
+    };
+    bundle
+        .index
+        .traverse(
+            &bundle.pack,
+            &mut gix::progress::Discard,
+            &interrupt,
+            processor,
+            pack::index::traverse::Options {
+                traversal: pack::index::traverse::Algorithm::DeltaTreeLookup,
+                thread_limit: Some(threads.max(1)),
+                // The fetch computed every object's id from its decoded bytes and checked
+                // the pack's checksum; doing it again would only cost time.
+                check: pack::index::traverse::SafetyCheck::SkipFileAndObjectChecksumVerification,
+                alloc_limit_bytes: alloc_limit,
+                make_pack_lookup_cache: || pack::cache::Never,
+            },
+        )
+        .map(|_| ())
+        .map_err(|e| format!("{e:#}"))
+}
