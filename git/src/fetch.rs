@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use super::decoded::DecodedBlobs;
+use super::decoded::{ChainStats, DecodedBlobs};
 use super::remote::{Remote, ScratchDir, ScratchRepo};
 use super::{GitError, error_chain, run_with_deadline};
 
@@ -80,14 +80,16 @@ impl FetchedRepo {
     }
 
     /// Decodes every blob of the fetched pack into a scratch file beside it, on `threads`
-    /// threads ([`DecodedBlobs`]); blob sizes and contents then come from there. An
-    /// object larger than `max_object_bytes` (or any failure) leaves the repository as it
-    /// was: reads then go to the pack, only slower. Worth it for a shallow fetch, where
-    /// nearly every blob is wanted; not for a full history.
-    pub fn decode_blobs(&self, threads: usize, max_object_bytes: u64) -> Result<(), GitError> {
-        if self.decoded.get().is_some() {
-            return Ok(());
-        }
+    /// threads ([`DecodedBlobs`]), when the pack has enough deltas to make that pay
+    /// ([`worth_decoding`](super::decoded::worth_decoding)); blob sizes and contents then come from there. Returns the
+    /// pack's chain statistics. An object larger than `max_object_bytes` (or any failure)
+    /// leaves the repository as it was: reads then go to the pack, only slower. Meant for
+    /// a shallow fetch, where nearly every blob is wanted; not for a full history.
+    pub fn decode_blobs(
+        &self,
+        threads: usize,
+        max_object_bytes: u64,
+    ) -> Result<ChainStats, GitError> {
         let dir = self.scratch.repo.objects_dir().join("pack");
         let mut indexes: Vec<_> = std::fs::read_dir(&dir)
             .map_err(|e| GitError::Local(format!("{}: {e}", dir.display())))?
@@ -96,7 +98,7 @@ impl FetchedRepo {
             .filter(|path| path.extension().is_some_and(|ext| ext == "idx"))
             .collect();
         indexes.sort();
-        let decoded = DecodedBlobs::decode(
+        let (decoded, stats) = DecodedBlobs::decode(
             &indexes,
             self.scratch.repo.objects.object_hash(),
             self.scratch.dir.path(),
@@ -104,9 +106,11 @@ impl FetchedRepo {
             max_object_bytes,
         )
         .map_err(|e| GitError::Local(format!("{}: decoding blobs: {e}", self.url)))?;
-        // A second caller racing this one decoded the same blobs; either copy will do.
-        let _ = self.decoded.set(decoded);
-        Ok(())
+        if let Some(decoded) = decoded {
+            // A second caller racing this one decoded the same blobs; either copy will do.
+            let _ = self.decoded.set(decoded);
+        }
+        Ok(stats)
     }
 
     /// The blobs decoded ahead, if [`FetchedRepo::decode_blobs`] succeeded.

@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 pub use credentials::{Credentials, CredentialsError, HttpAuth, Secret, SshAuth};
-pub use decoded::DecodedBlobs;
+pub use decoded::{ChainStats, DecodedBlobs};
 pub use fetch::{FetchWant, FetchedRepo};
 pub use glob::{branch_matches, branch_selected};
 pub use remote::{GitAccess, Head, Remote, RemoteRef, list_heads};

@@ -134,7 +134,11 @@ fn decoded_blobs_match_the_pack_byte_for_byte() {
     );
     let fetched = fetch_all(&bare, root.path());
     assert!(fetched.decoded().is_none(), "nothing is decoded unasked");
-    fetched.decode_blobs(2, 64 << 20).unwrap();
+    let stats = fetched.decode_blobs(2, 64 << 20).unwrap();
+    assert!(
+        stats.chained >= stats.objects && stats.objects > 0,
+        "{stats:?}"
+    );
     let decoded = fetched.decoded().expect("decoded after decode_blobs");
 
     let expected = blobs_from_pack(&fetched);
@@ -162,6 +166,25 @@ fn decoded_blobs_match_the_pack_byte_for_byte() {
             .copy_to(&commit, &mut buf, &mut Vec::new())
             .is_none()
     );
+}
+
+#[test]
+fn a_pack_without_deltas_is_read_directly() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = chained_repository(root.path());
+    // Served and stored without deltas.
+    git(&bare, &["config", "pack.window", "0"]);
+    git(&bare, &["repack", "-a", "-d", "-f", "-q", "--window=0"]);
+    assert_eq!(deepest_chain(&bare), 0);
+    let fetched = fetch_all(&bare, root.path());
+    let stats = fetched.decode_blobs(2, 64 << 20).unwrap();
+    assert_eq!(stats.chained, 0, "{stats:?}");
+    assert!(stats.objects > 0);
+    assert!(
+        fetched.decoded().is_none(),
+        "nothing to gain, nothing decoded"
+    );
+    assert!(!blobs_from_pack(&fetched).is_empty());
 }
 
 #[test]

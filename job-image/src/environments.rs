@@ -478,13 +478,18 @@ pub(crate) fn decode_ahead(repo: &FetchedRepo, limits: Limits) {
     let step = Step::start("decode", repo.url());
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
     match repo.decode_blobs(threads, limits.max_file_bytes.max(MIN_OBJECT_BYTES)) {
-        Ok(()) => step.done(repo.decoded().map_or_else(String::new, |decoded| {
-            format!(
+        Ok(stats) => step.done(match repo.decoded() {
+            Some(decoded) => format!(
                 "{} blobs, {}",
                 count(decoded.blobs() as u64),
                 Bytes(decoded.bytes())
-            )
-        })),
+            ),
+            None => format!(
+                "not needed: {} objects, {} deltas to resolve in all (read directly)",
+                count(stats.objects),
+                count(stats.chained)
+            ),
+        }),
         Err(e) => step.failed(format!("{e}; reading blobs from the pack instead")),
     }
 }
