@@ -25,7 +25,7 @@ use crate::limits::{Bytes, Limits};
 use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::puppetfile::resolve::{ModuleContent, ResolvedModule, Resolver};
-use crate::puppetfile::{ModuleDecl, Puppetfile, parse_puppetfile};
+use crate::puppetfile::{ModuleDecl, Puppetfile, parse_puppetfile, puppetfile_text};
 use crate::tree::{EnvironmentTree, TreeStats};
 use crate::unchanged::{
     Check, Decision, RecordedEnvironment, decide, forge_check_holds, git_check_holds,
@@ -518,7 +518,7 @@ fn read_puppetfile(
         ));
     }
     let blob = repo.find_object(id).map_err(|e| error_chain(&e))?;
-    let text = std::str::from_utf8(&blob.data).map_err(|_| "Puppetfile is not UTF-8".to_owned())?;
+    let text = puppetfile_text(&blob.data)?;
     parse_puppetfile(text).map(Some).map_err(|e| e.to_string())
 }
 

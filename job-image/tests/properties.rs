@@ -14,7 +14,9 @@ use openvox_code_worker::branches::{
 };
 use openvox_code_worker::forge::unpack_release;
 use openvox_code_worker::limits::{Limits, parse_bytes};
-use openvox_code_worker::puppetfile::{ModuleSource, Puppetfile, parse_puppetfile};
+use openvox_code_worker::puppetfile::{
+    ModuleSource, Puppetfile, parse_puppetfile, puppetfile_text,
+};
 use openvox_code_worker::tree::{
     ContentReader, EnvironmentTree, LocalDir, LocalKind, normalize_relative_path,
 };
@@ -312,12 +314,23 @@ proptest! {
         prop_assert_eq!(p.modules.len(), 6);
     }
 
-    /// Arbitrary bytes, as the worker reads them: not UTF-8 is refused before parsing
-    /// (environments.rs), UTF-8 is parsed without panicking.
+    /// Arbitrary bytes, as the worker reads them: not UTF-8 is refused before parsing,
+    /// naming a line the file has; UTF-8 is parsed without panicking.
     #[test]
     fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
-        if let Ok(text) = std::str::from_utf8(&bytes) {
-            check_parse(text)?;
+        match puppetfile_text(&bytes) {
+            Ok(text) => {
+                check_parse(text)?;
+            }
+            Err(reason) => {
+                let line: usize = reason
+                    .strip_prefix("Puppetfile line ")
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.parse().ok())
+                    .expect("a line number");
+                let lines = bytes.split(|&b| b == b'\n').count();
+                prop_assert!(line >= 1 && line <= lines, "{} of {} lines", line, lines);
+            }
         }
     }
 

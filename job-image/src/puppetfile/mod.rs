@@ -4,7 +4,7 @@
 pub mod parse;
 pub mod resolve;
 
-pub use parse::{ParseError, parse_puppetfile};
+pub use parse::{ParseError, parse_puppetfile, puppetfile_text};
 
 /// A parsed Puppetfile.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -456,6 +456,17 @@ const UNSUPPORTED_OPTIONS: &[(&str, &str)] = &[
     ),
 ];
 
+/// The bytes of a Puppetfile as text, or why not: the line and column (both from 1, the
+/// column in bytes) of the first byte that is not UTF-8.
+pub fn puppetfile_text(bytes: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        format!("Puppetfile line {line}, column {column}: not UTF-8")
+    })
+}
+
 /// Parses a Puppetfile. `text` must be the whole file.
 pub fn parse_puppetfile(text: &str) -> Result<Puppetfile, ParseError> {
     let mut forge = None;
@@ -815,6 +826,30 @@ fn is_semver(v: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_at_their_line_and_column() {
+        let cases: &[(&[u8], Result<&str, &str>)] = &[
+            (b"mod 'a'\n", Ok("mod 'a'\n")),
+            (b"", Ok("")),
+            (b"\xff", Err("Puppetfile line 1, column 1: not UTF-8")),
+            (
+                b"mod 'caf\xe9'\n",
+                Err("Puppetfile line 1, column 9: not UTF-8"),
+            ),
+            (
+                b"forge 'x'\n\nmod 'a',\n  :git => '\xc3'",
+                Err("Puppetfile line 4, column 12: not UTF-8"),
+            ),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                puppetfile_text(bytes).map_err(|e| e.clone()),
+                want.map_err(str::to_owned),
+                "{bytes:?}"
+            );
+        }
+    }
 
     fn forge(slug: &str, version: ForgeVersion) -> ModuleSource {
         ModuleSource::Forge {
