@@ -34,8 +34,48 @@ use crate::own_writes::OwnWrites;
 pub const INJECTED_LABEL: &str = "openvox.voxpupuli.org/dns-alt-names-injected";
 /// Name of openvox-operator's Certificate CRD, read to learn how `dnsAltNames` merges.
 const CERTIFICATE_CRD: &str = "certificates.openvox.voxpupuli.org";
-/// How often a healthy Pool is looked at again without any event.
+/// How often a healthy Pool is looked at again without any event, on average.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Spread of the resync period around [`RESYNC`], either way, in milliseconds.
+const RESYNC_SPREAD_MS: u64 = 60_000;
+
+/// The resync period of Pool `ns/name`: [`RESYNC`] moved by up to a minute either way,
+/// fixed per Pool. Pools created together (a chart install, a controller
+/// restart) would otherwise all come back in the same second, every 5 minutes forever;
+/// with a period of their own they drift apart after the first round.
+pub fn resync_after(ns: &str, name: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (ns, name).hash(&mut hasher);
+    let offset = hasher.finish() % (2 * RESYNC_SPREAD_MS + 1);
+    RESYNC - Duration::from_millis(RESYNC_SPREAD_MS) + Duration::from_millis(offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_resync_on_periods_of_their_own_within_a_minute_of_five() {
+        let periods: Vec<Duration> = (0..1000)
+            .map(|i| resync_after("puppet", &format!("pool-{i}")))
+            .collect();
+        let min = periods.iter().min().unwrap();
+        let max = periods.iter().max().unwrap();
+        assert!(*min >= Duration::from_secs(240), "{min:?}");
+        assert!(*max <= Duration::from_secs(360), "{max:?}");
+        // Spread over the whole window, not bunched: 1,000 Pools land in most of the
+        // 120 one-second slots.
+        let slots: BTreeSet<u64> = periods.iter().map(Duration::as_secs).collect();
+        assert!(slots.len() > 100, "{} distinct seconds", slots.len());
+        // Fixed per Pool, different between namespaces.
+        assert_eq!(resync_after("puppet", "pool-1"), periods[1]);
+        let elsewhere = (0..20)
+            .filter(|i| resync_after("other", &format!("pool-{i}")) != periods[*i])
+            .count();
+        assert!(elsewhere >= 19, "{elsewhere}");
+    }
+}
 
 /// What the Pool reconciler shares across reconciles.
 pub struct Context {
@@ -132,7 +172,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
 
     let observed = Observed { endpoints, route };
     write_status(&ctx, &pool, &name, &ns, &observed).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(resync_after(&ns, &name)))
 }
 
 /// Applies or removes the TLSRoute and says where the route stands.
