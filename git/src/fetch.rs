@@ -81,10 +81,11 @@ impl FetchedRepo {
 
     /// Decodes every blob of the fetched pack into a scratch file beside it, on `threads`
     /// threads ([`DecodedBlobs`]), when the pack has enough deltas to make that pay
-    /// ([`worth_decoding`](super::decoded::worth_decoding)); blob sizes and contents then come from there. Returns the
-    /// pack's chain statistics. An object larger than `max_object_bytes` (or any failure)
-    /// leaves the repository as it was: reads then go to the pack, only slower. Meant for
-    /// a shallow fetch, where nearly every blob is wanted; not for a full history.
+    /// ([`worth_decoding`](super::decoded::worth_decoding)); blob sizes and contents
+    /// then come from there. Returns the pack's chain statistics. An object larger than
+    /// `max_object_bytes` (or any failure) leaves the repository as it was: reads then go
+    /// to the pack, only slower. Meant for a shallow fetch, where nearly every blob is
+    /// wanted; not for a full history.
     pub fn decode_blobs(
         &self,
         threads: usize,
