@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use openvox_crds::CodeSource;
-use openvox_crds::codesource::BuildRecord;
+use openvox_crds::codesource::{BuildRecord, CodeSourceStatus};
 use openvox_crds::names::annotations::CHECK_REQUESTED_AT;
 use serde_json::{Value, json};
 
@@ -247,6 +247,16 @@ impl ClaimWorld {
     }
 }
 
+/// The CodeSource's status now (empty when it has none yet).
+async fn status_of(ns: &TestNamespace) -> Result<CodeSourceStatus> {
+    Ok(ns
+        .api::<CodeSource>()
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default())
+}
+
 /// The first condition of the CodeSource that `wanted` accepts, once there is one.
 async fn condition_where(
     ns: &TestNamespace,
@@ -254,12 +264,7 @@ async fn condition_where(
     wanted: impl Fn(&Condition) -> bool,
 ) -> Result<Condition> {
     eventually(what, || async {
-        let status = ns
-            .api::<CodeSource>()
-            .get(NAME)
-            .await?
-            .status
-            .unwrap_or_default();
+        let status = status_of(ns).await?;
         Ok(status.conditions.into_iter().find(|c| wanted(c)))
     })
     .await
@@ -307,12 +312,7 @@ async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> R
     assert_eq!(job_list.len(), 1, "one Job for the first build");
     let first_job = job_list[0].metadata.name.clone().unwrap_or_default();
     assert_eq!(first.job_name.as_deref(), Some(first_job.as_str()));
-    let status = ns
-        .api::<CodeSource>()
-        .get(NAME)
-        .await?
-        .status
-        .unwrap_or_default();
+    let status = status_of(ns).await?;
     assert_eq!(
         first.inputs_hash,
         status.last_launch.as_ref().map(|l| l.inputs_hash.clone()),

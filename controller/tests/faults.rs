@@ -148,18 +148,23 @@ async fn new_config_image(world: &World, not: &str) -> Result<String> {
     .await
 }
 
-/// Sets the manual trigger annotation, which asks for a build now.
-async fn request_build(world: &World, value: &str) -> Result<()> {
+/// Merge-patches the CodeSource with `patch`.
+async fn patch_codesource(world: &World, patch: Value) -> Result<()> {
     world
         .ns
         .api::<CodeSource>()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {annotations::REQUESTED_AT: value}}})),
-        )
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     Ok(())
+}
+
+/// Sets the manual trigger annotation, which asks for a build now.
+async fn request_build(world: &World, value: &str) -> Result<()> {
+    patch_codesource(
+        world,
+        json!({"metadata": {"annotations": {annotations::REQUESTED_AT: value}}}),
+    )
+    .await
 }
 
 async fn warnings(world: &World, reason: &str) -> Result<Vec<String>> {
@@ -271,16 +276,7 @@ async fn hold_second_build(world: &World) -> Result<(String, String, String, Str
 
 /// `backoffLimit: 0`: the first counted pod failure fails the Job.
 async fn without_pod_retries(world: &World) -> Result<()> {
-    world
-        .ns
-        .api::<CodeSource>()
-        .patch(
-            NAME,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"job": {"backoffLimit": 0}}})),
-        )
-        .await?;
-    Ok(())
+    patch_codesource(world, json!({"spec": {"job": {"backoffLimit": 0}}})).await
 }
 
 #[tokio::test]
