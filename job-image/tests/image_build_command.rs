@@ -795,12 +795,9 @@ fn the_log_format_comes_from_the_environment_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partial_build_records_its_failures_in_the_codesource_status() {
     use harness::TestNamespace;
-    use harness::apply::{apply, readme_example};
+    use harness::apply::apply_readme_example;
     let ns = TestNamespace::new("worker-partial").await.unwrap();
-    let mut codesource = readme_example("CodeSource").unwrap();
-    codesource["metadata"]["namespace"] = ns.name().into();
-    let name = codesource["metadata"]["name"].as_str().unwrap().to_owned();
-    apply(ns.client(), Some(ns.name()), codesource)
+    let name = apply_readme_example(ns.client(), ns.name(), "CodeSource")
         .await
         .unwrap();
 

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use harness::TestNamespace;
-use harness::apply::{apply, readme_example};
+use harness::apply::apply_readme_example;
 use openvox_code_worker::status::{CodeSourceRef, StatusClient};
 use openvox_crds::CodeSource;
 use openvox_crds::codesource::{BuildRecord, EnvironmentRecord, ModuleRecord};
@@ -44,10 +44,7 @@ fn record(image: &str) -> BuildRecord {
 #[tokio::test]
 async fn last_build_is_applied_under_the_worker_field_manager() {
     let ns = TestNamespace::new("worker-status").await.unwrap();
-    let mut codesource = readme_example("CodeSource").unwrap();
-    codesource["metadata"]["namespace"] = ns.name().into();
-    let name = codesource["metadata"]["name"].as_str().unwrap().to_owned();
-    apply(ns.client(), Some(ns.name()), codesource)
+    let name = apply_readme_example(ns.client(), ns.name(), "CodeSource")
         .await
         .unwrap();
 

@@ -165,6 +165,18 @@ async fn served_by_discovery(client: &Client, crd: &CustomResourceDefinition) ->
     true
 }
 
+/// Applies the README's example object of `kind` into `namespace` and returns its name.
+pub async fn apply_readme_example(client: &Client, namespace: &str, kind: &str) -> Result<String> {
+    let mut object = readme_example(kind)?;
+    object["metadata"]["namespace"] = namespace.into();
+    let name = object["metadata"]["name"]
+        .as_str()
+        .with_context(|| format!("the README's {kind} has no name"))?
+        .to_owned();
+    apply(client, Some(namespace), object).await?;
+    Ok(name)
+}
+
 /// The README's example object of `kind` (a ```yaml block in README.md), exactly as
 /// the README shows it. The CRD tests apply these, so the README cannot drift from
 /// what the API server accepts.
