@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 
+use crate::pool::PoolControllerMode;
+
 use crate::codesource::worker_defaults::{
     NodeSelector, Resources, Tolerations, WorkerDefaults, parse_node_selector, parse_resources,
     parse_tolerations,
@@ -53,9 +55,17 @@ pub struct Args {
     #[arg(long, env = "OPENVOX_CODE_ENABLE_CODESOURCE", default_value_t = true, action = clap::ArgAction::Set)]
     pub enable_codesource: bool,
 
-    /// Run the Pool controller. Turn off when openvox-operator reconciles Pools itself.
-    #[arg(long, env = "OPENVOX_CODE_ENABLE_POOL", default_value_t = true, action = clap::ArgAction::Set)]
-    pub enable_pool: bool,
+    /// Run the Pool controller: `auto` runs it only while the installed Pool CRD is
+    /// openvox-code's (openvox-operator installs its own and reconciles Pools itself),
+    /// and leaves alone any Pool whose Service another controller manages; `true` runs
+    /// it on any Pool CRD; `false` never.
+    #[arg(
+        long,
+        env = "OPENVOX_CODE_ENABLE_POOL",
+        default_value = "auto",
+        value_name = "auto|true|false"
+    )]
+    pub enable_pool: PoolControllerMode,
 
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(
@@ -127,9 +137,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_enable_both_controllers_on_all_namespaces() {
+    fn defaults_enable_codesources_and_pools_where_ours_on_all_namespaces() {
         let args = Args::try_parse_from(["c", "--worker-image", "w:1"]).unwrap();
-        assert!(args.enable_codesource && args.enable_pool);
+        assert!(args.enable_codesource);
+        assert_eq!(args.enable_pool, PoolControllerMode::Auto);
         assert_eq!(args.namespace, None);
         assert_eq!(args.metrics_addr.port(), 8080);
     }
@@ -146,8 +157,11 @@ mod tests {
             "puppet",
         ])
         .unwrap();
-        assert!(!args.enable_pool);
+        assert_eq!(args.enable_pool, PoolControllerMode::Off);
         assert_eq!(args.namespace.as_deref(), Some("puppet"));
+        assert!(
+            Args::try_parse_from(["c", "--worker-image", "w:1", "--enable-pool", "maybe"]).is_err()
+        );
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod leader;
 pub mod metrics;
 pub mod own_writes;
 pub mod pool;
+pub mod retry;
 pub mod tls;
 pub mod webhook;

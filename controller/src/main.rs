@@ -17,6 +17,7 @@ use kube::Client;
 use kube::api::Api;
 use openvox_code_controller::args::{Args, LogFormat};
 use openvox_code_controller::metrics::Metrics;
+use openvox_code_controller::pool::PoolControllerMode;
 use openvox_code_controller::{client, codesource, leader, pool, tls, webhook};
 use tokio::sync::watch;
 use tracing::{error, info};
@@ -117,15 +118,18 @@ async fn main() -> Result<()> {
             }
         }));
     }
-    if args.enable_pool {
-        let settings = pool::Settings {
-            namespace: args.namespace.clone(),
-            gateway_api_poll: Duration::from_secs(60),
-            concurrency: args.pool_concurrency,
+    if args.enable_pool != PoolControllerMode::Off {
+        let settings = pool::Settings::new(args.namespace.clone(), args.pool_concurrency);
+        let supervision = pool::Supervision {
+            mode: args.enable_pool,
+            crd_poll: Duration::from_secs(60),
+            regarding: own_pod(),
         };
-        tasks.push(tokio::spawn(pool::run(
+        tasks.push(tokio::spawn(pool::supervise(
             client.clone(),
             settings,
+            supervision,
+            metrics.clone(),
             shutdown(),
         )));
     }
@@ -135,7 +139,7 @@ async fn main() -> Result<()> {
         );
     }
     health.ready.store(true, Ordering::Relaxed);
-    info!(codesource = args.enable_codesource, pool = args.enable_pool, namespace = ?args.namespace, "controllers started");
+    info!(codesource = args.enable_codesource, pool = ?args.enable_pool, namespace = ?args.namespace, "controllers started");
 
     let leadership_lost = async {
         match &leadership {
@@ -190,8 +194,9 @@ async fn check_crds(client: &Client, args: &Args) -> Result<()> {
     if args.enable_codesource {
         wanted.push("codesources.openvox.voxpupuli.org");
     }
-    if args.enable_pool {
-        wanted.push("pools.openvox.voxpupuli.org");
+    // In `auto` mode a missing Pool CRD only keeps the Pool controller waiting.
+    if args.enable_pool == PoolControllerMode::On {
+        wanted.push(pool::ownership::POOL_CRD);
     }
     for name in wanted {
         match crds.get_opt(name).await {
@@ -208,6 +213,22 @@ async fn check_crds(client: &Client, args: &Args) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The controller's own pod (the chart passes `POD_NAME` and `POD_NAMESPACE`), which
+/// Events about the process itself are about.
+fn own_pod() -> Option<k8s_openapi::api::core::v1::ObjectReference> {
+    let name = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty())?;
+    let namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())?;
+    Some(k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: Some(namespace),
+        ..Default::default()
+    })
 }
 
 fn router(health: Health) -> Router {

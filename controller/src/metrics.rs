@@ -7,6 +7,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -72,6 +73,9 @@ pub struct Metrics {
     reconcile_duration: Family<ControllerLabels, Histogram>,
     webhooks: Family<WebhookLabels, Counter>,
     api_requests: Family<ApiRequestLabels, Counter>,
+    pool_controller_running: Gauge,
+    pools_managed_elsewhere: Gauge,
+    rollout_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -123,8 +127,30 @@ impl Metrics {
             "Requests to the Kubernetes API by verb, resource and response code",
             api_requests.clone(),
         );
+        let pool_controller_running = Gauge::default();
+        registry.register(
+            "pool_controller_running",
+            "1 while the Pool controller runs; 0 while it stands aside (the installed Pool CRD is another controller's, or it is turned off)",
+            pool_controller_running.clone(),
+        );
+        let pools_managed_elsewhere = Gauge::default();
+        registry.register(
+            "pools_managed_elsewhere",
+            "Pools left alone because another controller manages their Service",
+            pools_managed_elsewhere.clone(),
+        );
+        // From a few seconds (pods already pulled) to an hour (a slow rolling update).
+        let rollout_duration = Histogram::new(exponential_buckets(1.0, 2.0, 13));
+        registry.register(
+            "rollout_duration_seconds",
+            "Time from writing new code into a Config to every Server's Deployment running it",
+            rollout_duration.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            pool_controller_running,
+            pools_managed_elsewhere,
+            rollout_duration,
             reconciles,
             errors,
             builds,
@@ -196,6 +222,22 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Whether the Pool controller runs now.
+    pub fn pool_controller_running(&self, running: bool) {
+        self.pool_controller_running.set(i64::from(running));
+    }
+
+    /// How many Pools are left to another controller now.
+    pub fn pools_managed_elsewhere(&self, pools: usize) {
+        self.pools_managed_elsewhere
+            .set(i64::try_from(pools).unwrap_or(i64::MAX));
+    }
+
+    /// Records one finished rollout.
+    pub fn rolled_out(&self, took: Duration) {
+        self.rollout_duration.observe(took.as_secs_f64());
+    }
+
     /// The OpenMetrics text of all metrics.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -216,6 +258,9 @@ mod tests {
         metrics.failed("codesource", "GitOperationFailed");
         metrics.build("started");
         metrics.head_check(Duration::from_millis(80), true);
+        metrics.pool_controller_running(false);
+        metrics.pools_managed_elsewhere(2);
+        metrics.rolled_out(Duration::from_secs(3));
         let text = metrics.encode();
         assert!(
             text.contains("openvox_code_reconciles_total{controller=\"codesource\"} 1"),
@@ -224,6 +269,12 @@ mod tests {
         assert!(text.contains("reason=\"GitOperationFailed\""));
         assert!(text.contains("openvox_code_builds_total{result=\"started\"} 1"));
         assert!(text.contains("openvox_code_head_check_duration_seconds_count{result=\"ok\"} 1"));
+        assert!(
+            text.contains("openvox_code_pool_controller_running 0"),
+            "{text}"
+        );
+        assert!(text.contains("openvox_code_pools_managed_elsewhere 2"));
+        assert!(text.contains("openvox_code_rollout_duration_seconds_bucket{le=\"4.0\"} 1"));
         assert!(text.ends_with("# EOF\n"));
     }
 }

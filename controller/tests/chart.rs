@@ -12,6 +12,7 @@ use harness::{ControlPlane, TestNamespace};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::api::{Api, PostParams};
+use openvox_code_controller::metrics::Metrics;
 use openvox_code_controller::pool::{self, Settings};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -326,11 +327,10 @@ async fn helm_install_works_and_its_rbac_runs_the_pool_controller() -> Result<()
 
     let (tx, rx) = oneshot::channel::<()>();
     let settings = Settings {
-        namespace: Some(ns.name().to_string()),
         gateway_api_poll: Duration::from_millis(500),
-        concurrency: 2,
+        ..Settings::new(Some(ns.name().to_string()), 2)
     };
-    let controller = tokio::spawn(pool::run(client, settings, async move {
+    let controller = tokio::spawn(pool::run(client, settings, Metrics::new(), async move {
         let _ = rx.await;
     }));
     harness::apply::apply(

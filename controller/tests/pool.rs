@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use openvox_code_controller::metrics::Metrics;
 use openvox_code_controller::pool::{self, Settings, route::tlsroute_resource};
 use openvox_crds::Pool;
 use openvox_crds::operator::Certificate;
@@ -45,13 +46,17 @@ impl Drop for Running {
 fn start_controller(client: &Client, namespace: &str) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
     let settings = Settings {
-        namespace: Some(namespace.to_string()),
         gateway_api_poll: Duration::from_millis(500),
-        concurrency: 4,
+        ..Settings::new(Some(namespace.to_string()), 4)
     };
-    tokio::spawn(pool::run(client.clone(), settings, async move {
-        let _ = rx.await;
-    }));
+    tokio::spawn(pool::run(
+        client.clone(),
+        settings,
+        Metrics::new(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
     Running(Some(tx))
 }
 

@@ -542,10 +542,10 @@ async fn the_worker_and_the_controller_have_exactly_the_rights_they_use() -> Res
     let pool_task = tokio::spawn(pool::run(
         client.clone(),
         pool::Settings {
-            namespace: Some(ns.name().to_string()),
             gateway_api_poll: Duration::from_millis(500),
-            concurrency: 2,
+            ..pool::Settings::new(Some(ns.name().to_string()), 2)
         },
+        Metrics::new(),
         shutdown(),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -21,11 +21,12 @@ use serde::{Deserialize, Serialize};
     doc = "A control repository whose branches openvox-code builds into a digest-pinned OCI image (or a PVC) of Puppet environments, and pins into an openvox-operator Config.",
     namespaced,
     status = "CodeSourceStatus",
-    shortname = "cs",
+    shortname = "codesrc",
     category = "openvox",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","description":"Short digest of the last image built","jsonPath":".status.lastBuild.shortDigest"}"#,
+    printcolumn = r#"{"name":"Rolled Out","type":"string","description":"Whether every Server of the Config runs the published code","jsonPath":".status.conditions[?(@.type==\"RolledOut\")].status"}"#,
     printcolumn = r#"{"name":"Job","type":"string","description":"Worker Job running now","jsonPath":".status.activeJob"}"#,
     printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -356,6 +357,69 @@ pub struct CodeSourceStatus {
     /// What was last written into the Config's `spec.code`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigRecord>,
+
+    /// How far the servers are with the code in the Config: per Server that names the
+    /// Config, what its Deployment runs. Condition `RolledOut` sums it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// The rollout of the code in the Config to the Servers that take it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The code being rolled out: `status.config.image`.
+    pub image: String,
+    /// When that code was written into the Config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When every Server's Deployment was first seen complete with it; unset until
+    /// then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// One entry per Server whose `configRef` names the Config, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub servers: Vec<ServerRollout>,
+}
+
+/// Where one Server stands.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerRollout {
+    /// Name of the Server (and of its Deployment).
+    pub name: String,
+    /// `RolledOut`, `Progressing`, `ProgressDeadlineExceeded`, `NoDeployment`, or
+    /// `OverridesCode` (the Server sets its own `spec.code`; it is not touched).
+    pub state: ServerRolloutState,
+    /// The code the Deployment's pod template carries: its image reference, or
+    /// `pvc:<claim>` for a claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Replicas the Deployment wants.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Replicas already running the pod template (with its code).
+    #[serde(default)]
+    pub updated_replicas: i32,
+    /// Replicas ready, of any template.
+    #[serde(default)]
+    pub ready_replicas: i32,
+}
+
+/// Where one Server's Deployment stands with the code in the Config.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerRolloutState {
+    /// Complete: every replica runs the published code and is available.
+    RolledOut,
+    /// The Deployment does not carry the code yet, or is replacing its pods.
+    Progressing,
+    /// The Deployment stopped progressing within its `progressDeadlineSeconds`.
+    ProgressDeadlineExceeded,
+    /// The Server has no Deployment yet.
+    NoDeployment,
+    /// The Server sets its own `spec.code`; the Config's code does not reach it.
+    OverridesCode,
 }
 
 /// A worker Job launched for a set of inputs.

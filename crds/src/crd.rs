@@ -3,14 +3,36 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::names::labels;
 use crate::{CodeSource, Pool};
 
-/// Our CRDs with the file name each is committed under.
+/// Our CRDs with the file name each is committed under, each labelled as ours.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("codesources.yaml", CodeSource::crd()),
-        ("pools.yaml", Pool::crd()),
+        ("codesources.yaml", marked(CodeSource::crd())),
+        ("pools.yaml", marked(Pool::crd())),
     ]
+}
+
+/// `crd` with the label that tells it from a CRD of the same name made by someone
+/// else: openvox-operator ships its own `pools.openvox.voxpupuli.org`, and the Pool
+/// controller runs by default only on ours (see [`is_ours`]).
+fn marked(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    crd.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(labels::PART_OF.into(), labels::PART_OF_VALUE.into());
+    crd
+}
+
+/// Whether an installed CRD is one of ours (generated here, applied by the chart or
+/// with kubectl), by its label.
+pub fn is_ours(crd: &CustomResourceDefinition) -> bool {
+    crd.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(labels::PART_OF))
+        .is_some_and(|v| v == labels::PART_OF_VALUE)
 }
 
 /// Where the Helm chart keeps its copy of the CRDs, given this crate's directory.

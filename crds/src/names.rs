@@ -30,6 +30,14 @@ pub mod labels {
     pub const COMPONENT: &str = "app.kubernetes.io/component";
     /// Value of [`MANAGED_BY`] on everything openvox-code creates.
     pub const MANAGED_BY_VALUE: &str = "openvox-code";
+    /// Value of [`MANAGED_BY`] on the objects openvox-operator writes (Pool Services,
+    /// Deployments, Secrets).
+    pub const MANAGED_BY_OPERATOR: &str = "openvox-operator";
+    /// `app.kubernetes.io/part-of`: on our CRDs, tells them from the operator's CRD of
+    /// the same name.
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// Value of [`PART_OF`] on our CRDs.
+    pub const PART_OF_VALUE: &str = "openvox-code";
     /// Names the CodeSource a worker Job, pod, ServiceAccount or Role belongs to.
     pub const CODESOURCE: &str = "openvox.voxpupuli.org/codesource";
     /// The hash of the build inputs a worker Job was launched for.
@@ -60,6 +68,14 @@ pub mod annotations {
     pub const CHECK_REQUESTED_AT: &str = "openvox.voxpupuli.org/checkRequestedAt";
     /// Cluster autoscaler: a running build pod must not be evicted to scale down.
     pub const SAFE_TO_EVICT: &str = "cluster-autoscaler.kubernetes.io/safe-to-evict";
+    /// On a Server that takes its code from a Config we published into: the code the
+    /// Config now carries. openvox-operator does not reconcile Servers when their
+    /// Config changes, but does on any change of the Server object, so writing this
+    /// is what makes it roll the servers to the new code.
+    pub const PUBLISHED_CODE: &str = "openvox.voxpupuli.org/published-code";
+    /// openvox-operator's pod-template annotation on a Server's Deployment: the code
+    /// image reference (a comma-joined list with the list shape of `spec.code`).
+    pub const CODE_IMAGE: &str = "openvox.voxpupuli.org/code-image";
     /// Records the DNS alt names a Pool added to a Certificate, so exactly those can be
     /// removed again later.
     pub const INJECTED_DNS_ALT_NAMES: &str = "openvox.voxpupuli.org/injected-dns-alt-names";
@@ -84,6 +100,9 @@ pub mod conditions {
     pub const HOSTNAME_CONFLICT: &str = "HostnameConflict";
     /// The Pool's TLSRoute is in place (Pool).
     pub const ROUTE_READY: &str = "RouteReady";
+    /// Every Server taking its code from the Config runs the published code
+    /// (CodeSource).
+    pub const ROLLED_OUT: &str = "RolledOut";
 }
 
 /// Condition reasons: CamelCase words, also used as Event reasons.
@@ -129,4 +148,17 @@ pub mod reasons {
     pub const GATEWAY_API_MISSING: &str = "GatewayAPIMissing";
     /// The route is disabled.
     pub const ROUTE_DISABLED: &str = "RouteDisabled";
+    /// Every Server's Deployment runs the published code.
+    pub const ROLLED_OUT: &str = "RolledOut";
+    /// Servers were asked to roll to new code (Event).
+    pub const ROLLOUT_STARTED: &str = "RolloutStarted";
+    /// A Server's Deployment stopped progressing within its deadline.
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    /// The Servers naming the Config all set their own `spec.code`.
+    pub const SERVER_OVERRIDES_CODE: &str = "ServerOverridesCode";
+    /// No Server names the Config.
+    pub const NO_SERVERS: &str = "NoServers";
+    /// Another controller (openvox-operator) manages the Pool; openvox-code leaves it
+    /// alone.
+    pub const MANAGED_ELSEWHERE: &str = "ManagedElsewhere";
 }

@@ -98,6 +98,11 @@ fn our_kinds_have_status_subresources_and_the_agreed_columns() {
         );
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.group, openvox_crds::names::GROUP);
+        assert!(crd::is_ours(crd), "labelled as ours");
+        // `cs` is ComponentStatus's: kubectl would resolve it to the built-in kind.
+        for short in crd.spec.names.short_names.iter().flatten() {
+            assert_ne!(short, "cs");
+        }
     }
     let columns = |i: usize| -> Vec<String> {
         all[i].1.spec.versions[0]
@@ -108,6 +113,9 @@ fn our_kinds_have_status_subresources_and_the_agreed_columns() {
             .map(|c| c.name.clone())
             .collect()
     };
-    assert_eq!(columns(0), ["Ready", "Schedule", "Digest", "Job", "Age"]);
+    assert_eq!(
+        columns(0),
+        ["Ready", "Schedule", "Digest", "Rolled Out", "Job", "Age"]
+    );
     assert_eq!(columns(1), ["Type", "Endpoints", "Age"]);
 }

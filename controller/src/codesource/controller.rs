@@ -1,22 +1,25 @@
-//! Wiring of the CodeSource controller: watches (CodeSources, their Jobs), the shared
-//! context, and the run loop until shutdown.
+//! Wiring of the CodeSource controller: watches (CodeSources, their Jobs, and for the
+//! rollout openvox-operator's Servers and their Deployments), the shared context, and
+//! the run loop until shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _, future};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use kube::Client;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, reflector};
+use kube::runtime::reflector::{self, ObjectRef, Store, reflector};
 use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, ResourceExt};
 use openvox_crds::CodeSource;
-use openvox_crds::names::{CONTROLLER_MANAGER, labels};
+use openvox_crds::names::{CONTROLLER_MANAGER, GROUP, labels};
+use openvox_crds::operator::Server;
 use tracing::{debug, warn};
 
 use super::heads::{GixHeadLister, HeadCache, HeadError};
@@ -60,11 +63,13 @@ impl Settings {
     }
 }
 
-/// Builds the shared context with the real (gitoxide) head lister.
+/// Builds the shared context with the real (gitoxide) head lister; `servers` is the
+/// watch cache of Servers.
 pub fn context(
     client: Client,
     settings: &Settings,
     metrics: Metrics,
+    servers: Store<Server>,
 ) -> Result<Arc<Context>, HeadError> {
     let lister = GixHeadLister::new(&settings.scratch_dir)?;
     let observer_metrics = metrics.clone();
@@ -82,9 +87,46 @@ pub fn context(
         heads,
         metrics,
         config_shape: Mutex::new(None),
-        failures: Mutex::new(HashMap::new()),
+        failures: Default::default(),
         own_writes: OwnWrites::default(),
+        servers,
     }))
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The CodeSources in `store` of `namespace` that publish into Config `config`.
+fn publishing_into(
+    store: &Store<CodeSource>,
+    namespace: Option<String>,
+    config: &str,
+) -> Vec<ObjectRef<CodeSource>> {
+    store
+        .state()
+        .iter()
+        .filter(|cs| cs.namespace() == namespace && cs.spec.config_ref.as_deref() == Some(config))
+        .map(|cs| ObjectRef::from(&**cs))
+        .collect()
+}
+
+/// The Server that controls a Deployment (openvox-operator owns each Server's
+/// Deployment), by name.
+fn owning_server(deployment: &PartialObjectMeta<Deployment>) -> Option<String> {
+    deployment
+        .owner_references()
+        .iter()
+        .find(|o| {
+            o.kind == "Server" && o.controller == Some(true) && o.api_version.starts_with(GROUP)
+        })
+        .map(|o| o.name.clone())
 }
 
 /// Runs the CodeSource controller until `shutdown` resolves.
@@ -94,15 +136,11 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), HeadError> {
-    let ctx = context(client.clone(), &settings, metrics)?;
+    let ns = settings.namespace.as_deref();
+    let (server_store, server_writer) = reflector::store();
+    let ctx = context(client.clone(), &settings, metrics, server_store.clone())?;
     let own_writes = ctx.own_writes.clone();
-    let (codesources, jobs): (Api<CodeSource>, Api<Job>) = match settings.namespace.as_deref() {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
-    };
+    let (codesources, jobs): (Api<CodeSource>, Api<Job>) = (api(&client, ns), api(&client, ns));
     let worker_jobs =
         watcher::Config::default().labels(&format!("{}={}", labels::COMPONENT, COMPONENT));
     let (store, writer) = reflector::store();
@@ -114,8 +152,40 @@ pub async fn run(
     .applied_objects()
     // Not the events of our own status writes (see `own_writes`).
     .try_filter(move |cs| future::ready(!own_writes.is_own(&cs.metadata)));
+
+    // A Server that appears or changes, or a change of a Server's Deployment (the
+    // Deployment controller reporting progress), wakes the CodeSources publishing into
+    // that Server's Config. The Server kind may be missing (no openvox-operator yet):
+    // its watch then retries with backoff and the rollout says no Servers are found.
+    let servers = reflector(
+        server_writer,
+        watcher(api::<Server>(&client, ns), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let deployments = watcher(
+        api::<PartialObjectMeta<Deployment>>(&client, ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (by_server, by_deployment) = (store.clone(), store.clone());
     Controller::for_stream(triggers, store)
         .owns(jobs, worker_jobs)
+        .watches_stream(servers, move |server| {
+            publishing_into(&by_server, server.namespace(), &server.spec.config_ref)
+        })
+        .watches_stream(deployments, move |deployment| {
+            let Some(owner) = owning_server(&deployment) else {
+                return Vec::new();
+            };
+            let ns = deployment.namespace();
+            let server =
+                server_store.get(&ObjectRef::new(&owner).within(&ns.clone().unwrap_or_default()));
+            server
+                .map(|s| publishing_into(&by_deployment, ns, &s.spec.config_ref))
+                .unwrap_or_default()
+        })
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -2,7 +2,7 @@
 //! fetch (Jobs, Secret, heads) → validate → decide → apply (RBAC, Job, Config) → status.
 //! The decisions come from the pure modules; this file talks to the API server.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,10 +15,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
+use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
 use openvox_crds::codesource::{ConfigRecord, LaunchRecord};
 use openvox_crds::names::{CONTROLLER_MANAGER, annotations, conditions as types, labels, reasons};
-use openvox_crds::operator::Config;
+use openvox_crds::operator::{Config, Server};
 use openvox_crds::{CodeSource, CodeSourceStatus};
 use serde_json::json;
 use tracing::{info, warn};
@@ -33,13 +34,16 @@ use super::heads::{
 use super::job::{LaunchParams, desired_job};
 use super::names::{codesource_label, job_name};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
+use super::rollout::rolled_out;
+use super::servers::follow_rollout;
 use super::status::{ConfigState, Observed, codesource_conditions, partial_message};
 use super::validate::validate;
 use super::worker_defaults::WorkerDefaults;
-use crate::conditions::{find, is_true, merge_conditions_at};
+use crate::conditions::{ConditionFacts, find, is_true, merge_conditions_at};
 use crate::error::{Error, is_conflict, is_not_found, kube};
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
+use crate::retry::{Failures, backoff};
 
 /// Metrics label of this controller.
 pub const CONTROLLER: &str = "codesource";
@@ -65,10 +69,12 @@ pub struct Context {
     pub metrics: Metrics,
     /// Shape of `Config.spec.code` and when it was read.
     pub config_shape: Mutex<Option<(Instant, ShapeKind)>>,
-    /// Consecutive transient failures per CodeSource (`ns/name`), for backoff.
-    pub failures: Mutex<HashMap<String, u32>>,
+    /// Consecutive transient failures per CodeSource, for backoff.
+    pub failures: Failures,
     /// Versions our status writes returned, which must not trigger a reconcile.
     pub own_writes: OwnWrites,
+    /// openvox-operator's Servers (watch cache), for the rollout.
+    pub servers: Store<Server>,
 }
 
 impl std::fmt::Debug for Context {
@@ -88,10 +94,7 @@ pub async fn reconcile(cs: Arc<CodeSource>, ctx: Arc<Context>) -> Result<Action,
     let result = reconcile_inner(&cs, &ctx).await;
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key(&cs));
+        ctx.failures.succeeded(&key(&cs));
     }
     result
 }
@@ -108,16 +111,7 @@ pub fn error_policy(cs: Arc<CodeSource>, error: &Error, ctx: Arc<Context>) -> Ac
     if error.is_permanent() {
         return Action::await_change();
     }
-    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-    let n = failures.entry(key(&cs)).or_insert(0);
-    *n = n.saturating_add(1);
-    Action::requeue(backoff(*n))
-}
-
-/// Delay before retry number `n` (from 1).
-pub fn backoff(n: u32) -> Duration {
-    let secs = 5u64.saturating_mul(1u64 << n.saturating_sub(1).min(10));
-    Duration::from_secs(secs.min(300))
+    Action::requeue(backoff(ctx.failures.failed(key(&cs))))
 }
 
 async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error> {
@@ -147,6 +141,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 up_to_date: false,
                 last_image: None,
                 config: ConfigState::NotWanted,
+                rolled_out: None,
             };
             status.conditions = merge_conditions_at(
                 &old.conditions,
@@ -388,23 +383,24 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 .any(|s| s.name == j && s.state == JobState::Active)
         });
     let mut config_error: Option<Error> = None;
+    // What the Config carries once this reconcile is done, when that is ours.
+    let mut published: Option<CodeTarget> = None;
     let config_state = match (&cs.spec.config_ref, &old.last_build) {
         (Some(config_name), Some(build)) if !config_name.is_empty() => {
             if last_build_job_active {
                 ConfigState::Pending
             } else if let Some(target) = code_target(&cs.spec.output, &build.image) {
                 match publish_config(ctx, cs, &ns, config_name, &target, &old, now).await {
-                    Ok(Some(record)) => {
-                        status.config = Some(record);
+                    Ok(record) => {
+                        if let Some(record) = record {
+                            status.config = Some(record);
+                        }
+                        published = Some(target);
                         ConfigState::Updated {
                             name: config_name.clone(),
                             image: build.image.clone(),
                         }
                     }
-                    Ok(None) => ConfigState::Updated {
-                        name: config_name.clone(),
-                        image: build.image.clone(),
-                    },
                     Err(Error::ConfigNotFound(n)) => {
                         config_error = Some(Error::ConfigNotFound(n.clone()));
                         ConfigState::NotFound(n)
@@ -423,6 +419,18 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         }
         _ => ConfigState::NotWanted,
     };
+
+    // Roll the servers to what the Config carries, and see how far they are.
+    let rollout = roll_out(
+        ctx,
+        &ns,
+        &config_state,
+        published.as_ref(),
+        &mut status,
+        &old,
+        now,
+    )
+    .await;
 
     // Status.
     let up_to_date = matches!(decision, Decision::UpToDate);
@@ -444,6 +452,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         up_to_date,
         last_image: old.last_build.as_ref().map(|b| b.image.clone()),
         config: config_state.clone(),
+        rolled_out: rollout.condition.clone(),
     };
     status.conditions = merge_conditions_at(
         &old.conditions,
@@ -573,22 +582,149 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         .await;
     }
 
+    rollout.publish_events(ctx, cs, &old).await;
+
     // Prune finished Jobs beyond the history limits.
     prune_history(ctx, cs, &ns, &jobs).await?;
 
-    if let Some(e) = fetch_error.or(launch_error).or(config_error) {
+    if let Some(e) = fetch_error
+        .or(launch_error)
+        .or(config_error)
+        .or(rollout.error)
+    {
         return Err(e);
     }
+    // Running Jobs and rolling Deployments wake us through watches; these waits are
+    // only safety nets.
+    let rolling = rollout
+        .condition
+        .as_ref()
+        .is_some_and(|c| c.2 == reasons::PROGRESSING);
+    let cap = if rolling { 30.0 } else { 3600.0 };
     Ok(match (cs.spec.suspend, tick.next) {
         (true, _) => Action::await_change(),
         (false, Some(next)) => {
             let wait = next.duration_since(now);
             let secs = wait.as_secs_f64().max(1.0);
-            // A running Job wakes us through the watch; this is only a safety net.
-            Action::requeue(Duration::from_secs_f64(secs.min(3600.0)))
+            Action::requeue(Duration::from_secs_f64(secs.min(cap)))
         }
+        (false, None) if rolling => Action::requeue(Duration::from_secs_f64(cap)),
         (false, None) => Action::await_change(),
     })
+}
+
+/// What following the rollout found in one reconcile.
+#[derive(Debug, Default)]
+struct RolloutFound {
+    /// The `RolledOut` condition, when there is a rollout to speak of.
+    condition: Option<ConditionFacts>,
+    /// How long the rollout took, when it completed now (`status.rollout.image`).
+    completed_in: Option<(Duration, String)>,
+    /// Servers annotated now, and with what.
+    nudged: Option<(Vec<String>, String)>,
+    /// Following failed (the last known state is kept); retried with backoff.
+    error: Option<Error>,
+}
+
+impl RolloutFound {
+    /// Events and the metric, on transitions only.
+    async fn publish_events(&self, ctx: &Context, cs: &CodeSource, old: &CodeSourceStatus) {
+        if let Some((servers, code)) = self.nudged.as_ref().filter(|(s, _)| !s.is_empty()) {
+            publish(
+                ctx,
+                cs,
+                EventType::Normal,
+                reasons::ROLLOUT_STARTED,
+                "RollOut",
+                format!("asked Servers {} to roll to {code}", servers.join(", ")),
+            )
+            .await;
+        }
+        if let Some((took, code)) = &self.completed_in {
+            ctx.metrics.rolled_out(*took);
+            publish(
+                ctx,
+                cs,
+                EventType::Normal,
+                reasons::ROLLED_OUT,
+                "RollOut",
+                format!(
+                    "every Server runs {code}, {:.1} s after it was written into the Config",
+                    took.as_secs_f64()
+                ),
+            )
+            .await;
+        }
+        if let Some((_, _, reason, message)) = &self.condition
+            && *reason == reasons::PROGRESS_DEADLINE_EXCEEDED
+            && find(&old.conditions, types::ROLLED_OUT).is_none_or(|c| c.reason != *reason)
+        {
+            publish(
+                ctx,
+                cs,
+                EventType::Warning,
+                reason,
+                "RollOut",
+                message.clone(),
+            )
+            .await;
+        }
+    }
+}
+
+/// Follows the rollout of what the Config carries (see `servers` and `rollout`), into
+/// `status.rollout`. Without a Config to follow the rollout goes; while a new build is
+/// pending or the Config cannot be written, the last known rollout stands.
+async fn roll_out(
+    ctx: &Context,
+    ns: &str,
+    config_state: &ConfigState,
+    published: Option<&CodeTarget>,
+    status: &mut CodeSourceStatus,
+    old: &CodeSourceStatus,
+    now: Timestamp,
+) -> RolloutFound {
+    let config = cs_config_name(status);
+    let known = |status: &CodeSourceStatus| RolloutFound {
+        condition: status.rollout.as_ref().map(|r| rolled_out(&config, r)),
+        ..Default::default()
+    };
+    match (config_state, published, status.config.clone()) {
+        (ConfigState::NotWanted, _, _) => {
+            status.rollout = None;
+            RolloutFound::default()
+        }
+        (ConfigState::Updated { .. }, Some(target), Some(record)) => {
+            match follow_rollout(ctx, ns, target, &record, old.rollout.as_ref(), Time(now)).await {
+                Ok(followed) => {
+                    let found = RolloutFound {
+                        condition: Some(followed.condition),
+                        completed_in: followed
+                            .completed_in
+                            .map(|took| (took, followed.status.image.clone())),
+                        nudged: Some((followed.nudged, record.image.clone())),
+                        error: None,
+                    };
+                    status.rollout = Some(followed.status);
+                    found
+                }
+                Err(e) => RolloutFound {
+                    error: Some(e),
+                    ..known(status)
+                },
+            }
+        }
+        _ => known(status),
+    }
+}
+
+/// Name of the Config the status says we publish into.
+fn cs_config_name(status: &CodeSourceStatus) -> String {
+    status
+        .config
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
 }
 
 fn old_message<'a>(status: &'a CodeSourceStatus, type_: &str) -> Option<&'a String> {
@@ -1055,12 +1191,6 @@ pub fn loggable_url(cs: &CodeSource) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_from_5s_to_5min() {
-        let got: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(got, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
-    }
 
     #[test]
     fn job_state_comes_from_conditions() {

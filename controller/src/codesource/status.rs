@@ -58,6 +58,8 @@ pub struct Observed {
     pub last_image: Option<String>,
     /// Publishing into the Config.
     pub config: ConfigState,
+    /// The `RolledOut` condition (from `rollout`), when the Config's code is followed.
+    pub rolled_out: Option<ConditionFacts>,
 }
 
 /// The conditions that describe `o`.
@@ -188,6 +190,7 @@ pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
             message.clone(),
         )),
     }
+    out.extend(o.rolled_out.clone());
     out
 }
 
@@ -242,6 +245,7 @@ mod tests {
                 name: "prod".into(),
                 image: "r@sha256:1".into(),
             },
+            rolled_out: None,
         }
     }
 

@@ -115,6 +115,7 @@ mod tests {
                 config_ref: "c".into(),
                 certificate_ref: cert.into(),
                 pool_refs: pools.iter().map(|p| p.to_string()).collect(),
+                ..ServerSpec::default()
             },
         )
     }

@@ -1,14 +1,16 @@
 //! Wiring of the Pool controller: what it watches and how events map to Pools.
 //!
 //! - Pools themselves, plus the siblings a change may hand a hostname to;
-//! - owned Services;
+//! - owned Services (metadata only, kept in a store: whose label a Service carries
+//!   decides whether another controller manages its Pool);
 //! - owned TLSRoutes, once the Gateway API is served (found by polling discovery, so
 //!   CRDs installed after start-up are noticed without a restart);
 //! - Servers, to the Pools of their namespace that inject DNS alt names;
 //! - EndpointSlices (metadata only), to the Pool named by their service-name label.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt as _, future};
@@ -33,6 +35,7 @@ use super::hostname::claimed_hostname;
 use super::reconcile::{Context, Error, reconcile};
 use super::route::{GATEWAY_GROUP, tlsroute_resource};
 use super::status::in_conflict;
+use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 
 /// Settings of the Pool controller.
@@ -44,6 +47,21 @@ pub struct Settings {
     pub gateway_api_poll: Duration,
     /// Reconciles running at once.
     pub concurrency: u16,
+    /// The status fields the installed Pool CRD declares; `None`: all of ours. Set when
+    /// the controller runs on a Pool CRD that is not ours (see `ownership`).
+    pub status_fields: Option<BTreeSet<String>>,
+}
+
+impl Settings {
+    /// Settings for one namespace (or all), with the defaults of the process.
+    pub fn new(namespace: Option<String>, concurrency: u16) -> Self {
+        Self {
+            namespace,
+            gateway_api_poll: Duration::from_secs(60),
+            concurrency,
+            status_fields: None,
+        }
+    }
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -74,6 +92,7 @@ fn pools_where(
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.as_deref();
@@ -106,6 +125,17 @@ pub async fn run(
     let sibling_store = store.clone();
     let server_store = store.clone();
     let slice_store = store.clone();
+    let (service_store, service_writer) = reflector::store();
+    let services = reflector(
+        service_writer,
+        watcher(
+            api::<PartialObjectMeta<Service>>(&client, ns),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .try_filter(move |service| future::ready(!own_services.is_own(&service.metadata)));
     let slices = watcher(
         api::<PartialObjectMeta<EndpointSlice>>(&client, ns),
         watcher::Config::default(),
@@ -123,17 +153,17 @@ pub async fn run(
         gateway_api,
         alt_names_are_a_set: OnceCell::new(),
         own_writes,
+        services: service_store,
+        status_fields: settings.status_fields.clone(),
+        metrics,
+        managed_elsewhere: Mutex::new(BTreeSet::new()),
+        failures: Default::default(),
     });
 
     controller
         // Service changes wake their Pool, except the ones this controller just made:
         // each Pool's first reconcile created its Service and then ran again for it.
-        .owns_stream(
-            watcher(api::<Service>(&client, ns), watcher::Config::default())
-                .default_backoff()
-                .touched_objects()
-                .try_filter(move |service| future::ready(!own_services.is_own(&service.metadata))),
-        )
+        .owns_stream(services)
         // A Pool change can hand its hostname to a sibling (or take it away): wake the
         // Pools claiming the same hostname and every Pool currently losing a conflict.
         .watches(
@@ -182,9 +212,15 @@ pub async fn run(
         .await;
 }
 
-fn error_policy(_pool: Arc<Pool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(error = %error, kind = error.label(), "pool reconcile will be retried");
-    Action::requeue(Duration::from_secs(10))
+/// Every Pool error is retried, backing off per Pool (5 s doubling to 5 min): an
+/// error that repeats (a schema refusing our writes) must not turn into a retry loop
+/// against the API server.
+fn error_policy(pool: Arc<Pool>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failed(super::reconcile::CONTROLLER, error.label());
+    let retry = ctx.failures.failed(super::reconcile::key(&pool));
+    warn!(error = %error, kind = error.label(), retry, "pool reconcile will be retried");
+    Action::requeue(crate::retry::backoff(retry))
 }
 
 /// Whether the TLSRoute kind is served, asked through discovery (which every

@@ -1,20 +1,21 @@
-//! One Pool reconcile: Service → route → endpoints → DNS alt names → status.
-//! Desired objects come from the pure builders; this file only talks to the API.
+//! One Pool reconcile: ownership → Service → route → endpoints → DNS alt names →
+//! status. Desired objects come from the pure builders; this file only talks to the API.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use openvox_crds::names::{CONTROLLER_MANAGER, annotations};
+use openvox_crds::names::{CONTROLLER_MANAGER, annotations, reasons};
 use openvox_crds::operator::{Certificate, Server};
 use openvox_crds::{Pool, PoolStatus};
 use serde_json::json;
@@ -24,11 +25,17 @@ use tracing::{info, warn};
 use super::alt_names::{self, Injections};
 use super::endpoints::{SERVICE_NAME_LABEL, ready_endpoints};
 use super::hostname::{claimed_hostname, hostname_owner};
+use super::ownership::{foreign_manager, only_declared};
 use super::route::{desired_route, is_controlled_by, tlsroute_resource};
 use super::service::desired_service;
 use super::status::{Observed, RouteState, in_conflict, pool_conditions};
 use crate::conditions::merge_conditions;
+use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
+use crate::retry::Failures;
+
+/// Metrics label of this controller.
+pub const CONTROLLER: &str = "pool";
 
 /// Label on Certificates we injected names into, so cleanup finds them.
 pub const INJECTED_LABEL: &str = "openvox.voxpupuli.org/dns-alt-names-injected";
@@ -92,6 +99,51 @@ pub struct Context {
     pub alt_names_are_a_set: OnceCell<bool>,
     /// Versions our status writes returned, which must not trigger a reconcile.
     pub own_writes: OwnWrites,
+    /// Metadata of the Services in scope: whose label a Pool's Service carries.
+    pub services: Store<PartialObjectMeta<Service>>,
+    /// Status fields the installed Pool CRD declares; `None`: all of ours.
+    pub status_fields: Option<BTreeSet<String>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Pools (`ns/name`) left alone because another controller manages their Service;
+    /// each is announced once, when it joins.
+    pub managed_elsewhere: Mutex<BTreeSet<String>>,
+    /// Consecutive failures per Pool, for backoff.
+    pub failures: Failures,
+}
+
+/// `ns/name` of a Pool, for logs and per-Pool bookkeeping.
+pub fn key(pool: &Pool) -> String {
+    format!(
+        "{}/{}",
+        pool.namespace().unwrap_or_default(),
+        pool.name_any()
+    )
+}
+
+impl Context {
+    /// The controller other than us that manages `pool`'s Service, if any.
+    fn foreign_manager_of(&self, pool: &Pool) -> Option<String> {
+        let service = self
+            .services
+            .get(&ObjectRef::new(&pool.name_any()).within(&pool.namespace().unwrap_or_default()))?;
+        let labels = service.metadata.labels.clone().unwrap_or_default();
+        foreign_manager(&labels, &pool.spec.service.labels).map(str::to_owned)
+    }
+
+    /// Records whether `pool` is left to `manager`; returns true when that is news.
+    fn note_managed_elsewhere(&self, pool: &Pool, manager: Option<&str>) -> bool {
+        let mut set = self
+            .managed_elsewhere
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let changed = match manager {
+            Some(_) => set.insert(key(pool)),
+            None => set.remove(&key(pool)),
+        };
+        self.metrics.pools_managed_elsewhere(set.len());
+        changed
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -137,13 +189,52 @@ fn apply_params() -> PatchParams {
 
 /// Reconciles one Pool.
 pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&pool, &ctx).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.failures.succeeded(&key(&pool));
+    }
+    result
+}
+
+async fn reconcile_inner(pool: &Pool, ctx: &Context) -> Result<Action, Error> {
     let (Some(name), Some(ns)) = (pool.metadata.name.clone(), pool.namespace()) else {
         return Err(Error::Unnamed);
     };
     if pool.metadata.deletion_timestamp.is_some() {
+        ctx.note_managed_elsewhere(pool, None);
         // Owner references remove the Service and route; only the injected alt names
         // live outside them.
-        sync_alt_names(&ctx, &ns).await?;
+        sync_alt_names(ctx, &ns).await?;
+        return Ok(Action::await_change());
+    }
+
+    // A Service labelled by another controller (openvox-operator, which reconciles
+    // Pools wherever it runs) makes the whole Pool theirs: writing anything would
+    // start a tug of war. A change of that Service wakes us again.
+    ctx.services.wait_until_ready().await.ok();
+    let manager = ctx.foreign_manager_of(pool);
+    if ctx.note_managed_elsewhere(pool, manager.as_deref()) {
+        let note = match &manager {
+            Some(manager) => format!(
+                "Service {name} is managed by {manager}: openvox-code leaves this Pool's \
+                 Service, TLSRoute, Certificates and status to it"
+            ),
+            None => format!("openvox-code manages this Pool's Service {name} again"),
+        };
+        info!(pool = %key(pool), "{note}");
+        publish(
+            ctx,
+            pool,
+            EventType::Normal,
+            reasons::MANAGED_ELSEWHERE,
+            "Reconcile",
+            note,
+        )
+        .await;
+    }
+    if manager.is_some() {
         return Ok(Action::await_change());
     }
 
@@ -159,7 +250,7 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
     // Creating or changing the Service must not wake this Pool again.
     ctx.own_writes.record(&applied.metadata);
 
-    let route = sync_route(&ctx, &pool, &name, &ns).await?;
+    let route = sync_route(ctx, pool, &name, &ns).await?;
 
     let slices: Api<EndpointSlice> = Api::namespaced(ctx.client.clone(), &ns);
     let listed = slices
@@ -168,10 +259,10 @@ pub async fn reconcile(pool: Arc<Pool>, ctx: Arc<Context>) -> Result<Action, Err
         .map_err(kube("list EndpointSlices"))?;
     let endpoints = ready_endpoints(&listed.items);
 
-    sync_alt_names(&ctx, &ns).await?;
+    sync_alt_names(ctx, &ns).await?;
 
     let observed = Observed { endpoints, route };
-    write_status(&ctx, &pool, &name, &ns, &observed).await?;
+    write_status(ctx, pool, &name, &ns, &observed).await?;
     Ok(Action::requeue(resync_after(&ns, &name)))
 }
 
@@ -291,8 +382,11 @@ async fn sync_alt_names(ctx: &Context, ns: &str) -> Result<(), Error> {
             .iter()
             .filter(|p| p.namespace().as_deref() == Some(ns))
     };
-    let any_wants =
-        in_namespace().any(|p| p.spec.route.as_ref().is_some_and(|r| r.inject_dns_alt_name));
+    // Pools another controller manages inject nothing through us.
+    let ours = |p: &&Arc<Pool>| ctx.foreign_manager_of(p).is_none();
+    let any_wants = in_namespace()
+        .filter(ours)
+        .any(|p| p.spec.route.as_ref().is_some_and(|r| r.inject_dns_alt_name));
 
     let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), ns);
     let touched = match certificates
@@ -313,7 +407,7 @@ async fn sync_alt_names(ctx: &Context, ns: &str) -> Result<(), Error> {
             .list(&ListParams::default())
             .await
             .map_err(kube("list Servers"))?;
-        let pools: Vec<Pool> = in_namespace().map(|p| (**p).clone()).collect();
+        let pools: Vec<Pool> = in_namespace().filter(ours).map(|p| (**p).clone()).collect();
         alt_names::wanted_injections(&pools, &servers.items)
     } else {
         Injections::new()
@@ -445,13 +539,18 @@ async fn write_status(
         endpoints: observed.endpoints,
         conditions,
     };
-    if pool.status.as_ref() == Some(&status) {
+    // Only what the installed CRD declares (all of it on ours): the operator's Pool
+    // CRD has no conditions, and the API server refuses an apply that sends them.
+    let declared = ctx.status_fields.as_ref();
+    let wanted = only_declared(json!(status), declared);
+    let current = only_declared(json!(pool.status.clone().unwrap_or_default()), declared);
+    if pool.status.is_some() && wanted == current {
         return Ok(());
     }
     let patch = json!({
         "apiVersion": Pool::api_version(&()),
         "kind": Pool::kind(&()),
-        "status": status,
+        "status": wanted,
     });
     let pools: Api<Pool> = Api::namespaced(ctx.client.clone(), ns);
     let written = pools

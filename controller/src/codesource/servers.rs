@@ -1,0 +1,116 @@
+//! The API side of rolling the servers: our annotation on each Server that takes the
+//! Config's code (the change that makes openvox-operator reconcile it), and the
+//! Servers' Deployments read back to see how far the rollout is. What to do and what
+//! it means is decided in `rollout`.
+
+use std::time::Duration;
+
+use futures::FutureExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use openvox_crds::codesource::{ConfigRecord, RolloutStatus};
+use openvox_crds::names::CONTROLLER_MANAGER;
+use openvox_crds::operator::Server;
+use tracing::info;
+
+use super::config::CodeTarget;
+use super::reconcile::Context;
+use super::rollout::{
+    just_completed, nudge_patch, rolled_out, rollout_status, server_rollout, servers_of,
+    servers_to_nudge,
+};
+use crate::conditions::ConditionFacts;
+use crate::error::{Error, kube};
+
+/// Where the rollout of the Config's code stands after one look.
+#[derive(Debug)]
+pub struct Followed {
+    /// The new `status.rollout`.
+    pub status: RolloutStatus,
+    /// The `RolledOut` condition.
+    pub condition: ConditionFacts,
+    /// How long the rollout took, when it completed in this look.
+    pub completed_in: Option<Duration>,
+    /// Servers that got our annotation in this look.
+    pub nudged: Vec<String>,
+}
+
+/// Brings the Servers of Config `config` (in `ns`) to the code the Config carries
+/// (`record`, which is `target`), and reads where their Deployments are.
+pub async fn follow_rollout(
+    ctx: &Context,
+    ns: &str,
+    target: &CodeTarget,
+    record: &ConfigRecord,
+    old: Option<&RolloutStatus>,
+    now: Time,
+) -> Result<Followed, Error> {
+    let all = servers_in(ctx, ns).await?;
+    let servers = servers_of(&all, &record.name);
+
+    let nudged = servers_to_nudge(&servers, &record.image);
+    let api: Api<Server> = Api::namespaced(ctx.client.clone(), ns);
+    let params = PatchParams::apply(CONTROLLER_MANAGER).force();
+    for name in &nudged {
+        match api
+            .patch(
+                name,
+                &params,
+                &Patch::Apply(nudge_patch(name, &record.image)),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(server = %format!("{ns}/{name}"), code = %record.image, "asked the Server to roll to the new code");
+            }
+            // Deleted since it was listed (an apply cannot create a valid Server).
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 422 => {}
+            Err(e) => return Err(kube("annotate Server")(e)),
+        }
+    }
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let mut entries = Vec::with_capacity(servers.len());
+    for server in &servers {
+        let name = kube::ResourceExt::name_any(*server);
+        let deployment = deployments
+            .get_opt(&name)
+            .await
+            .map_err(kube("get Server Deployment"))?;
+        entries.push(server_rollout(server, deployment.as_ref(), target));
+    }
+    let status = rollout_status(
+        old,
+        &record.image,
+        Some(record.updated_at.clone()),
+        entries,
+        now,
+    );
+    Ok(Followed {
+        condition: rolled_out(&record.name, &status),
+        completed_in: just_completed(old, &status),
+        status,
+        nudged,
+    })
+}
+
+/// The Servers of `ns`: from the watch cache once it is filled, else listed (which
+/// also says when the Server kind is not installed).
+async fn servers_in(ctx: &Context, ns: &str) -> Result<Vec<Server>, Error> {
+    if matches!(ctx.servers.wait_until_ready().now_or_never(), Some(Ok(()))) {
+        return Ok(ctx
+            .servers
+            .state()
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(ns))
+            .map(|s| (**s).clone())
+            .collect());
+    }
+    let api: Api<Server> = Api::namespaced(ctx.client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube("list Servers"))?
+        .items)
+}
