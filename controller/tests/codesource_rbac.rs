@@ -120,7 +120,7 @@ async fn the_charts_rbac_runs_a_full_codesource_cycle() -> Result<()> {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-auth"},
                "stringData": {"username": "nobody", "password": "unused-for-file-urls"}}),
         json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Config", "metadata": {"name": "prod"},
-               "spec": {"image": {"tag": "8"}, "code": [{"image": "registry.example/puppet-code@sha256:0000"}]}}),
+               "spec": {"image": {"tag": "8"}, "code": {"image": "registry.example/puppet-code@sha256:0000"}}}),
         json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource", "metadata": {"name": "prod"},
                "spec": {"configRef": "prod", "schedule": "@hourly",
                         "git": {"url": format!("file://{}", bare.display()), "branches": ["production"],
@@ -190,7 +190,7 @@ async fn the_charts_rbac_runs_a_full_codesource_cycle() -> Result<()> {
         &kube::discovery::ApiResource::erase::<openvox_crds::operator::Config>(&()),
     );
     assert_eq!(
-        configs.get("prod").await?.data["spec"]["code"][0]["image"],
+        configs.get("prod").await?.data["spec"]["code"]["image"],
         "registry.example/puppet-code@sha256:4444"
     );
     let _ = tx.send(());

@@ -114,13 +114,19 @@ async fn wait_for_config(ns: &TestNamespace, image: &str) -> Result<Value> {
     }
 }
 
-/// The list-shaped Config has one whole-tree entry naming the claim, and no image.
+/// The Config's code names the claim and no image: the single object (the
+/// harness's default Config), or the one whole-tree entry of the list shape.
 fn assert_claim_only(code: &Value) {
-    let entries = code.as_array().expect("spec.code is a list");
-    assert_eq!(entries.len(), 1, "{code}");
-    assert_eq!(entries[0]["claimName"], CLAIM, "{code}");
-    assert!(entries[0].get("image").is_none(), "{code}");
-    assert!(entries[0].get("environment").is_none(), "{code}");
+    let entry = match code.as_array() {
+        Some(entries) => {
+            assert_eq!(entries.len(), 1, "{code}");
+            &entries[0]
+        }
+        None => code,
+    };
+    assert_eq!(entry["claimName"], CLAIM, "{code}");
+    assert!(entry.get("image").is_none(), "{code}");
+    assert!(entry.get("environment").is_none(), "{code}");
 }
 
 /// The version directory the environment symlink `env` in the claim points to.
@@ -443,18 +449,19 @@ async fn a_claim_receives_the_environments_and_the_config_names_the_claim() -> R
 }
 
 #[tokio::test]
-async fn a_single_object_config_gets_the_claim_name() -> Result<()> {
-    // A control plane of its own, whose Config CRD has the older single-object shape.
+async fn a_list_shaped_config_gets_one_whole_tree_entry_naming_the_claim() -> Result<()> {
+    // A control plane of its own, whose Config CRD has the newer list shape.
     let control_plane = harness::ControlPlane::start(&harness::Options {
         gateway_api: false,
-        config_shape: harness::ConfigShape::Single,
+        config_shape: harness::ConfigShape::List,
+        ..Default::default()
     })?;
-    let ns = TestNamespace::new_in(&control_plane, "e2e-claim-single").await?;
+    let ns = TestNamespace::new_in(&control_plane, "e2e-claim-list").await?;
     let world = ClaimWorld::start(ns).await?;
     let build = wait_for_build(&world.ns, None, &world.log).await?;
     let code = wait_for_config(&world.ns, &build.image).await?;
-    assert_eq!(code["claimName"], CLAIM, "{code}");
-    assert!(code.get("image").is_none(), "{code}");
+    assert!(code.is_array(), "{code}");
+    assert_claim_only(&code);
     assert!(
         world
             .claim_dir

@@ -485,7 +485,7 @@ async fn the_worker_and_the_controller_have_exactly_the_rights_they_use() -> Res
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook"},
                "stringData": {"token": HOOK_SECRET}}),
         json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Config", "metadata": {"name": "prod"},
-               "spec": {"image": {"tag": "8"}, "code": [{"image": "registry.example/puppet-code@sha256:0000"}]}}),
+               "spec": {"image": {"tag": "8"}, "code": {"image": "registry.example/puppet-code@sha256:0000"}}}),
         json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Certificate",
                "metadata": {"name": "cert"}, "spec": {"authorityRef": "ca"}}),
         json!({"apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "Server", "metadata": {"name": "server"},
@@ -539,11 +539,17 @@ async fn the_worker_and_the_controller_have_exactly_the_rights_they_use() -> Res
             }
         }
     });
-    let pool_task = tokio::spawn(pool::run(
+    // As the process runs it: supervised, so the Pool CRD is read (it is ours here).
+    let pool_task = tokio::spawn(pool::supervise(
         client.clone(),
         pool::Settings {
             gateway_api_poll: Duration::from_millis(500),
             ..pool::Settings::new(Some(ns.name().to_string()), 2)
+        },
+        pool::Supervision {
+            mode: pool::PoolControllerMode::Auto,
+            crd_poll: Duration::from_millis(500),
+            regarding: None,
         },
         Metrics::new(),
         shutdown(),
@@ -607,7 +613,7 @@ async fn the_worker_and_the_controller_have_exactly_the_rights_they_use() -> Res
     eventually("the digest in the Config", || async {
         let config = configs.get("prod").await?;
         Ok(
-            (config.data["spec"]["code"][0]["image"] == "registry.example/puppet-code@sha256:4444")
+            (config.data["spec"]["code"]["image"] == "registry.example/puppet-code@sha256:4444")
                 .then_some(()),
         )
     })

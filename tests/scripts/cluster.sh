@@ -17,7 +17,12 @@
 #
 # Options: --no-gateway-api           do not install the TLSRoute CRD at start
 #          --config-shape single|list  which fixture CRD of openvox-operator's Config
-#                                      to install (spec.code object or list; default list)
+#                                      to install (spec.code object, as in the operator's
+#                                      release, or the newer list; default single)
+#          --pool-crd ours|operator|none  which Pool CRD to install: ours (crds/pools.yaml,
+#                                      default), one shaped like openvox-operator's, or none
+#          --no-codesource-crd         do not install our CodeSource CRD (a chart test
+#                                      installs it)
 #          --remove-on-exit            (run) delete DIR when the supervisor stops after a
 #                                      successful start (set OPENVOX_CODE_KEEP_CLUSTER=1
 #                                      to keep it for a post-mortem)
@@ -354,12 +359,16 @@ start_control_plane() {
 }
 
 install_crds() {
-  local kubectl=$1 with_gateway_api=$2 config_shape=$3
-  local -a files=("$repo"/crds/*.yaml
-    "$repo/tests/fixtures/crds/config-code-$config_shape.yaml"
+  local kubectl=$1 with_gateway_api=$2 config_shape=$3 pool_crd=$4 codesource_crd=$5
+  local -a files=("$repo/tests/fixtures/crds/config-code-$config_shape.yaml"
     "$repo/tests/fixtures/crds/server.yaml"
     "$repo/tests/fixtures/crds/certificate.yaml")
   if [[ "$with_gateway_api" == yes ]]; then files+=("$dir/crds/$gateway_api_crd"); fi
+  if [[ "$codesource_crd" == yes ]]; then files+=("$repo/crds/codesources.yaml"); fi
+  case $pool_crd in
+    ours) files+=("$repo/crds/pools.yaml") ;;
+    operator) files+=("$repo/tests/fixtures/crds/pool-operator.yaml") ;;
+  esac
   local -a args=()
   local f
   for f in "${files[@]}"; do
@@ -386,19 +395,26 @@ install_gateway_api() {
 parse_options() {
   with_gateway_api=yes
   remove_on_exit=no
-  config_shape=${OPENVOX_CODE_CONFIG_SHAPE:-list}
+  config_shape=${OPENVOX_CODE_CONFIG_SHAPE:-single}
+  pool_crd=ours
+  codesource_crd=yes
   while (($#)); do
     case $1 in
       --no-gateway-api) with_gateway_api=no ;;
       --remove-on-exit) remove_on_exit=yes ;;
       --config-shape) config_shape=${2:-}; shift ;;
       --config-shape=*) config_shape=${1#*=} ;;
+      --pool-crd) pool_crd=${2:-}; shift ;;
+      --pool-crd=*) pool_crd=${1#*=} ;;
+      --no-codesource-crd) codesource_crd=no ;;
       *) die "unknown option $1" ;;
     esac
     shift
   done
   [[ "$config_shape" == single || "$config_shape" == list ]] ||
     die "--config-shape must be single or list"
+  [[ "$pool_crd" == ours || "$pool_crd" == operator || "$pool_crd" == none ]] ||
+    die "--pool-crd must be ours, operator or none"
 }
 
 # Everything from an empty state dir to a ready control plane with CRDs installed.
@@ -414,7 +430,7 @@ bring_up() {
   make_pki
   start_control_plane || return 1
   local t_ready=$EPOCHREALTIME
-  install_crds "$kubectl" "$with_gateway_api" "$config_shape" || return 1
+  install_crds "$kubectl" "$with_gateway_api" "$config_shape" "$pool_crd" "$codesource_crd" || return 1
   check_alive etcd kube-apiserver kube-controller-manager || return 1
   cat >"$dir/cluster.env" <<EOF
 APISERVER=https://127.0.0.1:$apiserver_port
@@ -422,6 +438,7 @@ ETCD=http://127.0.0.1:$etcd_port
 CONTROLLER_MANAGER=https://127.0.0.1:$controller_manager_port
 GATEWAY_API=$with_gateway_api
 CONFIG_SHAPE=$config_shape
+POOL_CRD=$pool_crd
 EOF
   log "control plane ready at https://127.0.0.1:$apiserver_port in $(elapsed "$t0")s" \
     "(/readyz after $(elapsed "$t0" "$t_ready")s; state in $dir)"

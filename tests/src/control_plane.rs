@@ -23,11 +23,35 @@ pub const KUBECONFIG_ENV: &str = "OPENVOX_CODE_KUBECONFIG";
 /// Which shape of openvox-operator's `Config.spec.code` the installed fixture CRD has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConfigShape {
-    /// `spec.code` is one object (operator releases up to mid-2026).
+    /// `spec.code` is one object, with the operator's CEL rules: the shape of the
+    /// operator's release the product was measured against.
+    #[default]
     Single,
     /// `spec.code` is a list of entries (later releases).
-    #[default]
     List,
+}
+
+/// Which Pool CRD the control plane has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolCrd {
+    /// Ours (`crds/pools.yaml`).
+    #[default]
+    Ours,
+    /// One shaped like openvox-operator's (`tests/fixtures/crds/pool-operator.yaml`),
+    /// as its chart installs it.
+    Operator,
+    /// None.
+    None,
+}
+
+impl PoolCrd {
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Ours => "ours",
+            Self::Operator => "operator",
+            Self::None => "none",
+        }
+    }
 }
 
 impl ConfigShape {
@@ -47,13 +71,31 @@ pub struct Options {
     pub gateway_api: bool,
     /// Which fixture CRD of openvox-operator's Config to install.
     pub config_shape: ConfigShape,
+    /// Which Pool CRD to install.
+    pub pool_crd: PoolCrd,
+    /// Install our CodeSource CRD (off: a chart test installs it).
+    pub codesource_crd: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             gateway_api: true,
-            config_shape: ConfigShape::List,
+            config_shape: ConfigShape::Single,
+            pool_crd: PoolCrd::Ours,
+            codesource_crd: true,
+        }
+    }
+}
+
+impl Options {
+    /// A cluster as openvox-operator's chart leaves it: its CRDs (Config with the
+    /// single-object `spec.code`, Server, Certificate, its own Pool), none of ours.
+    pub fn operator_only() -> Self {
+        Self {
+            pool_crd: PoolCrd::Operator,
+            codesource_crd: false,
+            ..Self::default()
         }
     }
 }
@@ -125,7 +167,12 @@ impl ControlPlane {
             .arg(&dir)
             .arg("--remove-on-exit")
             .arg("--config-shape")
-            .arg(options.config_shape.flag());
+            .arg(options.config_shape.flag())
+            .arg("--pool-crd")
+            .arg(options.pool_crd.flag());
+        if !options.codesource_crd {
+            command.arg("--no-codesource-crd");
+        }
         if !options.gateway_api {
             command.arg("--no-gateway-api");
         }

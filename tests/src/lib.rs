@@ -13,16 +13,19 @@
 //!   for the end-to-end test and `make demo`.
 //! - [`node_sim`]: plays kubelet (and scheduler) for the pods of Jobs, so the real Job
 //!   controller completes or fails them. See `tests/README.md` for what is simulated.
+//! - [`operator`]: small stand-ins for openvox-operator's Pool Service writer and
+//!   Server controller, following the measured facts only.
 
 pub mod apply;
 pub mod control_plane;
 pub mod fixtures;
 pub mod namespace;
 pub mod node_sim;
+pub mod operator;
 mod time;
 pub mod tools;
 pub mod world;
 
-pub use control_plane::{ConfigShape, ControlPlane, Options};
+pub use control_plane::{ConfigShape, ControlPlane, Options, PoolCrd};
 pub use namespace::TestNamespace;
 pub use node_sim::{NodeSim, NodeSimConfig};

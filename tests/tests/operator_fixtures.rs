@@ -28,8 +28,57 @@ async fn refusal(ns: &TestNamespace, object: Value) -> String {
 }
 
 #[tokio::test]
-async fn the_default_config_fixture_has_the_list_shape_with_the_operators_rules() {
-    let ns = TestNamespace::new("config-list").await.unwrap();
+async fn the_default_config_fixture_has_the_single_shape_with_the_operators_rules() {
+    let ns = TestNamespace::new("config-single").await.unwrap();
+    let applied = apply(
+        ns.client(),
+        Some(ns.name()),
+        config("production", json!({"image": "registry/code@sha256:ab"})),
+    )
+    .await
+    .unwrap();
+    // Defaults of the operator's schema are filled in.
+    assert_eq!(
+        applied.data["spec"]["code"]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert_eq!(
+        applied.data["spec"]["image"]["repository"],
+        "ghcr.io/slauger/openvox-server"
+    );
+    // The operator's bug: without a `puppet` block no environment path is defaulted
+    // (its Deployment then gets an empty mount path); `puppet: {}` gets the default.
+    assert!(
+        applied.data["spec"].get("puppet").is_none(),
+        "{}",
+        applied.data
+    );
+    let mut with_puppet = config("with-puppet", json!({"image": "registry/code@sha256:ab"}));
+    with_puppet["spec"]["puppet"] = json!({});
+    let applied = apply(ns.client(), Some(ns.name()), with_puppet)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.data["spec"]["puppet"]["environmentPath"],
+        "/etc/puppetlabs/code/environments"
+    );
+
+    let list = refusal(&ns, config("list", json!([{"image": "a"}]))).await;
+    assert!(list.contains("spec.code"), "{list}");
+    let both = refusal(&ns, config("both", json!({"image": "a", "claimName": "b"}))).await;
+    assert!(
+        both.contains("image and claimName are mutually exclusive"),
+        "{both}"
+    );
+    let neither = refusal(&ns, config("neither", json!({"imagePullPolicy": "Always"}))).await;
+    assert!(
+        neither.contains("either image or claimName must be set"),
+        "{neither}"
+    );
+}
+
+/// The newer list shape of `spec.code` and its rules, on a control plane that has it.
+async fn list_shape_rules(ns: &TestNamespace) {
     let applied = apply(
         ns.client(),
         Some(ns.name()),
@@ -37,24 +86,18 @@ async fn the_default_config_fixture_has_the_list_shape_with_the_operators_rules(
     )
     .await
     .unwrap();
-    // Defaults of the operator's schema are filled in.
     assert_eq!(
         applied.data["spec"]["code"][0]["imagePullPolicy"],
         "IfNotPresent"
     );
-    assert_eq!(
-        applied.data["spec"]["image"]["repository"],
-        "ghcr.io/slauger/openvox-server"
-    );
-
     let single = refusal(
-        &ns,
+        ns,
         config("single", json!({"image": "registry/code@sha256:ab"})),
     )
     .await;
     assert!(single.contains("spec.code"), "{single}");
     let both = refusal(
-        &ns,
+        ns,
         config("both", json!([{"image": "a", "claimName": "b"}])),
     )
     .await;
@@ -62,13 +105,13 @@ async fn the_default_config_fixture_has_the_list_shape_with_the_operators_rules(
         both.contains("image and claimName are mutually exclusive"),
         "{both}"
     );
-    let untargeted = refusal(&ns, config("two", json!([{"image": "a"}, {"image": "b"}]))).await;
+    let untargeted = refusal(ns, config("two", json!([{"image": "a"}, {"image": "b"}]))).await;
     assert!(
         untargeted.contains("each entry must set either environment or mountPath"),
         "{untargeted}"
     );
     let outside = refusal(
-        &ns,
+        ns,
         config("outside", json!([{"image": "a", "mountPath": "/srv/code"}])),
     )
     .await;
@@ -125,10 +168,11 @@ async fn certificate_dns_alt_names_are_one_atomic_list_like_the_operators() {
 #[tokio::test]
 async fn a_control_plane_without_gateway_api_serves_tlsroutes_once_installed_later() {
     // Its own control plane: CRDs are cluster-wide, and this one starts without the
-    // Gateway API and with the older, single-object Config.
+    // Gateway API and with the newer, list-shaped Config.
     let options = Options {
         gateway_api: false,
-        config_shape: ConfigShape::Single,
+        config_shape: ConfigShape::List,
+        ..Options::default()
     };
     let control_plane = tokio::task::spawn_blocking(move || ControlPlane::start(&options))
         .await
@@ -145,12 +189,7 @@ async fn a_control_plane_without_gateway_api_serves_tlsroutes_once_installed_lat
         "TLSRoute served before install"
     );
 
-    let single = config("single", json!({"image": "registry/code@sha256:ab"}));
-    let applied = apply(&client, Some(ns.name()), single).await.unwrap();
-    assert_eq!(
-        applied.data["spec"]["code"]["image"],
-        "registry/code@sha256:ab"
-    );
+    list_shape_rules(&ns).await;
 
     control_plane.install_gateway_api(&client).await.unwrap();
     let route = json!({

@@ -686,7 +686,10 @@ async fn roll_out(
 ) -> RolloutFound {
     let config = cs_config_name(status);
     let known = |status: &CodeSourceStatus| RolloutFound {
-        condition: status.rollout.as_ref().map(|r| rolled_out(&config, r)),
+        condition: status
+            .rollout
+            .as_ref()
+            .map(|r| rolled_out(&config, r, None)),
         ..Default::default()
     };
     match (config_state, published, status.config.clone()) {

@@ -28,11 +28,12 @@ use crate::conditions::ConditionFacts;
 /// Name of the code volume in a Server's pod template.
 const CODE_VOLUME: &str = "code";
 
-/// The Servers naming `config`, by name.
+/// The Servers naming `config` that run a Puppet server (CA-only Servers mount no
+/// code), by name.
 pub fn servers_of<'a>(servers: &'a [Server], config: &str) -> Vec<&'a Server> {
     let mut of: Vec<&Server> = servers
         .iter()
-        .filter(|s| s.spec.config_ref == config)
+        .filter(|s| s.spec.config_ref == config && s.spec.server != Some(false))
         .collect();
     of.sort_by_key(|s| s.name_any());
     of
@@ -190,8 +191,18 @@ fn is_complete(servers: &[ServerRollout]) -> bool {
     takers.peek().is_some() && takers.all(|s| s.state == ServerRolloutState::RolledOut)
 }
 
-/// The `RolledOut` condition for a rollout of the code in Config `config`.
-pub fn rolled_out(config: &str, rollout: &RolloutStatus) -> ConditionFacts {
+/// Why Servers may have no Deployment: openvox-operator's known bug with a Config
+/// that has no `spec.puppet` (see `rolled_out`).
+pub fn missing_puppet_hint(config: &str) -> String {
+    format!(
+        "Config {config} has no spec.puppet: openvox-operator then mounts the code at an \
+         empty path and the API server refuses its Deployments; set spec.puppet: {{}}"
+    )
+}
+
+/// The `RolledOut` condition for a rollout of the code in Config `config`; `hint`
+/// is added when a Server has no Deployment.
+pub fn rolled_out(config: &str, rollout: &RolloutStatus, hint: Option<&str>) -> ConditionFacts {
     let servers = &rollout.servers;
     let named = |state: ServerRolloutState| -> Vec<&str> {
         servers
@@ -266,12 +277,22 @@ pub fn rolled_out(config: &str, rollout: &RolloutStatus) -> ConditionFacts {
             ),
         })
         .collect();
+    let hint = match hint {
+        Some(h)
+            if servers
+                .iter()
+                .any(|s| s.state == ServerRolloutState::NoDeployment) =>
+        {
+            format!(" ({h})")
+        }
+        _ => String::new(),
+    };
     (
         types::ROLLED_OUT,
         "False",
         reasons::PROGRESSING,
         format!(
-            "rolling out {}: waiting for {}{aside}",
+            "rolling out {}: waiting for {}{aside}{hint}",
             rollout.image,
             waiting.join(", ")
         ),
@@ -346,12 +367,12 @@ mod tests {
     fn only_servers_taking_the_config_code_without_our_annotation_are_nudged() {
         let servers = [
             server("a", "production", json!({})),
+            server("ca", "production", json!({"server": false})),
             server(
                 "b",
                 "production",
                 json!({"code": {"image": "own@sha256:1"}}),
             ),
-            server("ca", "production", json!({"server": false})),
             server("other", "staging", json!({})),
             {
                 let mut done = server("c", "production", json!({}));
@@ -361,9 +382,10 @@ mod tests {
             },
         ];
         let of = servers_of(&servers, "production");
+        // The CA-only Server mounts no code: not part of the rollout.
         assert_eq!(
             of.iter().map(|s| s.name_any()).collect::<Vec<_>>(),
-            ["a", "b", "c", "ca"]
+            ["a", "b", "c"]
         );
         assert_eq!(servers_to_nudge(&of, IMAGE), ["a"]);
         assert_eq!(
@@ -486,7 +508,7 @@ mod tests {
         use ServerRolloutState::*;
         let cond = |servers: Vec<ServerRollout>| {
             let status = rollout_status(None, IMAGE, Some(at(0)), servers, at(5));
-            let (_, status_, reason, message) = rolled_out("production", &status);
+            let (_, status_, reason, message) = rolled_out("production", &status, Some("HINT"));
             (status_, reason, message)
         };
         assert_eq!(cond(vec![]).1, reasons::NO_SERVERS);
@@ -501,6 +523,12 @@ mod tests {
         let (status, reason, message) = cond(vec![entry("a", RolledOut), entry("b", NoDeployment)]);
         assert_eq!((status, reason), ("False", reasons::PROGRESSING));
         assert!(message.contains("b (no Deployment yet)"), "{message}");
+        assert!(message.ends_with("(HINT)"), "{message}");
+        let (_, _, message) = cond(vec![entry("a", Progressing)]);
+        assert!(
+            !message.contains("HINT"),
+            "only for a missing Deployment: {message}"
+        );
         assert_eq!(
             cond(vec![
                 entry("a", ProgressDeadlineExceeded),

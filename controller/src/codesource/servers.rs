@@ -9,16 +9,16 @@ use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use openvox_crds::codesource::{ConfigRecord, RolloutStatus};
+use openvox_crds::codesource::{ConfigRecord, RolloutStatus, ServerRolloutState};
 use openvox_crds::names::CONTROLLER_MANAGER;
-use openvox_crds::operator::Server;
+use openvox_crds::operator::{Config, Server};
 use tracing::info;
 
 use super::config::CodeTarget;
 use super::reconcile::Context;
 use super::rollout::{
-    just_completed, nudge_patch, rolled_out, rollout_status, server_rollout, servers_of,
-    servers_to_nudge,
+    just_completed, missing_puppet_hint, nudge_patch, rolled_out, rollout_status, server_rollout,
+    servers_of, servers_to_nudge,
 };
 use crate::conditions::ConditionFacts;
 use crate::error::{Error, kube};
@@ -87,8 +87,24 @@ pub async fn follow_rollout(
         entries,
         now,
     );
+    // A Server without a Deployment: say so when the Config is why.
+    let hint = if status
+        .servers
+        .iter()
+        .any(|s| s.state == ServerRolloutState::NoDeployment)
+    {
+        let configs: Api<Config> = Api::namespaced(ctx.client.clone(), ns);
+        configs
+            .get_opt(&record.name)
+            .await
+            .map_err(kube("get Config"))?
+            .filter(|c| c.spec.puppet.is_none())
+            .map(|_| missing_puppet_hint(&record.name))
+    } else {
+        None
+    };
     Ok(Followed {
-        condition: rolled_out(&record.name, &status),
+        condition: rolled_out(&record.name, &status, hint.as_deref()),
         completed_in: just_completed(old, &status),
         status,
         nudged,

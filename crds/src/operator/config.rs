@@ -17,6 +17,11 @@ pub struct ConfigSpec {
     /// Where the servers get their Puppet code; absent when none is configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<CodeShape>,
+    /// Puppet settings. Only its presence is read: without it the operator applies no
+    /// default environment path, mounts the code at an empty path, and its Server
+    /// Deployments are refused by the API server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub puppet: Option<serde_json::Value>,
 }
 
 /// `spec.code` exists in two shapes: one object (operator releases up to mid-2026) and

@@ -30,6 +30,10 @@ struct Args {
     /// IMAGE=EXECUTABLE: run EXECUTABLE for containers of IMAGE that have no command.
     #[arg(long = "image", value_name = "IMAGE=EXECUTABLE")]
     images: Vec<String>,
+    /// Label selector of pods that are only made ready, not run (for example
+    /// `openvox.voxpupuli.org/server` for the pods of openvox-operator's Servers).
+    #[arg(long, value_name = "SELECTOR")]
+    ready_only: Option<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -56,6 +60,7 @@ async fn main() -> Result<()> {
         namespaces: args.namespaces,
         work_dir,
         images,
+        ready_only: args.ready_only,
     };
     let sim = NodeSim::start(kube_config, config).await?;
     eprintln!(

@@ -9,6 +9,7 @@
 mod disruption;
 mod node;
 mod pod;
+mod ready_only;
 mod volumes;
 
 pub use disruption::{DisruptionReason, evict_like_cluster_autoscaler, mark_disrupted};
@@ -46,6 +47,9 @@ pub struct NodeSimConfig {
     /// container has no `command`, in place of the image's ENTRYPOINT. Keys match the
     /// whole image reference or the repository without tag or digest.
     pub images: BTreeMap<String, Vec<String>>,
+    /// A label selector of pods that are not run, only made ready (bound, Running,
+    /// Ready at once; deletions confirmed): the pods of Deployments in rollout tests.
+    pub ready_only: Option<String>,
 }
 
 impl NodeSimConfig {
@@ -57,7 +61,14 @@ impl NodeSimConfig {
             namespaces: vec![namespace.to_owned()],
             work_dir: work_dir.into(),
             images: BTreeMap::new(),
+            ready_only: None,
         }
+    }
+
+    /// Makes the pods matching `selector` ready without running them.
+    pub fn with_ready_only(mut self, selector: &str) -> Self {
+        self.ready_only = Some(selector.to_owned());
+        self
     }
 
     /// Adds an image → local executable mapping.
@@ -93,6 +104,7 @@ impl std::fmt::Debug for Context {
 pub struct NodeSim {
     task: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    ready_only: Option<JoinHandle<()>>,
     work_dir: PathBuf,
     remove_work_dir: bool,
 }
@@ -121,6 +133,14 @@ impl NodeSim {
             config,
             api_server,
         });
+        let ready_only = context.config.ready_only.clone().map(|selector| {
+            let context = context.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ready_only::run(context, selector).await {
+                    tracing::error!("node simulation (ready-only pods) stopped: {e:#}");
+                }
+            })
+        });
         let task = tokio::spawn(async move {
             if let Err(e) = run(context).await {
                 tracing::error!("node simulation stopped: {e:#}");
@@ -129,6 +149,7 @@ impl NodeSim {
         Ok(Self {
             task,
             heartbeat,
+            ready_only,
             work_dir,
             remove_work_dir: false,
         })
@@ -203,6 +224,9 @@ impl Drop for NodeSim {
         // Aborting drops the pod tasks' child handles, which kill their processes.
         self.task.abort();
         self.heartbeat.abort();
+        if let Some(task) = &self.ready_only {
+            task.abort();
+        }
         if self.remove_work_dir && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.work_dir);
         } else if self.remove_work_dir {

@@ -2,6 +2,9 @@
 //! kube-controller-manager) and a real git repository served over `file://` (git's own
 //! upload-pack). The worker is not run here: where a test needs a finished build it
 //! writes `status.lastBuild` itself under the worker's field manager, as the worker does.
+//! `rollout` follows the published code to openvox-operator's Servers.
+
+mod rollout;
 
 use std::path::Path;
 use std::time::Duration;
@@ -36,6 +39,16 @@ impl Drop for Running {
 }
 
 fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running {
+    start_controller_with(client, namespace, scratch, Metrics::new())
+}
+
+/// [`start_controller`] recording into `metrics`.
+fn start_controller_with(
+    client: &Client,
+    namespace: &str,
+    scratch: &Path,
+    metrics: Metrics,
+) -> Running {
     let (tx, rx) = oneshot::channel::<()>();
     let mut settings = Settings::new("openvox-code-worker:test");
     settings.namespace = Some(namespace.to_string());
@@ -45,7 +58,7 @@ fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running
     tokio::spawn(codesource::run(
         client.clone(),
         settings,
-        Metrics::new(),
+        metrics,
         async move {
             let _ = rx.await;
         },
@@ -349,7 +362,7 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
         Some(ns.name()),
         config(
             "prod",
-            json!([{"image": "registry.example/puppet-code@sha256:0000", "imagePullSecret": "pull"}]),
+            json!({"image": "registry.example/puppet-code@sha256:0000", "imagePullSecret": "pull"}),
         ),
     )
     .await?;
@@ -382,11 +395,10 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
         st.get("activeJob").is_none() || st["activeJob"].is_null(),
         "{st}"
     );
-    // The whole-tree entry carries the digest and keeps its pull secret.
+    // The Config's code carries the digest; its pull secret (not ours) stays.
     let code = config_code(&ns, "prod").await?;
-    assert_eq!(code.as_array().map(Vec::len), Some(1), "{code}");
-    assert_eq!(code[0]["image"], digest);
-    assert_eq!(code[0]["imagePullSecret"], "pull");
+    assert_eq!(code["image"], digest, "{code}");
+    assert_eq!(code["imagePullSecret"], "pull");
     // Events: the build started, the artifact landed, the Config took it.
     let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
     for reason in ["BuildStarted", "NewArtifact", "ConfigUpdated"] {
@@ -418,7 +430,7 @@ async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
-        config("prod", json!([{"image": old}])),
+        config("prod", json!({"image": old})),
     )
     .await?;
     let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
@@ -441,7 +453,7 @@ async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].status.as_ref().and_then(|s| s.failed), Some(1));
     let code = config_code(&ns, "prod").await?;
-    assert_eq!(code[0]["image"], old, "{code}");
+    assert_eq!(code["image"], old, "{code}");
     let st = status(&ns, "prod").await?;
     assert_eq!(
         condition(&st, "Ready").map(|c| c["reason"].clone()),
@@ -474,7 +486,7 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
         Some(ns.name()),
         config(
             "prod",
-            json!([{"image": "registry.example/puppet-code@sha256:0000"}]),
+            json!({"image": "registry.example/puppet-code@sha256:0000"}),
         ),
     )
     .await?;
@@ -524,7 +536,7 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
     }
     eventually("the digest in the Config", || async {
         let code = config_code(&ns, "prod").await?;
-        Ok((code[0]["image"] == digest).then_some(()))
+        Ok((code["image"] == digest).then_some(()))
     })
     .await?;
     let st = status(&ns, "prod").await?;
@@ -758,7 +770,7 @@ async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> 
         Some(ns.name()),
         config(
             "later",
-            json!([{"image": "registry.example/puppet-code@sha256:0000"}]),
+            json!({"image": "registry.example/puppet-code@sha256:0000"}),
         ),
     )
     .await?;
@@ -821,22 +833,24 @@ async fn an_unreachable_repository_is_reported_as_fetch_failed() -> Result<()> {
 }
 
 #[tokio::test]
-async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Result<()> {
-    // A control plane of its own, whose Config CRD has the older single-object shape.
+async fn the_list_shape_of_config_code_is_detected_and_becomes_one_whole_tree_entry() -> Result<()>
+{
+    // A control plane of its own, whose Config CRD has the newer list shape.
     let control_plane = harness::ControlPlane::start(&harness::Options {
         gateway_api: false,
-        config_shape: harness::ConfigShape::Single,
+        config_shape: harness::ConfigShape::List,
+        ..Default::default()
     })?;
     let repo = ControlRepo::new();
     let scratch = Scratch::new();
-    let ns = TestNamespace::new_in(&control_plane, "cs-single").await?;
+    let ns = TestNamespace::new_in(&control_plane, "cs-list").await?;
     let _node = node_running(&ns, "exit 0").await?;
     harness::apply::apply(
         ns.client(),
         Some(ns.name()),
         config(
             "prod",
-            json!({"image": "registry.example/puppet-code@sha256:0000", "imagePullPolicy": "Always"}),
+            json!([{"image": "registry.example/puppet-code@sha256:0000", "imagePullPolicy": "Always", "imagePullSecret": "pull"}]),
         ),
     )
     .await?;
@@ -857,10 +871,13 @@ async fn the_single_object_shape_of_config_code_is_detected_and_patched() -> Res
             .map(|_| ()))
     })
     .await?;
+    // The list is atomic: it becomes the one whole-tree entry, with the digest and
+    // the pull settings of the entry it replaces.
     let code = config_code(&ns, "prod").await?;
-    assert_eq!(code["image"], digest, "{code}");
-    // Only `image` is ours: the pull policy someone else set stays.
-    assert_eq!(code["imagePullPolicy"], "Always", "{code}");
+    assert_eq!(code.as_array().map(Vec::len), Some(1), "{code}");
+    assert_eq!(code[0]["image"], digest, "{code}");
+    assert_eq!(code[0]["imagePullPolicy"], "Always", "{code}");
+    assert_eq!(code[0]["imagePullSecret"], "pull", "{code}");
     Ok(())
 }
 
