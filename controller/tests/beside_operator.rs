@@ -466,7 +466,11 @@ fn readme_resources(readme: &str) -> Vec<String> {
     for line in readme.lines() {
         // Every `kubectl` of the line, also one inside `$(…)`.
         let words: Vec<&str> = line.split_whitespace().collect();
-        for (i, _) in words.iter().enumerate().filter(|(_, w)| w.ends_with("kubectl")) {
+        for (i, _) in words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.ends_with("kubectl"))
+        {
             let mut rest = words[i + 1..].iter();
             // Flags before the verb take a value (`-n puppet`) unless they carry it.
             let verb = loop {
@@ -480,8 +484,10 @@ fn readme_resources(readme: &str) -> Vec<String> {
                 }
             };
             let Some(verb) = verb else { continue };
-            if !["get", "describe", "annotate", "patch", "wait", "explain", "delete", "edit"]
-                .contains(verb)
+            if ![
+                "get", "describe", "annotate", "patch", "wait", "explain", "delete", "edit",
+            ]
+            .contains(verb)
             {
                 continue;
             }

@@ -251,6 +251,15 @@ fn crds_are_kept_on_uninstall_and_can_be_left_out() -> Result<()> {
             crd["metadata"]["annotations"]["helm.sh/resource-policy"],
             "keep"
         );
+        // Our mark (the Pool controller runs only on our Pool CRD) and the chart's.
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/part-of"],
+            "openvox-code"
+        );
+        assert_eq!(
+            crd["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "Helm"
+        );
     }
     assert!(
         of_kind(
@@ -259,6 +268,48 @@ fn crds_are_kept_on_uninstall_and_can_be_left_out() -> Result<()> {
         )
         .is_empty()
     );
+    // crds.keep=false lets the CodeSource CRD go; the Pool CRD is always kept.
+    let docs = template(&["crds.keep=false"])?;
+    let policy = |name: &str| {
+        of_kind(&docs, "CustomResourceDefinition")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == name)
+            .map(|c| c["metadata"]["annotations"]["helm.sh/resource-policy"].clone())
+    };
+    assert_eq!(
+        policy("codesources.openvox.voxpupuli.org"),
+        Some(Value::Null)
+    );
+    assert_eq!(policy("pools.openvox.voxpupuli.org"), Some(json!("keep")));
+    // The CodeSource CRD on its own.
+    let alone = template(&["crds.pool=false"])?;
+    let names: Vec<&Value> = of_kind(&alone, "CustomResourceDefinition")
+        .into_iter()
+        .map(|c| &c["metadata"]["name"])
+        .collect();
+    assert_eq!(names, [&json!("codesources.openvox.voxpupuli.org")]);
+    Ok(())
+}
+
+#[test]
+fn the_pool_controller_mode_reaches_the_controller() -> Result<()> {
+    let arg = |sets: &[&str]| -> Result<Value> {
+        let docs = template(sets)?;
+        let args =
+            of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+                .clone();
+        Ok(args
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a.as_str().is_some_and(|a| a.starts_with("--enable-pool=")))
+            .cloned()
+            .unwrap_or_default())
+    };
+    assert_eq!(arg(&[])?, "--enable-pool=auto");
+    assert_eq!(arg(&["controllers.pool=true"])?, "--enable-pool=true");
+    assert_eq!(arg(&["controllers.pool=false"])?, "--enable-pool=false");
+    assert!(template(&["controllers.pool=maybe"]).is_err());
     Ok(())
 }
 
@@ -286,8 +337,8 @@ async fn helm_install_works_and_its_rbac_runs_the_pool_controller() -> Result<()
         .arg(chart_dir())
         .args(["--namespace", ns.name(), "--kubeconfig"])
         .arg(control_plane.kubeconfig())
-        // The harness installed the CRDs already; the chart adopts them.
-        .arg("--take-ownership")
+        // The harness installed the CRDs already (kubectl, no Helm release): the chart
+        // leaves them as they are and installs without taking them over.
         .args(["--set", &format!("watchNamespace={}", ns.name())]);
     let out = tokio::task::spawn_blocking(move || install.output()).await??;
     if !out.status.success() {

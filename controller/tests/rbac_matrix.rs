@@ -362,6 +362,27 @@ fn controller_rows() -> Vec<Row> {
             true,
             "leader election",
         ),
+        (
+            r(&format!("patch servers.{GROUP}")),
+            true,
+            "rollout: its annotation on the Servers of the Config",
+        ),
+        (
+            r("get deployments.apps"),
+            true,
+            "rollout: the Servers' Deployments",
+        ),
+        (
+            r(&format!("update servers.{GROUP}")),
+            false,
+            "replace Servers",
+        ),
+        (
+            r(&format!("delete servers.{GROUP}")),
+            false,
+            "delete Servers",
+        ),
+        (r("patch deployments.apps"), false, "change a Deployment"),
         (r("list secrets"), false, "enumerate Secrets"),
         (r("watch secrets"), false, "watch Secrets"),
         (r("create secrets"), false, "write Secrets"),
