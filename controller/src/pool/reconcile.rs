@@ -243,7 +243,7 @@ async fn reconcile_inner(pool: &Pool, ctx: &Context) -> Result<Action, Error> {
         .patch(
             &name,
             &apply_params(),
-            &Patch::Apply(desired_service(&pool)),
+            &Patch::Apply(desired_service(pool)),
         )
         .await
         .map_err(kube("apply Service"))?;
