@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache bench-scale
+.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache bench-scale bench-operator
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -22,6 +22,11 @@ bench-scale: deps ## Scale benchmark: 1,000 CodeSources over 50 repos + 1,000 Po
 	$(CARGO) build --locked --release -p openvox-code-controller
 	$(CARGO) build --locked -p openvox-code-e2e --bin openvox-scale-bench
 	target/debug/openvox-scale-bench --controller target/release/openvox-code-controller
+
+bench-operator: deps ## Beside openvox-operator: Service rewrites in 60 s next to its Pool writer, seconds from a Config write to the Deployment and to RolledOut (~3 min; not part of make test)
+	$(CARGO) build --locked -p openvox-code-controller --bins
+	set -o pipefail; OPENVOX_CODE_BESIDE_SECONDS=60 $(CARGO) test --locked -p openvox-code-controller --test beside_operator -- --nocapture next_to_the_operators on_our_crd 2>&1 | grep -E 'rewrites|^test '
+	set -o pipefail; for run in 1 2 3; do $(CARGO) test --locked -p openvox-code-controller --test codesource -- --nocapture rollout::each 2>&1 | grep -E '^rollout:|^test ' || exit 1; done
 
 deps: ## Install test dependencies (idempotent; heavy builds cached in ~/.cache/openvox-code)
 	bash tests/scripts/install-deps.sh

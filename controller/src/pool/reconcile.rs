@@ -240,11 +240,7 @@ async fn reconcile_inner(pool: &Pool, ctx: &Context) -> Result<Action, Error> {
 
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
     let applied = services
-        .patch(
-            &name,
-            &apply_params(),
-            &Patch::Apply(desired_service(pool)),
-        )
+        .patch(&name, &apply_params(), &Patch::Apply(desired_service(pool)))
         .await
         .map_err(kube("apply Service"))?;
     // Creating or changing the Service must not wake this Pool again.
