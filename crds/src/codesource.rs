@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","description":"Short digest of the last image built","jsonPath":".status.lastBuild.shortDigest"}"#,
-    printcolumn = r#"{"name":"Rolled Out","type":"string","description":"Whether every Server of the Config runs the published code","jsonPath":".status.conditions[?(@.type==\"RolledOut\")].status"}"#,
+    printcolumn = r#"{"name":"Rolled-Out","type":"string","description":"Whether every Server of the Config runs the published code","jsonPath":".status.conditions[?(@.type==\"RolledOut\")].status"}"#,
     printcolumn = r#"{"name":"Job","type":"string","description":"Worker Job running now","jsonPath":".status.activeJob"}"#,
     printcolumn = r#"{"name":"Status","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

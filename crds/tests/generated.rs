@@ -115,7 +115,7 @@ fn our_kinds_have_status_subresources_and_the_agreed_columns() {
     };
     assert_eq!(
         columns(0),
-        ["Ready", "Schedule", "Digest", "Rolled Out", "Job", "Age"]
+        ["Ready", "Schedule", "Digest", "Rolled-Out", "Job", "Age"]
     );
     assert_eq!(columns(1), ["Type", "Endpoints", "Age"]);
 }

@@ -128,7 +128,7 @@ async fn a_pool_port_above_65535_is_rejected() {
 }
 
 #[tokio::test]
-async fn kubectl_get_codesources_shows_ready_schedule_digest_job_and_age() {
+async fn kubectl_get_codesources_shows_ready_schedule_digest_rollout_job_and_age() {
     let ns = TestNamespace::new("printer-columns").await.unwrap();
     apply(
         ns.client(),
@@ -158,7 +158,15 @@ async fn kubectl_get_codesources_shows_ready_schedule_digest_job_and_age() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "READY", "SCHEDULE", "DIGEST", "JOB", "AGE"],
+        [
+            "NAME",
+            "READY",
+            "SCHEDULE",
+            "DIGEST",
+            "ROLLED-OUT",
+            "JOB",
+            "AGE"
+        ],
         "{stdout}"
     );
     let row: Vec<&str> = stdout

@@ -781,7 +781,7 @@ async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> 
             .map(|_| ()))
     })
     .await?;
-    assert_eq!(config_code(&ns, "later").await?[0]["image"], digest);
+    assert_eq!(config_code(&ns, "later").await?["image"], digest);
     Ok(())
 }
 
