@@ -13,6 +13,18 @@ use kube::{Client, Config};
 
 use crate::metrics::Metrics;
 
+/// An `Api` of a namespaced kind in `namespace`, or in all namespaces when `None`
+/// (`--namespace` unset): the scope both controllers watch.
+pub fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}
+
 /// A client from the default configuration (in-cluster or `$KUBECONFIG`) whose
 /// requests are counted in `metrics`.
 pub async fn counted_client(metrics: Metrics) -> Result<Client, kube::Error> {

@@ -92,6 +92,19 @@ fn readme_install(kubeconfig: &Path, extra: &[&str]) -> Result<String> {
     helm(kubeconfig, &args)
 }
 
+/// `helm uninstall` of the README's release.
+async fn helm_uninstall(kubeconfig: &Path) -> Result<()> {
+    let kubeconfig = kubeconfig.to_owned();
+    tokio::task::spawn_blocking(move || {
+        helm(
+            &kubeconfig,
+            &["uninstall", "openvox-code", "--namespace", "openvox-code"],
+        )
+    })
+    .await??;
+    Ok(())
+}
+
 async fn crd(client: &Client, name: &str) -> Result<Option<CustomResourceDefinition>> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     Ok(crds.get_opt(name).await?)
@@ -153,6 +166,19 @@ async fn rewrites(client: &Client, ns: &str, name: &str) -> Result<usize> {
         }
     }
     Ok(changes)
+}
+
+/// What the `ManagedElsewhere` Event in `ns` is about (the object's name).
+async fn managed_elsewhere_event_about(ns: &TestNamespace) -> Result<Option<String>> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let said = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("ManagedElsewhere"))
+        .context("no ManagedElsewhere Event")?;
+    Ok(said.regarding.and_then(|r| r.name))
 }
 
 async fn service_manager(client: &Client, ns: &str, name: &str) -> Result<Option<String>> {
@@ -235,16 +261,8 @@ async fn next_to_the_operators_crds_the_chart_installs_stands_aside_and_uninstal
         text.contains("openvox_code_pool_controller_running 0"),
         "{text}"
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    let said = events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find(|e| e.reason.as_deref() == Some("ManagedElsewhere"))
-        .context("no ManagedElsewhere Event")?;
     assert_eq!(
-        said.regarding.and_then(|r| r.name).as_deref(),
+        managed_elsewhere_event_about(&ns).await?.as_deref(),
         Some("openvox-code-0")
     );
     let log_text = std::fs::read_to_string(&log)?;
@@ -289,14 +307,7 @@ async fn next_to_the_operators_crds_the_chart_installs_stands_aside_and_uninstal
     assert!(!std::fs::read_to_string(&forced_log)?.contains("pool reconcile will be retried"));
 
     // Uninstall: the operator's CRD and every Pool stay; our CRD stays (keep).
-    let config = kubeconfig.clone();
-    tokio::task::spawn_blocking(move || {
-        helm(
-            &config,
-            &["uninstall", "openvox-code", "--namespace", "openvox-code"],
-        )
-    })
-    .await??;
+    helm_uninstall(&kubeconfig).await?;
     let kept = crd(&admin, POOLS)
         .await?
         .context("uninstall removed the Pool CRD")?;
@@ -346,14 +357,7 @@ async fn without_the_operator_the_chart_installs_both_crds_and_uninstall_keeps_t
     .await?;
 
     // Even with crds.keep=false: the CodeSource CRD goes, the Pool CRD and Pools stay.
-    let config = kubeconfig.clone();
-    tokio::task::spawn_blocking(move || {
-        helm(
-            &config,
-            &["uninstall", "openvox-code", "--namespace", "openvox-code"],
-        )
-    })
-    .await??;
+    helm_uninstall(&kubeconfig).await?;
     eventually("the CodeSource CRD to go", || async {
         Ok(crd(&admin, CODESOURCES).await?.is_none().then_some(()))
     })
@@ -427,16 +431,8 @@ async fn on_our_crd_a_pool_whose_service_the_operator_manages_is_left_alone() ->
         "{}",
         metrics.encode()
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
-    let said = events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .find(|e| e.reason.as_deref() == Some("ManagedElsewhere"))
-        .context("no ManagedElsewhere Event")?;
     assert_eq!(
-        said.regarding.and_then(|r| r.name).as_deref(),
+        managed_elsewhere_event_about(&ns).await?.as_deref(),
         Some("puppet")
     );
     let _ = stop.send(());

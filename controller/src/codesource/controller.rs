@@ -26,6 +26,7 @@ use super::heads::{GixHeadLister, HeadCache, HeadError};
 use super::job::COMPONENT;
 use super::reconcile::{Context, error_policy, reconcile};
 use super::worker_defaults::WorkerDefaults;
+use crate::client::scoped_api;
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 
@@ -93,16 +94,6 @@ pub fn context(
     }))
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// The CodeSources in `store` of `namespace` that publish into Config `config`.
 fn publishing_into(
     store: &Store<CodeSource>,
@@ -140,7 +131,8 @@ pub async fn run(
     let (server_store, server_writer) = reflector::store();
     let ctx = context(client.clone(), &settings, metrics, server_store.clone())?;
     let own_writes = ctx.own_writes.clone();
-    let (codesources, jobs): (Api<CodeSource>, Api<Job>) = (api(&client, ns), api(&client, ns));
+    let (codesources, jobs): (Api<CodeSource>, Api<Job>) =
+        (scoped_api(&client, ns), scoped_api(&client, ns));
     let worker_jobs =
         watcher::Config::default().labels(&format!("{}={}", labels::COMPONENT, COMPONENT));
     let (store, writer) = reflector::store();
@@ -159,12 +151,15 @@ pub async fn run(
     // its watch then retries with backoff and the rollout says no Servers are found.
     let servers = reflector(
         server_writer,
-        watcher(api::<Server>(&client, ns), watcher::Config::default()),
+        watcher(
+            scoped_api::<Server>(&client, ns),
+            watcher::Config::default(),
+        ),
     )
     .default_backoff()
     .touched_objects();
     let deployments = watcher(
-        api::<PartialObjectMeta<Deployment>>(&client, ns),
+        scoped_api::<PartialObjectMeta<Deployment>>(&client, ns),
         watcher::Config::default(),
     )
     .default_backoff()

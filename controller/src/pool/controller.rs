@@ -35,6 +35,7 @@ use super::hostname::claimed_hostname;
 use super::reconcile::{Context, Error, reconcile};
 use super::route::{GATEWAY_GROUP, tlsroute_resource};
 use super::status::in_conflict;
+use crate::client::scoped_api;
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 
@@ -64,16 +65,6 @@ impl Settings {
     }
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Pools of `namespace` in `store` for which `keep` holds.
 fn pools_where(
     store: &Store<Pool>,
@@ -96,7 +87,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = settings.namespace.as_deref();
-    let pools: Api<Pool> = api(&client, ns);
+    let pools: Api<Pool> = scoped_api(&client, ns);
     let own_writes = OwnWrites::default();
     let own_filter = own_writes.clone();
     let own_services = own_writes.clone();
@@ -129,7 +120,7 @@ pub async fn run(
     let services = reflector(
         service_writer,
         watcher(
-            api::<PartialObjectMeta<Service>>(&client, ns),
+            scoped_api::<PartialObjectMeta<Service>>(&client, ns),
             watcher::Config::default(),
         ),
     )
@@ -137,7 +128,7 @@ pub async fn run(
     .touched_objects()
     .try_filter(move |service| future::ready(!own_services.is_own(&service.metadata)));
     let slices = watcher(
-        api::<PartialObjectMeta<EndpointSlice>>(&client, ns),
+        scoped_api::<PartialObjectMeta<EndpointSlice>>(&client, ns),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -167,7 +158,7 @@ pub async fn run(
         // A Pool change can hand its hostname to a sibling (or take it away): wake the
         // Pools claiming the same hostname and every Pool currently losing a conflict.
         .watches(
-            api::<Pool>(&client, ns),
+            scoped_api::<Pool>(&client, ns),
             watcher::Config::default(),
             move |pool| {
                 let hostname = claimed_hostname(&pool).map(str::to_ascii_lowercase);
@@ -183,7 +174,7 @@ pub async fn run(
             },
         )
         .watches(
-            api::<Server>(&client, ns),
+            scoped_api::<Server>(&client, ns),
             watcher::Config::default(),
             move |server| {
                 pools_where(&server_store, server.namespace(), |p| {

@@ -244,21 +244,25 @@ struct Running {
     delete: watch::Sender<bool>,
 }
 
+/// The pods of the node's namespaces (all when none are given).
+pub(crate) fn pod_apis(context: &Context) -> Vec<Api<Pod>> {
+    if context.config.namespaces.is_empty() {
+        return vec![Api::all(context.client.clone())];
+    }
+    context
+        .config
+        .namespaces
+        .iter()
+        .map(|ns| Api::namespaced(context.client.clone(), ns))
+        .collect()
+}
+
 /// Watches Job pods and hands each to a task; passes deletions on to the tasks.
 async fn run(context: Arc<Context>) -> Result<()> {
     let watch_config = watcher::Config::default().labels(JOB_NAME_LABEL);
-    let apis: Vec<Api<Pod>> = if context.config.namespaces.is_empty() {
-        vec![Api::all(context.client.clone())]
-    } else {
-        context
-            .config
-            .namespaces
-            .iter()
-            .map(|ns| Api::namespaced(context.client.clone(), ns))
-            .collect()
-    };
     let mut events = stream::select_all(
-        apis.into_iter()
+        pod_apis(&context)
+            .into_iter()
             .map(|api| watcher(api, watch_config.clone()).default_backoff().boxed()),
     );
     let mut running: HashMap<String, Running> = HashMap::new();

@@ -19,23 +19,14 @@ use crate::time::now;
 
 /// Runs the pods matching `selector` in the node's namespaces until the task is dropped.
 pub(crate) async fn run(context: Arc<Context>, selector: String) -> Result<()> {
-    let apis: Vec<Api<Pod>> = if context.config.namespaces.is_empty() {
-        vec![Api::all(context.client.clone())]
-    } else {
-        context
-            .config
-            .namespaces
-            .iter()
-            .map(|ns| Api::namespaced(context.client.clone(), ns))
-            .collect()
-    };
     let config = watcher::Config::default().labels(&selector);
-    let mut events = futures::stream::select_all(apis.into_iter().map(|api| {
-        watcher(api, config.clone())
-            .default_backoff()
-            .applied_objects()
-            .boxed()
-    }));
+    let mut events =
+        futures::stream::select_all(super::pod_apis(&context).into_iter().map(|api| {
+            watcher(api, config.clone())
+                .default_backoff()
+                .applied_objects()
+                .boxed()
+        }));
     while let Some(pod) = events.next().await {
         let Ok(pod) = pod else { continue };
         if let Err(e) = step(&context, &pod).await {
