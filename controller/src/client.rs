@@ -29,6 +29,11 @@ where
 /// requests are counted in `metrics`.
 pub async fn counted_client(metrics: Metrics) -> Result<Client, kube::Error> {
     let config = Config::infer().await.map_err(kube::Error::InferConfig)?;
+    counted_client_from(config, metrics)
+}
+
+/// A client from `config` whose requests are counted in `metrics`.
+pub fn counted_client_from(config: Config, metrics: Metrics) -> Result<Client, kube::Error> {
     Ok(ClientBuilder::try_from(config)?
         .with_layer(&CountRequestsLayer { metrics })
         .build())

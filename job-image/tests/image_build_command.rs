@@ -203,6 +203,15 @@ fn build_pushes_a_pinned_image_and_the_second_run_sends_nothing() {
         stderr.contains("layer    production"),
         "progress lines: {stderr}"
     );
+    // The first build of the repository says so plainly; nothing failed.
+    assert!(
+        stderr.contains("none yet (first build to this repository)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("FAILED") && !stderr.contains("WARN"),
+        "{stderr}"
+    );
     let manifest: serde_json::Value = serde_json::from_str(&skopeo(&[
         "inspect",
         "--tls-verify=false",

@@ -24,7 +24,8 @@ use tracing::{debug, warn};
 
 use super::heads::{GixHeadLister, HeadCache, HeadError};
 use super::job::COMPONENT;
-use super::reconcile::{Context, error_policy, reconcile};
+use super::memory::Memory;
+use super::reconcile::{Context, error_policy, key, reconcile};
 use super::worker_defaults::WorkerDefaults;
 use crate::client::scoped_api;
 use crate::metrics::Metrics;
@@ -48,6 +49,9 @@ pub struct Settings {
     pub head_cache_ttl: Duration,
     /// Writable directory for the head checker's scratch repository.
     pub scratch_dir: PathBuf,
+    /// Holds every Job watch event back this long before the cache sees it. Zero but
+    /// in the test that proves a Job the cache has not seen yet is never launched twice.
+    pub job_events_delay: Duration,
 }
 
 impl Settings {
@@ -60,17 +64,19 @@ impl Settings {
             concurrency: 4,
             head_cache_ttl: Duration::from_secs(55),
             scratch_dir: std::env::temp_dir(),
+            job_events_delay: Duration::ZERO,
         }
     }
 }
 
-/// Builds the shared context with the real (gitoxide) head lister; `servers` is the
-/// watch cache of Servers.
+/// Builds the shared context with the real (gitoxide) head lister over the watch
+/// caches of Servers and worker Jobs.
 pub fn context(
     client: Client,
     settings: &Settings,
     metrics: Metrics,
     servers: Store<Server>,
+    jobs: Store<Job>,
 ) -> Result<Arc<Context>, HeadError> {
     let lister = GixHeadLister::new(&settings.scratch_dir)?;
     let observer_metrics = metrics.clone();
@@ -91,6 +97,8 @@ pub fn context(
         failures: Default::default(),
         own_writes: OwnWrites::default(),
         servers,
+        jobs,
+        memory: Memory::default(),
     }))
 }
 
@@ -106,6 +114,14 @@ fn publishing_into(
         .filter(|cs| cs.namespace() == namespace && cs.spec.config_ref.as_deref() == Some(config))
         .map(|cs| ObjectRef::from(&**cs))
         .collect()
+}
+
+/// Remembers that the rollout of these CodeSources has news to look at.
+fn note_rollout_events(ctx: &Context, codesources: &[ObjectRef<CodeSource>]) {
+    for cs in codesources {
+        let ns = cs.namespace.clone().unwrap_or_default();
+        ctx.memory.rollout_event(format!("{ns}/{}", cs.name));
+    }
 }
 
 /// The Server that controls a Deployment (openvox-operator owns each Server's
@@ -129,18 +145,32 @@ pub async fn run(
 ) -> Result<(), HeadError> {
     let ns = settings.namespace.as_deref();
     let (server_store, server_writer) = reflector::store();
-    let ctx = context(client.clone(), &settings, metrics, server_store.clone())?;
+    let (job_store, job_writer) = reflector::store();
+    let ctx = context(
+        client.clone(),
+        &settings,
+        metrics,
+        server_store.clone(),
+        job_store,
+    )?;
     let own_writes = ctx.own_writes.clone();
     let (codesources, jobs): (Api<CodeSource>, Api<Job>) =
         (scoped_api(&client, ns), scoped_api(&client, ns));
     let worker_jobs =
         watcher::Config::default().labels(&format!("{}={}", labels::COMPONENT, COMPONENT));
     let (store, writer) = reflector::store();
+    let forgetting = ctx.clone();
     let triggers = reflector(
         writer,
         watcher(codesources, watcher::Config::default().any_semantic()),
     )
     .default_backoff()
+    // A deleted CodeSource's memory goes with it.
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(cs) = event {
+            forgetting.memory.forget(&key(cs));
+        }
+    })
     .applied_objects()
     // Not the events of our own status writes (see `own_writes`).
     .try_filter(move |cs| future::ready(!own_writes.is_own(&cs.metadata)));
@@ -164,11 +194,25 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects();
+    // Worker Jobs into the cache the reconciles read them from (no list per check).
+    let delay = settings.job_events_delay;
+    let job_events = watcher(jobs, worker_jobs).then(move |event| async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        event
+    });
+    let jobs = reflector(job_writer, job_events)
+        .default_backoff()
+        .touched_objects();
     let (by_server, by_deployment) = (store.clone(), store.clone());
+    let (server_ctx, deployment_ctx) = (ctx.clone(), ctx.clone());
     Controller::for_stream(triggers, store)
-        .owns(jobs, worker_jobs)
+        .owns_stream(jobs)
         .watches_stream(servers, move |server| {
-            publishing_into(&by_server, server.namespace(), &server.spec.config_ref)
+            let woken = publishing_into(&by_server, server.namespace(), &server.spec.config_ref);
+            note_rollout_events(&server_ctx, &woken);
+            woken
         })
         .watches_stream(deployments, move |deployment| {
             let Some(owner) = owning_server(&deployment) else {
@@ -177,9 +221,11 @@ pub async fn run(
             let ns = deployment.namespace();
             let server =
                 server_store.get(&ObjectRef::new(&owner).within(&ns.clone().unwrap_or_default()));
-            server
+            let woken = server
                 .map(|s| publishing_into(&by_deployment, ns, &s.spec.config_ref))
-                .unwrap_or_default()
+                .unwrap_or_default();
+            note_rollout_events(&deployment_ctx, &woken);
+            woken
         })
         .with_config(ControllerConfig::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)

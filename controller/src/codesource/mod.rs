@@ -5,6 +5,7 @@ pub mod controller;
 pub mod decide;
 pub mod heads;
 pub mod job;
+pub mod memory;
 pub mod names;
 pub mod rbac;
 pub mod reconcile;

@@ -32,11 +32,12 @@ use super::heads::{
     GitAuth, HeadCache, HeadRequest, instant_of, redact_url, shared_listing_since, wanted_heads,
 };
 use super::job::{LaunchParams, desired_job};
+use super::memory::Memory;
 use super::names::{codesource_label, job_name};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
 use super::rollout::rolled_out;
 use super::servers::follow_rollout;
-use super::status::{ConfigState, Observed, codesource_conditions, partial_message};
+use super::status::{ConfigState, Observed, codesource_conditions, must_write, partial_message};
 use super::validate::validate;
 use super::worker_defaults::WorkerDefaults;
 use crate::conditions::{ConditionFacts, find, is_true, merge_conditions_at};
@@ -75,6 +76,10 @@ pub struct Context {
     pub own_writes: OwnWrites,
     /// openvox-operator's Servers (watch cache), for the rollout.
     pub servers: Store<Server>,
+    /// The worker Jobs (watch cache).
+    pub jobs: Store<Job>,
+    /// What is remembered between reconciles without being written (see `memory`).
+    pub memory: Memory,
 }
 
 impl std::fmt::Debug for Context {
@@ -99,7 +104,8 @@ pub async fn reconcile(cs: Arc<CodeSource>, ctx: Arc<Context>) -> Result<Action,
     result
 }
 
-fn key(cs: &CodeSource) -> String {
+/// `namespace/name` of a CodeSource: the key of everything kept per CodeSource.
+pub fn key(cs: &CodeSource) -> String {
     format!("{}/{}", cs.namespace().unwrap_or_default(), cs.name_any())
 }
 
@@ -163,29 +169,24 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 )
                 .await;
             }
-            write_status(ctx, cs, &ns, &status).await?;
+            write_status(ctx, cs, &ns, &status, now).await?;
             return Ok(Action::await_change());
         }
     };
 
-    // Fetch: the worker Jobs this CodeSource owns.
-    let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = format!("{}={}", labels::CODESOURCE, codesource_label(&name));
-    let uid = cs.uid().unwrap_or_default();
-    let jobs: Vec<Job> = jobs_api
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(kube("list Jobs"))?
-        .items
-        .into_iter()
-        .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
-        .collect();
-    let summaries: Vec<JobSummary> = jobs.iter().map(summarize).collect();
+    // Fetch: the worker Jobs this CodeSource owns, from the watch cache, and one
+    // created a moment ago that the cache does not show yet.
+    let jobs = owned_jobs(ctx, cs, &ns).await;
+    let summaries = ctx
+        .memory
+        .with_launched(&key(cs), jobs.iter().map(summarize).collect());
 
-    // Schedule and triggers.
-    let tick = valid
-        .schedule
-        .tick(status.last_schedule_time.as_ref().map(|t| t.0), now);
+    // Schedule and triggers. The last tick handled may be newer than the stored one:
+    // a check that found nothing new wrote nothing.
+    let last_tick = ctx
+        .memory
+        .last_tick(&key(cs), status.last_schedule_time.as_ref().map(|t| t.0));
+    let tick = valid.schedule.tick(last_tick, now);
     let requested_at = cs.annotations().get(annotations::REQUESTED_AT).cloned();
     let new_request = requested_at.is_some() && requested_at != old.last_handled_requested_at;
     // A webhook push asks for fresh heads only; a build follows when they moved.
@@ -278,7 +279,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         } => {
             let job = job_name(&name, name_seed);
             match launch(ctx, cs, &ns, &job, inputs_hash).await {
-                Ok(()) => Some(job),
+                Ok(()) => {
+                    ctx.memory.launched(&key(cs), &job, inputs_hash);
+                    Some(job)
+                }
                 Err(e @ (Error::Secret { .. } | Error::ClaimNotFound(_))) => {
                     launch_error = Some(e);
                     None
@@ -308,7 +312,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 status.last_handled_requested_at = Some(value.clone());
             }
             status.active_job = Some(job.clone());
-            write_status(ctx, cs, &ns, &status).await?;
+            write_status(ctx, cs, &ns, &status, now).await?;
             ctx.metrics.build("started");
             let why = match reason {
                 LaunchReason::FirstBuild => "first build".to_string(),
@@ -423,6 +427,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     // Roll the servers to what the Config carries, and see how far they are.
     let rollout = roll_out(
         ctx,
+        &key(cs),
         &ns,
         &config_state,
         published.as_ref(),
@@ -460,7 +465,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         cs.metadata.generation,
         now,
     );
-    write_status(ctx, cs, &ns, &status).await?;
+    write_status(ctx, cs, &ns, &status, now).await?;
+    if let Some(due) = status.last_schedule_time.as_ref() {
+        ctx.memory.handled_tick(&key(cs), due.0);
+    }
 
     // Events, on transitions only.
     if let Some((reason, message)) = &fetch_failed
@@ -674,9 +682,13 @@ impl RolloutFound {
 
 /// Follows the rollout of what the Config carries (see `servers` and `rollout`), into
 /// `status.rollout`. Without a Config to follow the rollout goes; while a new build is
-/// pending or the Config cannot be written, the last known rollout stands.
+/// pending or the Config cannot be written, the last known rollout stands. A complete
+/// rollout is looked at again only after a Server or Deployment event, so a scheduled
+/// check at rest reads no Deployment.
+#[allow(clippy::too_many_arguments)]
 async fn roll_out(
     ctx: &Context,
+    key: &str,
     ns: &str,
     config_state: &ConfigState,
     published: Option<&CodeTarget>,
@@ -698,6 +710,14 @@ async fn roll_out(
             RolloutFound::default()
         }
         (ConfigState::Updated { .. }, Some(target), Some(record)) => {
+            let event = ctx.memory.take_rollout_event(key);
+            let complete = old
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.image == record.image && r.completed_at.is_some());
+            if complete && !event {
+                return known(status);
+            }
             match follow_rollout(ctx, ns, target, &record, old.rollout.as_ref(), Time(now)).await {
                 Ok(followed) => {
                     let found = RolloutFound {
@@ -741,6 +761,24 @@ fn revisions(heads: &BTreeMap<String, String>) -> String {
     } else {
         list.join(", ")
     }
+}
+
+/// The worker Jobs of `cs` in the watch cache (label and owner reference).
+async fn owned_jobs(ctx: &Context, cs: &CodeSource, ns: &str) -> Vec<Job> {
+    // Filled once at start; a reconcile before that would miss running Jobs.
+    let _ = ctx.jobs.wait_until_ready().await;
+    let label = codesource_label(&cs.name_any());
+    let uid = cs.uid().unwrap_or_default();
+    ctx.jobs
+        .state()
+        .iter()
+        .filter(|j| {
+            j.metadata.namespace.as_deref() == Some(ns)
+                && j.labels().get(labels::CODESOURCE) == Some(&label)
+                && j.owner_references().iter().any(|o| o.uid == uid)
+        })
+        .map(|j| (**j).clone())
+        .collect()
 }
 
 /// Where a Job stands, from its status conditions.
@@ -1139,13 +1177,15 @@ async fn prune_history(
     Ok(())
 }
 
+/// Writes the status unless only its check times changed (see `status::must_write`).
 async fn write_status(
     ctx: &Context,
     cs: &CodeSource,
     ns: &str,
     status: &CodeSourceStatus,
+    now: Timestamp,
 ) -> Result<(), Error> {
-    if cs.status.as_ref() == Some(status) {
+    if !must_write(cs.status.as_ref(), status, now) {
         return Ok(());
     }
     let api: Api<CodeSource> = Api::namespaced(ctx.client.clone(), ns);

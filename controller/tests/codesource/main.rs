@@ -2,8 +2,10 @@
 //! kube-controller-manager) and a real git repository served over `file://` (git's own
 //! upload-pack). The worker is not run here: where a test needs a finished build it
 //! writes `status.lastBuild` itself under the worker's field manager, as the worker does.
-//! `rollout` follows the published code to openvox-operator's Servers.
+//! `rollout` follows the published code to openvox-operator's Servers; `quiet` shows
+//! that a check which finds nothing new costs no request.
 
+mod quiet;
 mod rollout;
 
 use std::path::Path;
@@ -49,12 +51,22 @@ fn start_controller_with(
     scratch: &Path,
     metrics: Metrics,
 ) -> Running {
-    let (tx, rx) = oneshot::channel::<()>();
+    run_controller(client, settings_for(namespace, scratch), metrics)
+}
+
+/// The settings the tests run the controller with in `namespace`.
+fn settings_for(namespace: &str, scratch: &Path) -> Settings {
     let mut settings = Settings::new("openvox-code-worker:test");
     settings.namespace = Some(namespace.to_string());
     settings.scratch_dir = scratch.to_path_buf();
     // What the chart's worker.* values give; `spec.job` overrides them field by field.
     settings.worker_defaults = worker_defaults();
+    settings
+}
+
+/// The CodeSource controller with `settings` until the value is dropped.
+fn run_controller(client: &Client, settings: Settings, metrics: Metrics) -> Running {
+    let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(codesource::run(
         client.clone(),
         settings,

@@ -264,6 +264,11 @@ async fn previous_from_registry(
                 }
             }
         }
+        // The first build of a repository: nothing to compare with, nothing wrong.
+        Err(PushError::NotFound { .. }) => {
+            step.done("none yet (first build to this repository); building every layer");
+            None
+        }
         Err(e) => {
             step.failed(format!("{e}; building every layer"));
             None

@@ -50,6 +50,10 @@ pub enum PushError {
     },
     #[error("{operation}: {message}")]
     Invalid { operation: String, message: String },
+    /// The registry has no such manifest (or repository): for the previous image of a
+    /// first build this is expected, not a failure.
+    #[error("{operation}: not in the registry")]
+    NotFound { operation: String },
 }
 
 fn attempts_note(attempts: u32) -> String {
@@ -246,6 +250,20 @@ fn is_transient_status(code: u16) -> bool {
     code >= 500 || code == 429 || code == 408
 }
 
+/// True when the registry says the manifest or repository does not exist.
+pub fn is_not_found(error: &OciDistributionError) -> bool {
+    match error {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+            )
+        }),
+        _ => status_of(error) == Some(404),
+    }
+}
+
 /// True for failures that may pass: the connection, the server's load, rate limits.
 pub fn is_transient(error: &OciDistributionError) -> bool {
     if let Some(code) = status_of(error) {
@@ -370,6 +388,11 @@ impl Registry {
                     );
                     tokio::time::sleep(delay).await;
                     attempt += 1;
+                }
+                Err(e) if is_not_found(&e) => {
+                    return Err(PushError::NotFound {
+                        operation: operation.to_owned(),
+                    });
                 }
                 Err(e) => {
                     return Err(PushError::Registry {
