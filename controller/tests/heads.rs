@@ -71,6 +71,7 @@ fn request(url: String, auth: GitAuth) -> HeadRequest {
         url,
         auth,
         timeout: Duration::from_secs(20),
+        module_of: None,
     }
 }
 

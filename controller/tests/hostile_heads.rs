@@ -57,6 +57,7 @@ async fn three_thousand_branches_and_a_non_utf8_one_are_listed_and_selected() {
             url: format!("git://127.0.0.1:{}/control.git", daemon.port),
             auth: GitAuth::default(),
             timeout: Duration::from_secs(30),
+            module_of: None,
         })
         .await
         .unwrap();

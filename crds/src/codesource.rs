@@ -358,6 +358,11 @@ pub struct CodeSourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigRecord>,
 
+    /// Floating modules of the last build whose repository (or Forge) could not be
+    /// asked at the last check; the other modules were still checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreachable_modules: Vec<UnreachableModule>,
+
     /// How far the servers are with the code in the Config: per Server that names the
     /// Config, what its Deployment runs. Condition `RolledOut` sums it up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -422,6 +427,18 @@ pub enum ServerRolloutState {
     OverridesCode,
 }
 
+/// A floating module whose lookup failed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct UnreachableModule {
+    /// Module name.
+    pub name: String,
+    /// Its repository URL (without credentials) or Forge slug.
+    pub source: String,
+    /// Why, in one line (credentials never included).
+    pub message: String,
+}
+
 /// A worker Job launched for a set of inputs.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -436,6 +453,10 @@ pub struct LaunchRecord {
     pub heads: BTreeMap<String, String>,
     /// When the Job was created.
     pub time: Time,
+    /// For a rebuild because floating modules moved: a digest of what moved where (the
+    /// same movement is built once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modules: Option<String>,
 }
 
 /// A successful build: the published image and what went into it.
@@ -501,6 +522,51 @@ pub struct EnvironmentRecord {
     /// Modules installed from the Puppetfile, in install-path order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<ModuleRecord>,
+    /// The modules of the Puppetfile that can move without the control repository
+    /// moving (a git branch, `:control_branch`, a tag or a `:ref` naming one; a Forge
+    /// module without a pinned version), and what each resolved to. Every scheduled
+    /// check looks at them again; one that moved starts a build.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub floating: Vec<FloatingModule>,
+}
+
+/// A module that floats, and what it resolved to in this build.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct FloatingModule {
+    /// Module name as installed.
+    pub name: String,
+    /// A git module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<FloatingGit>,
+    /// A Forge module without a pinned version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<FloatingForge>,
+}
+
+/// A git module that follows a ref.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct FloatingGit {
+    /// Repository URL (never with credentials).
+    pub url: String,
+    /// The refs resolution picks from, in order: the first the repository has wins
+    /// (`refs/heads/<branch>`, then the default branch; `refs/tags/<tag>`).
+    pub refs: Vec<String>,
+    /// The commit the picked ref pointed at (annotated tags peeled).
+    pub commit: String,
+}
+
+/// A Forge module that follows the current release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "camelCase")]
+pub struct FloatingForge {
+    /// Forge base URL.
+    pub base: String,
+    /// Module slug (`puppetlabs-stdlib`).
+    pub slug: String,
+    /// The release that was current.
+    pub version: String,
 }
 
 /// A module resolved from a Puppetfile.

@@ -54,6 +54,24 @@ pub fn list_heads(
         .list_heads()
 }
 
+/// The refs of `url` under `prefixes` (such as `refs/heads/` and `refs/tags/`), listed
+/// within `timeout` with the credentials that apply to `url` when `credentials` belong
+/// to the repository `origin` (https credentials only for its host, as in a build's
+/// module fetches). No object is fetched.
+pub fn list_refs(
+    url: &str,
+    origin: &str,
+    credentials: Credentials,
+    timeout: Duration,
+    temp_root: &Path,
+    prefixes: &[&str],
+) -> Result<Vec<RemoteRef>, GitError> {
+    let origin = RepoUrl::parse(origin)?;
+    GitAccess::new_in(credentials, origin, timeout, temp_root)?
+        .remote(url)?
+        .list_refs(prefixes)
+}
+
 /// The ssh key and known_hosts written to files `ssh` can read, and the command line
 /// that uses them. The files live as long as the value.
 #[derive(Debug)]

@@ -112,6 +112,7 @@ impl EnvironmentInputs {
             revision: self.revision(),
             layer_digest,
             modules: self.modules.clone(),
+            floating: Vec::new(),
         }
     }
 }

@@ -7,10 +7,11 @@
 //! repository fixes them) and the resolved [`ModuleRecord`]s, which are part of the
 //! layer's reuse key: a record that does not reproduce the key is not trusted.
 
-use openvox_crds::codesource::ModuleRecord;
+use openvox_crds::codesource::{FloatingForge, FloatingGit, FloatingModule, ModuleRecord};
 use serde::{Deserialize, Serialize};
 
 use crate::git::mask_text;
+use crate::puppetfile::resolve::candidate_refs;
 use crate::puppetfile::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
 
 /// Version of this record's format; a record of another version is not used.
@@ -159,6 +160,50 @@ impl Pins {
     pub fn records(&self) -> Vec<ModuleRecord> {
         self.modules.iter().map(|p| p.resolved.clone()).collect()
     }
+
+    /// The modules that can move without the control repository moving, for an
+    /// environment of branch `control_branch`: git modules that follow a ref (with the
+    /// refs resolution picks from) and Forge modules without a pinned version.
+    pub fn floating(&self, control_branch: &str) -> Vec<FloatingModule> {
+        self.modules
+            .iter()
+            .filter_map(|pin| {
+                let name = pin.resolved.name.clone();
+                match &pin.declared {
+                    Declared::Git {
+                        url,
+                        want,
+                        default_branch,
+                    } => {
+                        let refs = candidate_refs(
+                            &GitWant::from(want),
+                            default_branch.as_deref(),
+                            control_branch,
+                        )?;
+                        Some(FloatingModule {
+                            name,
+                            git: Some(FloatingGit {
+                                url: url.clone(),
+                                refs,
+                                commit: pin.resolved.version.clone(),
+                            }),
+                            forge: None,
+                        })
+                    }
+                    Declared::Forge { latest: true } => Some(FloatingModule {
+                        name,
+                        git: None,
+                        forge: Some(FloatingForge {
+                            base: self.forge.clone()?,
+                            slug: pin.resolved.source.clone(),
+                            version: pin.resolved.version.clone(),
+                        }),
+                    }),
+                    Declared::Forge { latest: false } => None,
+                }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +259,38 @@ mod tests {
         assert!(Pins::from_annotation(&other_format).is_err());
         let extra = text.replacen('{', "{\"extra\":1,", 1);
         assert!(Pins::from_annotation(&extra).is_err());
+    }
+
+    #[test]
+    fn floating_modules_are_the_ones_that_can_move() {
+        let pins = pins(
+            None,
+            "mod 'puppetlabs-stdlib', '9.6.0'\nmod 'a-b', :latest\n\
+             mod 'x', :git => 'https://git.example/x.git', :branch => :control_branch, :default_branch => 'main'\n\
+             mod 'y', :git => 'https://git.example/y.git', :tag => 'v1'\n\
+             mod 'z', :git => 'https://git.example/z.git', :commit => '0123456789012345678901234567890123456789'",
+        )
+        .unwrap();
+        let floating = pins.floating("production");
+        let names: Vec<&str> = floating.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["b", "x", "y"],
+            "the exact version and the commit do not float"
+        );
+        let forge = floating[0].forge.as_ref().unwrap();
+        assert_eq!(
+            (
+                forge.base.as_str(),
+                forge.slug.as_str(),
+                forge.version.as_str()
+            ),
+            ("https://forge.example", "s", "1")
+        );
+        let x = floating[1].git.as_ref().unwrap();
+        assert_eq!(x.url, "https://git.example/x.git");
+        assert_eq!(x.refs, ["refs/heads/production", "refs/heads/main"]);
+        assert_eq!(floating[2].git.as_ref().unwrap().refs, ["refs/tags/v1"]);
     }
 
     #[test]

@@ -206,7 +206,14 @@ pub fn build_record(
         .layers
         .iter()
         .map(|layer| match &layer.inputs {
-            Some(inputs) => inputs.to_record(Some(layer.digest.clone())),
+            Some(inputs) => EnvironmentRecord {
+                floating: layer
+                    .pins
+                    .as_ref()
+                    .map(|p| p.floating(&inputs.branch))
+                    .unwrap_or_default(),
+                ..inputs.to_record(Some(layer.digest.clone()))
+            },
             None => previous
                 .and_then(|p| {
                     p.environments
@@ -224,6 +231,7 @@ pub fn build_record(
                     revision: layer.revision.clone(),
                     layer_digest: Some(layer.digest.clone()),
                     modules: Vec::new(),
+                    floating: Vec::new(),
                 }),
         })
         .collect();
@@ -280,6 +288,7 @@ mod tests {
                     checksum: None,
                 }],
             }),
+            pins: None,
         }
     }
 
@@ -306,6 +315,7 @@ mod tests {
                     name: "old".into(),
                     ..Default::default()
                 }],
+                floating: Vec::new(),
             }],
             ..Default::default()
         };

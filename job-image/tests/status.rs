@@ -27,6 +27,7 @@ fn record(image: &str) -> BuildRecord {
                 version: "9.6.0".into(),
                 checksum: Some(format!("sha256:{}", "2".repeat(64))),
             }],
+            floating: Vec::new(),
         }],
         failed: vec![openvox_crds::codesource::FailedEnvironment {
             branch: "feature/x".into(),

@@ -22,6 +22,7 @@ use openvox_crds::names::{CONTROLLER_MANAGER, GROUP, labels};
 use openvox_crds::operator::Server;
 use tracing::{debug, warn};
 
+use super::forge::ForgeReleases;
 use super::heads::{GixHeadLister, HeadCache, HeadError};
 use super::job::COMPONENT;
 use super::memory::Memory;
@@ -89,6 +90,7 @@ pub fn context(
             Reporter::from(CONTROLLER_MANAGER.to_string()),
         ),
         client,
+        forge: ForgeReleases::new(settings.head_cache_ttl),
         worker_image: settings.worker_image.clone(),
         worker_defaults: settings.worker_defaults.clone(),
         heads,

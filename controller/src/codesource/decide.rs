@@ -64,6 +64,9 @@ pub struct Facts<'a> {
     pub jobs: &'a [JobSummary],
     /// The scheduled time that came due in this reconcile, if any.
     pub tick: Option<Timestamp>,
+    /// Floating modules of the last build moved since: a digest of what moved where
+    /// (`floating::Found::moved_digest`).
+    pub modules_moved: Option<&'a str>,
 }
 
 /// Why a build is launched.
@@ -81,6 +84,9 @@ pub enum LaunchReason {
     Retry,
     /// The last build of these inputs was partial; this retries the failed environments.
     RetryPartial,
+    /// Floating modules moved (the digest of what moved where); also the retry of
+    /// such a build that failed.
+    ModulesMoved(String),
 }
 
 /// The decision.
@@ -201,6 +207,9 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
 
     let launched_these = facts.last_launch.is_some_and(|l| l.inputs_hash == inputs);
     let built_these = facts.last_build_inputs == Some(inputs.as_str());
+    if let Some(moved) = facts.modules_moved.filter(|_| built_these) {
+        return rebuild_for_moved_modules(facts, inputs, moved);
+    }
     if built_these && !facts.last_build_partial {
         return Decision::UpToDate;
     }
@@ -287,6 +296,45 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     }
 }
 
+/// The control repository did not move but floating modules did (`moved`, a digest
+/// of what moved where): one build for that movement; if it fails, retries back off
+/// as other failed builds do, at scheduled times.
+fn rebuild_for_moved_modules(facts: &Facts<'_>, inputs: String, moved: &str) -> Decision {
+    let reason = LaunchReason::ModulesMoved(moved.to_owned());
+    let Some(launch) = facts
+        .last_launch
+        .filter(|l| l.inputs_hash == inputs && l.modules.as_deref() == Some(moved))
+    else {
+        return Decision::Launch {
+            name_seed: format!("{inputs}/modules/{moved}"),
+            inputs_hash: inputs,
+            reason,
+        };
+    };
+    let job = facts.jobs.iter().find(|j| j.name == launch.job_name);
+    if job.is_some_and(|j| j.state == JobState::Succeeded) {
+        return Decision::AwaitingBuildRecord;
+    }
+    let failures = facts
+        .jobs
+        .iter()
+        .filter(|j| j.state == JobState::Failed && j.inputs_hash.as_deref() == Some(&inputs))
+        .count();
+    match facts
+        .tick
+        .filter(|t| retry_due(Some(launch.time.0), *t, failures))
+    {
+        Some(tick) => Decision::Launch {
+            name_seed: format!("{inputs}/modules/{moved}/retry/{tick}"),
+            inputs_hash: inputs,
+            reason,
+        },
+        None => Decision::FailedWaitingForRetry {
+            job: job.map(|j| j.name.clone()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -306,6 +354,7 @@ mod tests {
             inputs_hash: inputs.into(),
             heads: heads.clone(),
             time: Time(Timestamp::UNIX_EPOCH),
+            modules: None,
         }
     }
 
@@ -315,6 +364,90 @@ mod tests {
             inputs_hash: None,
             state,
         }
+    }
+
+    #[test]
+    fn moved_floating_modules_rebuild_once_per_movement_and_retry_with_backoff() {
+        let h = heads(&[("production", "1")]);
+        let built = inputs_hash("spec1", &h);
+        let base = Facts {
+            last_build_inputs: Some(&built),
+            modules_moved: Some("m1"),
+            ..facts(&h)
+        };
+        // Nothing else changed: a build for this movement.
+        let Decision::Launch {
+            name_seed, reason, ..
+        } = decide(&base)
+        else {
+            panic!("{:?}", decide(&base))
+        };
+        assert_eq!(reason, LaunchReason::ModulesMoved("m1".into()));
+        assert!(name_seed.ends_with("/modules/m1"), "{name_seed}");
+        // Without movement it is up to date.
+        let quiet = Facts {
+            modules_moved: None,
+            ..base.clone()
+        };
+        assert_eq!(decide(&quiet), Decision::UpToDate);
+
+        // Launched for it: wait while it runs, await its record when it succeeded.
+        let mut record = launch(&built, "prod-m1", &h);
+        record.modules = Some("m1".into());
+        fn with<'a>(
+            base: &Facts<'a>,
+            record: &'a LaunchRecord,
+            jobs: &'a [JobSummary],
+            tick: Option<Timestamp>,
+        ) -> Facts<'a> {
+            Facts {
+                last_launch: Some(record),
+                jobs,
+                tick,
+                ..base.clone()
+            }
+        }
+        let running = [job("prod-m1", JobState::Active)];
+        assert_eq!(
+            decide(&with(&base, &record, &running, None)),
+            Decision::WaitForJob("prod-m1".into())
+        );
+        let done = [job("prod-m1", JobState::Succeeded)];
+        assert_eq!(
+            decide(&with(&base, &record, &done, None)),
+            Decision::AwaitingBuildRecord
+        );
+        // Failed: waits for a tick past the backoff, then retries under a new name.
+        let failed = [job("prod-m1", JobState::Failed)];
+        assert_eq!(
+            decide(&with(&base, &record, &failed, None)),
+            Decision::FailedWaitingForRetry {
+                job: Some("prod-m1".into())
+            }
+        );
+        let later = Timestamp::UNIX_EPOCH + jiff::SignedDuration::from_hours(1);
+        let Decision::Launch { name_seed, .. } =
+            decide(&with(&base, &record, &failed, Some(later)))
+        else {
+            panic!("no retry");
+        };
+        assert!(name_seed.contains("/modules/m1/retry/"), "{name_seed}");
+        // Another movement: another build at once.
+        let moved_again = Facts {
+            modules_moved: Some("m2"),
+            ..with(&base, &record, &failed, None)
+        };
+        assert!(matches!(decide(&moved_again), Decision::Launch { .. }));
+        // New heads win: that build resolves every module afresh.
+        let moved_heads = heads(&[("production", "2")]);
+        let new_heads = Facts {
+            heads: Some(&moved_heads),
+            ..base.clone()
+        };
+        let Decision::Launch { reason, .. } = decide(&new_heads) else {
+            panic!()
+        };
+        assert_eq!(reason, LaunchReason::FirstBuild);
     }
 
     fn facts<'a>(h: &'a BTreeMap<String, String>) -> Facts<'a> {
@@ -329,6 +462,7 @@ mod tests {
             last_build_partial: false,
             jobs: &[],
             tick: None,
+            modules_moved: None,
         }
     }
 

@@ -8,16 +8,18 @@
 //! tests can stand in for the network; [`GixHeadLister`] is the real one, over
 //! [`openvox_git::list_heads`] (the worker's transports, credential rules and masking).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt as _;
-use futures::future::{BoxFuture, Shared};
+use futures::future::BoxFuture;
 use jiff::Timestamp;
 use sha2::{Digest as _, Sha256};
+
+use super::shared::SharedLookups;
 
 /// All branches of a remote: short branch name → commit (hex).
 pub type RemoteHeads = BTreeMap<String, String>;
@@ -145,31 +147,69 @@ impl GitAuth {
 /// One head check to make.
 #[derive(Clone, Debug)]
 pub struct HeadRequest {
-    /// Repository URL as in the spec.
+    /// Repository URL as in the spec (or the Puppetfile).
     pub url: String,
     /// Credentials, possibly empty.
     pub auth: GitAuth,
     /// Time limit of the whole listing.
     pub timeout: Duration,
+    /// `None`: `url` is a control repository, whose branches are listed (by short
+    /// name). `Some(control)`: `url` is a module repository of a Puppetfile in the
+    /// control repository `control`; its branches and tags are listed by full ref name
+    /// (`refs/heads/main`, `refs/tags/v1`, annotated tags peeled), with the credentials
+    /// that apply to it as in the worker's module fetches: https ones only on the
+    /// control repository's host.
+    pub module_of: Option<String>,
 }
 
 impl HeadRequest {
-    /// The deduplication key: URL plus credential fingerprint.
+    /// The deduplication key: URL, what is listed, and a fingerprint of the
+    /// credentials that apply.
     pub fn key(&self) -> String {
-        format!("{}#{}", self.url, self.auth.fingerprint())
+        match &self.module_of {
+            None => format!("{}#{}", self.url, self.auth.fingerprint()),
+            Some(control) => format!(
+                "{}#module#{}",
+                self.url,
+                module_credentials(&self.url, control, &self.auth).fingerprint()
+            ),
+        }
+    }
+}
+
+/// The part of `auth` (a control repository's Secret) that applies to the module
+/// repository `url`: all of it over ssh and on the control repository's https host,
+/// else only the extra CA. Two CodeSources with different Secrets share the listing
+/// of a public module repository.
+pub fn module_credentials(url: &str, control: &str, auth: &GitAuth) -> GitAuth {
+    use openvox_git::{RepoUrl, Transport};
+    let applies = match (RepoUrl::parse(url), RepoUrl::parse(control)) {
+        (Ok(module), Ok(control)) => match module.transport() {
+            Transport::Ssh => true,
+            Transport::Https | Transport::Http => module.same_origin(&control),
+            Transport::Git | Transport::File => false,
+        },
+        _ => true,
+    };
+    if applies {
+        auth.clone()
+    } else {
+        GitAuth {
+            ca_crt: auth.ca_crt.clone(),
+            ..GitAuth::default()
+        }
     }
 }
 
 /// Lists the branches of a remote.
 pub trait HeadLister: Send + Sync + 'static {
-    /// All `refs/heads/*` of the remote with their commits.
+    /// All `refs/heads/*` of the remote with their commits (for a module repository
+    /// also `refs/tags/*`, by full name; see [`HeadRequest::module_of`]).
     fn list_heads(
         &self,
         request: HeadRequest,
     ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>>;
 }
-
-type SharedListing = Shared<BoxFuture<'static, Result<Arc<RemoteHeads>, HeadError>>>;
 
 /// Called with the duration and outcome of every real listing (not for cache hits).
 pub type ListingObserver = Arc<dyn Fn(Duration, bool) + Send + Sync>;
@@ -178,15 +218,14 @@ pub type ListingObserver = Arc<dyn Fn(Duration, bool) + Send + Sync>;
 /// by everyone who asks meanwhile, including while it is still running.
 pub struct HeadCache {
     lister: Arc<dyn HeadLister>,
-    ttl: Duration,
     observer: Option<ListingObserver>,
-    entries: Mutex<HashMap<String, (Instant, SharedListing)>>,
+    listings: SharedLookups<RemoteHeads, HeadError>,
 }
 
 impl std::fmt::Debug for HeadCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadCache")
-            .field("ttl", &self.ttl)
+            .field("listings", &self.listings)
             .finish_non_exhaustive()
     }
 }
@@ -196,9 +235,8 @@ impl HeadCache {
     pub fn new(lister: Arc<dyn HeadLister>, ttl: Duration) -> Self {
         Self {
             lister,
-            ttl,
             observer: None,
-            entries: Mutex::new(HashMap::new()),
+            listings: SharedLookups::new(ttl),
         }
     }
 
@@ -217,39 +255,26 @@ impl HeadCache {
         request: HeadRequest,
         not_before: Instant,
     ) -> Result<Arc<RemoteHeads>, HeadError> {
-        let listing = {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            entries.retain(|_, (started, _)| now.duration_since(*started) < self.ttl);
-            let key = request.key();
-            match entries
-                .get(&key)
-                .filter(|(started, _)| *started >= not_before)
-            {
-                Some((_, listing)) => listing.clone(),
-                None => {
-                    let timeout = request.timeout;
-                    let fut = self.lister.list_heads(request);
-                    let observer = self.observer.clone();
-                    let listing = async move {
-                        let started = Instant::now();
-                        let result = match tokio::time::timeout(timeout, fut).await {
-                            Ok(r) => r.map(Arc::new),
-                            Err(_) => Err(HeadError::Timeout(timeout.as_secs())),
-                        };
-                        if let Some(observe) = observer {
-                            observe(started.elapsed(), result.is_ok());
-                        }
-                        result
+        let key = request.key();
+        let (lister, observer) = (self.lister.clone(), self.observer.clone());
+        self.listings
+            .get(key, not_before, move || {
+                let timeout = request.timeout;
+                let fut = lister.list_heads(request);
+                async move {
+                    let started = Instant::now();
+                    let result = match tokio::time::timeout(timeout, fut).await {
+                        Ok(r) => r,
+                        Err(_) => Err(HeadError::Timeout(timeout.as_secs())),
+                    };
+                    if let Some(observe) = observer {
+                        observe(started.elapsed(), result.is_ok());
                     }
-                    .boxed()
-                    .shared();
-                    entries.insert(key, (now, listing.clone()));
-                    listing
+                    result
                 }
-            }
-        };
-        listing.await
+                .boxed()
+            })
+            .await
     }
 }
 
@@ -317,13 +342,19 @@ pub use openvox_git::strip_user_info as redact_url;
 /// dir below the scratch directory, removed after the listing).
 pub struct GixHeadLister {
     scratch: PathBuf,
+    /// Listings running at once: each holds a thread and a connection, and a tick of
+    /// many repositories (control and module ones) must not start them all together.
+    running: Arc<tokio::sync::Semaphore>,
 }
+
+/// Listings running at once (see [`GixHeadLister`]).
+const CONCURRENT_LISTINGS: usize = 32;
 
 impl std::fmt::Debug for GixHeadLister {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GixHeadLister")
             .field("scratch", &self.scratch)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -334,6 +365,7 @@ impl GixHeadLister {
         std::fs::create_dir_all(dir).map_err(|e| HeadError::Task(e.to_string()))?;
         Ok(Self {
             scratch: dir.to_owned(),
+            running: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LISTINGS)),
         })
     }
 }
@@ -344,7 +376,12 @@ impl HeadLister for GixHeadLister {
         request: HeadRequest,
     ) -> BoxFuture<'static, Result<RemoteHeads, HeadError>> {
         let scratch = self.scratch.clone();
+        let running = self.running.clone();
         async move {
+            let permit = running
+                .acquire_owned()
+                .await
+                .map_err(|e| HeadError::Task(e.to_string()))?;
             // A thread of its own rather than the blocking pool: a listing stuck past
             // its timeout (whatever the transport) must never hold up runtime shutdown.
             let (tx, rx) = futures::channel::oneshot::channel();
@@ -352,6 +389,7 @@ impl HeadLister for GixHeadLister {
                 .name("head-check".into())
                 .spawn(move || {
                     let _ = tx.send(list_heads_blocking(&scratch, &request));
+                    drop(permit);
                 })
                 .map_err(|e| HeadError::Task(e.to_string()))?;
             rx.await.map_err(|e| HeadError::Task(e.to_string()))?
@@ -362,6 +400,21 @@ impl HeadLister for GixHeadLister {
 
 fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHeads, HeadError> {
     let credentials = request.auth.credentials()?;
+    if let Some(control) = &request.module_of {
+        let refs = openvox_git::list_refs(
+            &request.url,
+            control,
+            credentials,
+            request.timeout,
+            scratch,
+            &["refs/heads/", "refs/tags/"],
+        )
+        .map_err(|e| head_error(&request.url, e))?;
+        return Ok(refs
+            .into_iter()
+            .map(|r| (r.name.clone(), r.commit().to_string()))
+            .collect());
+    }
     let heads = openvox_git::list_heads(&request.url, credentials, request.timeout, scratch)
         .map_err(|e| head_error(&request.url, e))?;
     Ok(heads
@@ -505,6 +558,7 @@ mod tests {
                 ..Default::default()
             },
             timeout: Duration::from_secs(5),
+            module_of: None,
         }
     }
 

@@ -3,14 +3,19 @@
 //!
 //! - the last schedule tick it handled: `status.lastScheduleTime` is written only when
 //!   the status changes for another reason or at the coarse refresh
-//!   (`status::must_write`), so the stored one may be older. After a restart the memory
-//!   is empty and the stored time rules: at worst one extra check;
+//!   (`status::must_write`), so the stored one may be older. The stored time rules
+//!   again as soon as it is not the one the memory was made with (someone edited the
+//!   status, a backup was restored), and after a restart: at worst one extra check;
 //! - the Jobs it created that the watch cache has not shown yet (what Kubernetes'
 //!   own Job controller calls expectations): Jobs are read from the cache, and a Job
 //!   created a moment ago must count as running, or the next reconcile could launch
 //!   the build again;
 //! - which CodeSources a Server or Deployment event concerned since their last
-//!   reconcile: only those (and rollouts not complete yet) read the Deployments again.
+//!   reconcile: only those (and rollouts not complete yet) read the Deployments again;
+//! - what the last check found moved among the floating modules, for the reconciles
+//!   until the next check;
+//! - the git credentials of a Secret, read at most every [`SECRET_TTL`] (a check that
+//!   fails forgets them, so rotated credentials are read again at once).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -19,6 +24,12 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use super::decide::{JobState, JobSummary};
+use super::heads::GitAuth;
+
+/// How long git credentials read from a Secret are used without reading it again.
+/// Rotation needs no wait: credentials that stop working fail the check, which forgets
+/// them. 30 minutes, like the check times: a check at rest reads no Secret.
+pub const SECRET_TTL: Duration = Duration::from_secs(30 * 60);
 
 /// How long a created Job counts as running without the cache showing it. Watch
 /// events arrive within a second; past this the Job is assumed gone (deleted), so a
@@ -28,21 +39,29 @@ const EXPECTATION_TTL: Duration = Duration::from_secs(300);
 /// Per-CodeSource memory, keyed by `namespace/name`.
 #[derive(Debug, Default)]
 pub struct Memory {
-    ticks: Mutex<HashMap<String, Timestamp>>,
+    /// The tick handled last, and the stored `lastScheduleTime` it was handled with.
+    ticks: Mutex<HashMap<String, (Timestamp, Option<Timestamp>)>>,
     launched: Mutex<HashMap<String, (JobSummary, Instant)>>,
     rollout_events: Mutex<HashSet<String>>,
+    /// What the last check found moved among the floating modules (its digest).
+    moved: Mutex<HashMap<String, String>>,
+    /// Git credentials by `namespace/secret`, and when they were read.
+    secrets: Mutex<HashMap<String, (GitAuth, Instant)>>,
 }
 
 impl Memory {
-    /// The later of the stored last tick and the one remembered.
+    /// The last tick handled: the remembered one while the stored time is the one it
+    /// was remembered with, else the stored one.
     pub fn last_tick(&self, key: &str, stored: Option<Timestamp>) -> Option<Timestamp> {
-        let remembered = lock(&self.ticks).get(key).copied();
-        stored.max(remembered)
+        match lock(&self.ticks).get(key) {
+            Some((handled, stored_then)) if *stored_then == stored => stored.max(Some(*handled)),
+            _ => stored,
+        }
     }
 
-    /// Remembers that the tick `due` was handled.
-    pub fn handled_tick(&self, key: &str, due: Timestamp) {
-        lock(&self.ticks).insert(key.to_owned(), due);
+    /// Remembers that the tick `due` was handled, the stored time being `stored` now.
+    pub fn handled_tick(&self, key: &str, due: Timestamp, stored: Option<Timestamp>) {
+        lock(&self.ticks).insert(key.to_owned(), (due, stored));
     }
 
     /// Remembers that Job `name` for `inputs_hash` was created now.
@@ -80,11 +99,45 @@ impl Memory {
         lock(&self.rollout_events).remove(key)
     }
 
+    /// Remembers what the last check found moved among the floating modules (`None`:
+    /// nothing), until the next check: reconciles in between (a Job event) decide on it.
+    pub fn modules_moved(&self, key: &str, digest: Option<String>) {
+        let mut moved = lock(&self.moved);
+        match digest {
+            Some(d) => moved.insert(key.to_owned(), d),
+            None => moved.remove(key),
+        };
+    }
+
+    /// What the last check found moved, if anything.
+    pub fn moved(&self, key: &str) -> Option<String> {
+        lock(&self.moved).get(key).cloned()
+    }
+
+    /// The credentials of git Secret `ns/name`, read less than [`SECRET_TTL`] ago.
+    pub fn git_secret(&self, ns: &str, name: &str) -> Option<GitAuth> {
+        lock(&self.secrets)
+            .get(&format!("{ns}/{name}"))
+            .filter(|(_, read)| read.elapsed() < SECRET_TTL)
+            .map(|(auth, _)| auth.clone())
+    }
+
+    /// Remembers the credentials just read from git Secret `ns/name`.
+    pub fn remember_git_secret(&self, ns: &str, name: &str, auth: GitAuth) {
+        lock(&self.secrets).insert(format!("{ns}/{name}"), (auth, Instant::now()));
+    }
+
+    /// Forgets the credentials of git Secret `ns/name` (a check with them failed).
+    pub fn forget_git_secret(&self, ns: &str, name: &str) {
+        lock(&self.secrets).remove(&format!("{ns}/{name}"));
+    }
+
     /// Forgets a CodeSource (deleted).
     pub fn forget(&self, key: &str) {
         lock(&self.ticks).remove(key);
         lock(&self.launched).remove(key);
         lock(&self.rollout_events).remove(key);
+        lock(&self.moved).remove(key);
     }
 }
 
@@ -123,6 +176,21 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_remembered_until_forgotten() {
+        let memory = Memory::default();
+        assert!(memory.git_secret("ns", "git").is_none());
+        let auth = GitAuth {
+            username: Some("deploy".into()),
+            ..GitAuth::default()
+        };
+        memory.remember_git_secret("ns", "git", auth.clone());
+        assert_eq!(memory.git_secret("ns", "git"), Some(auth));
+        assert!(memory.git_secret("other", "git").is_none());
+        memory.forget_git_secret("ns", "git");
+        assert!(memory.git_secret("ns", "git").is_none());
+    }
+
+    #[test]
     fn a_rollout_event_is_taken_once() {
         let memory = Memory::default();
         assert!(!memory.take_rollout_event("ns/prod"));
@@ -133,13 +201,17 @@ mod tests {
     }
 
     #[test]
-    fn the_later_tick_wins_and_a_restart_falls_back_to_the_stored_one() {
+    fn the_remembered_tick_holds_until_the_stored_one_changes() {
         let memory = Memory::default();
         let t = |s| Timestamp::from_second(s).unwrap();
         assert_eq!(memory.last_tick("ns/prod", Some(t(60))), Some(t(60)));
-        memory.handled_tick("ns/prod", t(120));
+        // The tick of 120 handled without a write: the stored time is still 60.
+        memory.handled_tick("ns/prod", t(120), Some(t(60)));
         assert_eq!(memory.last_tick("ns/prod", Some(t(60))), Some(t(120)));
-        assert_eq!(memory.last_tick("ns/prod", None), Some(t(120)));
+        // Someone set the stored time (a restore, an edit): it rules.
+        assert_eq!(memory.last_tick("ns/prod", Some(t(30))), Some(t(30)));
+        assert_eq!(memory.last_tick("ns/prod", None), None);
+        // A restart forgets.
         memory.forget("ns/prod");
         assert_eq!(memory.last_tick("ns/prod", Some(t(60))), Some(t(60)));
     }

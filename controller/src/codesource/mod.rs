@@ -3,6 +3,8 @@
 pub mod config;
 pub mod controller;
 pub mod decide;
+pub mod floating;
+pub mod forge;
 pub mod heads;
 pub mod job;
 pub mod memory;
@@ -12,6 +14,7 @@ pub mod reconcile;
 pub mod rollout;
 pub mod schedule;
 pub mod servers;
+pub mod shared;
 pub mod status;
 pub mod validate;
 pub mod worker_defaults;

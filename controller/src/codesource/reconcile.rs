@@ -17,7 +17,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
-use openvox_crds::codesource::{ConfigRecord, LaunchRecord};
+use openvox_crds::codesource::{BuildRecord, ConfigRecord, LaunchRecord};
 use openvox_crds::names::{CONTROLLER_MANAGER, annotations, conditions as types, labels, reasons};
 use openvox_crds::operator::{Config, Server};
 use openvox_crds::{CodeSource, CodeSourceStatus};
@@ -28,6 +28,8 @@ use super::config::{
     CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, code_target, shape_from_crd,
 };
 use super::decide::{Decision, Facts, JobState, JobSummary, LaunchReason, decide, spec_hash};
+use super::floating::{self, Found};
+use super::forge::ForgeReleases;
 use super::heads::{
     GitAuth, HeadCache, HeadRequest, instant_of, redact_url, shared_listing_since, wanted_heads,
 };
@@ -64,8 +66,10 @@ pub struct Context {
     pub worker_image: String,
     /// Defaults of every worker pod that `spec.job` may override.
     pub worker_defaults: WorkerDefaults,
-    /// Deduplicating head checks.
+    /// Deduplicating head checks (control and module repositories).
     pub heads: HeadCache,
+    /// Deduplicating Forge lookups (current releases of floating Forge modules).
+    pub forge: ForgeReleases,
     /// Metrics.
     pub metrics: Metrics,
     /// Shape of `Config.spec.code` and when it was read.
@@ -215,6 +219,8 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     // Head check (deduplicated across CodeSources).
     let mut fetch_failed: Option<(&'static str, String)> = None;
     let mut fetch_error: Option<Error> = None;
+    // What moved among the floating modules, in words, when this check found it.
+    let mut moved_text: Option<String> = None;
     if check_now {
         // Which listings this check may share: see `shared_listing_since`.
         let never_reconciled = old.observed_generation.is_none() && old.last_check_time.is_none();
@@ -229,12 +235,24 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             None => Instant::now(),
         };
         match check_heads(ctx, cs, &ns, valid.git_timeout, not_before).await {
-            Ok(heads) => {
+            Ok((heads, auth)) => {
                 status.heads = heads;
                 status.last_check_time = Some(Time(now));
                 if check_request.is_some() {
                     status.last_handled_check_requested_at = check_request.clone();
                 }
+                // The floating modules of the last build, looked at in the same check.
+                let found = match &old.last_build {
+                    Some(build) => {
+                        check_floating(ctx, cs, build, &auth, valid.git_timeout, not_before).await
+                    }
+                    None => Found::default(),
+                };
+                if !found.moved.is_empty() {
+                    moved_text = Some(found.describe_moved());
+                }
+                ctx.memory.modules_moved(&key(cs), found.moved_digest());
+                status.unreachable_modules = found.unreachable;
             }
             Err(e) => {
                 fetch_failed = Some((e.reason(), e.to_string()));
@@ -264,6 +282,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             .is_some_and(|b| !b.failed.is_empty()),
         jobs: &summaries,
         tick: tick.due,
+        modules_moved: ctx.memory.moved(&key(cs)).as_deref(),
     });
 
     // Apply.
@@ -307,6 +326,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                 inputs_hash: inputs_hash.clone(),
                 heads: status.heads.clone(),
                 time: Time(now),
+                modules: match reason {
+                    LaunchReason::ModulesMoved(digest) => Some(digest.clone()),
+                    _ => None,
+                },
             });
             if let LaunchReason::Requested(value) = reason {
                 status.last_handled_requested_at = Some(value.clone());
@@ -331,6 +354,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
                             .collect::<Vec<_>>()
                             .join(", "))
                         .unwrap_or_default()
+                ),
+                LaunchReason::ModulesMoved(_) => format!(
+                    "floating modules moved: {}",
+                    moved_text.as_deref().unwrap_or("see the previous check")
                 ),
             };
             info!(codesource = %key(cs), job = %job, "launched build ({why})");
@@ -465,9 +492,15 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         cs.metadata.generation,
         now,
     );
-    write_status(ctx, cs, &ns, &status, now).await?;
+    let written = write_status(ctx, cs, &ns, &status, now).await?;
     if let Some(due) = status.last_schedule_time.as_ref() {
-        ctx.memory.handled_tick(&key(cs), due.0);
+        let stored = if written {
+            status.last_schedule_time.as_ref()
+        } else {
+            old.last_schedule_time.as_ref()
+        };
+        ctx.memory
+            .handled_tick(&key(cs), due.0, stored.map(|t| t.0));
     }
 
     // Events, on transitions only.
@@ -766,7 +799,7 @@ fn revisions(heads: &BTreeMap<String, String>) -> String {
 /// The worker Jobs of `cs` in the watch cache (label and owner reference).
 async fn owned_jobs(ctx: &Context, cs: &CodeSource, ns: &str) -> Vec<Job> {
     // Filled once at start; a reconcile before that would miss running Jobs.
-    let _ = ctx.jobs.wait_until_ready().await;
+    crate::client::store_ready(&ctx.jobs).await;
     let label = codesource_label(&cs.name_any());
     let uid = cs.uid().unwrap_or_default();
     ctx.jobs
@@ -800,45 +833,102 @@ pub fn summarize(job: &Job) -> JobSummary {
     }
 }
 
+/// The wanted heads of the control repository, and the credentials it was listed with.
 async fn check_heads(
     ctx: &Context,
     cs: &CodeSource,
     ns: &str,
     timeout: Duration,
     not_before: Instant,
-) -> Result<BTreeMap<String, String>, Error> {
+) -> Result<(BTreeMap<String, String>, GitAuth), Error> {
     let auth = match &cs.spec.git.secret_ref {
         None => GitAuth::default(),
-        Some(secret_ref) => {
-            let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let secret = secrets
-                .get_opt(&secret_ref.name)
-                .await
-                .map_err(kube("get git Secret"))?
-                .ok_or_else(|| Error::Secret {
-                    name: secret_ref.name.clone(),
-                    problem: "does not exist".into(),
-                })?;
-            let data: BTreeMap<String, Vec<u8>> = secret
-                .data
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k, v.0))
-                .collect();
-            GitAuth::from_secret_data(&data)
-        }
+        Some(secret_ref) => match ctx.memory.git_secret(ns, &secret_ref.name) {
+            Some(auth) => auth,
+            None => read_git_secret(ctx, ns, &secret_ref.name).await?,
+        },
     };
     let request = HeadRequest {
         url: cs.spec.git.url.clone(),
-        auth,
+        auth: auth.clone(),
         timeout,
+        module_of: None,
     };
-    let all = ctx.heads.heads(request, not_before).await?;
-    Ok(wanted_heads(
-        &all,
-        &cs.spec.git.branches,
-        &cs.spec.git.exclude_branches,
-    ))
+    let all = match ctx.heads.heads(request, not_before).await {
+        Ok(all) => all,
+        Err(e) => {
+            // Perhaps the credentials changed: read the Secret again next time.
+            if let Some(secret_ref) = &cs.spec.git.secret_ref {
+                ctx.memory.forget_git_secret(ns, &secret_ref.name);
+            }
+            return Err(e.into());
+        }
+    };
+    let wanted = wanted_heads(&all, &cs.spec.git.branches, &cs.spec.git.exclude_branches);
+    Ok((wanted, auth))
+}
+
+/// Reads the git Secret `name` and remembers what it holds (see `Memory::git_secret`).
+async fn read_git_secret(ctx: &Context, ns: &str, name: &str) -> Result<GitAuth, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(kube("get git Secret"))?
+        .ok_or_else(|| Error::Secret {
+            name: name.to_owned(),
+            problem: "does not exist".into(),
+        })?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    let auth = GitAuth::from_secret_data(&data);
+    ctx.memory.remember_git_secret(ns, name, auth.clone());
+    Ok(auth)
+}
+
+/// Looks at the floating modules of `build`: every module repository listed and every
+/// Forge module looked up once per tick, shared with the other CodeSources (see
+/// `floating` for what counts as moved). Module repositories get the credentials the
+/// worker's fetches give them.
+async fn check_floating(
+    ctx: &Context,
+    cs: &CodeSource,
+    build: &BuildRecord,
+    auth: &GitAuth,
+    timeout: Duration,
+    not_before: Instant,
+) -> Found {
+    let lookups = floating::lookups(build);
+    if lookups.is_empty() {
+        return Found::default();
+    }
+    let git = futures::future::join_all(lookups.git.iter().map(|url| async {
+        let request = HeadRequest {
+            url: url.clone(),
+            auth: auth.clone(),
+            timeout,
+            module_of: Some(cs.spec.git.url.clone()),
+        };
+        let listed = ctx.heads.heads(request, not_before).await;
+        (url.clone(), listed.map_err(|e| e.to_string()))
+    }));
+    let forge = futures::future::join_all(lookups.forge.iter().map(|(base, slug)| async {
+        let current = ctx
+            .forge
+            .current(base, slug, auth.ca_crt.as_deref(), timeout, not_before)
+            .await;
+        ((base.clone(), slug.clone()), current)
+    }));
+    let (git, forge) = futures::join!(git, forge);
+    floating::compare(
+        build,
+        &git.into_iter().collect(),
+        &forge.into_iter().collect(),
+    )
 }
 
 async fn launch(
@@ -1177,16 +1267,17 @@ async fn prune_history(
     Ok(())
 }
 
-/// Writes the status unless only its check times changed (see `status::must_write`).
+/// Writes the status unless only its check times changed (see `status::must_write`);
+/// says whether it wrote.
 async fn write_status(
     ctx: &Context,
     cs: &CodeSource,
     ns: &str,
     status: &CodeSourceStatus,
     now: Timestamp,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     if !must_write(cs.status.as_ref(), status, now) {
-        return Ok(());
+        return Ok(false);
     }
     let api: Api<CodeSource> = Api::namespaced(ctx.client.clone(), ns);
     // Apply only the fields the controller owns; `lastBuild` belongs to the worker.
@@ -1204,7 +1295,7 @@ async fn write_status(
         .await
         .map_err(kube("apply CodeSource status"))?;
     ctx.own_writes.record(&written.metadata);
-    Ok(())
+    Ok(true)
 }
 
 async fn publish(

@@ -213,7 +213,7 @@ async fn reconcile_inner(pool: &Pool, ctx: &Context) -> Result<Action, Error> {
     // A Service labelled by another controller (openvox-operator, which reconciles
     // Pools wherever it runs) makes the whole Pool theirs: writing anything would
     // start a tug of war. A change of that Service wakes us again.
-    ctx.services.wait_until_ready().await.ok();
+    crate::client::store_ready(&ctx.services).await;
     let manager = ctx.foreign_manager_of(pool);
     if ctx.note_managed_elsewhere(pool, manager.as_deref()) {
         let note = match &manager {

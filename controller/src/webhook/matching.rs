@@ -1,10 +1,13 @@
 //! Whether a push concerns a CodeSource: the same repository (URLs compared after
 //! normalisation) and a watched branch (the globs of `git.branches` minus
-//! `git.excludeBranches`, with the same rule the head check uses). Pure.
+//! `git.excludeBranches`, with the same rule the head check uses), or a repository of
+//! one of the floating modules of its last build and a branch that module may follow.
+//! Pure.
 
 use std::collections::BTreeMap;
 
 use openvox_crds::CodeSourceSpec;
+use openvox_crds::codesource::FloatingModule;
 
 use super::payload::Push;
 use crate::codesource::heads::wanted_heads;
@@ -22,18 +25,39 @@ pub enum Verdict {
     Ignore(String),
 }
 
-/// Judges `push` against `spec`.
-pub fn verdict(spec: &CodeSourceSpec, push: &Push) -> Verdict {
+/// Judges `push` against `spec` and the `floating` modules of its last build.
+pub fn verdict(spec: &CodeSourceSpec, floating: &[FloatingModule], push: &Push) -> Verdict {
     if spec.suspend {
         return Verdict::Ignore("the CodeSource is suspended".into());
     }
-    if !push.repository_urls.is_empty()
-        && !push
-            .repository_urls
+    let pushed_to = |url: &str| push.repository_urls.iter().any(|u| same_repository(u, url));
+    if !push.repository_urls.is_empty() && !pushed_to(&spec.git.url) {
+        // A module repository: a push to a ref one of its floating modules follows.
+        let modules: Vec<&FloatingModule> = floating
             .iter()
-            .any(|u| same_repository(u, &spec.git.url))
-    {
-        return Verdict::Ignore("the push is for another repository than spec.git.url".into());
+            .filter(|m| m.git.as_ref().is_some_and(|g| pushed_to(&g.url)))
+            .collect();
+        if modules.is_empty() {
+            return Verdict::Ignore(
+                "the push is for another repository than spec.git.url or a floating module's"
+                    .into(),
+            );
+        }
+        let followed = |branch: &str| {
+            let wanted = format!("refs/heads/{branch}");
+            modules
+                .iter()
+                .filter_map(|m| m.git.as_ref())
+                .any(|g| g.refs.contains(&wanted))
+        };
+        return match &push.branch {
+            Some(branch) if !followed(branch) => Verdict::Ignore(format!(
+                "no floating module follows branch {branch:?} of that repository"
+            )),
+            branch => Verdict::Check {
+                branch: branch.clone(),
+            },
+        };
     }
     match &push.branch {
         Some(branch) if !branch_watched(branch, &spec.git.branches, &spec.git.exclude_branches) => {
@@ -214,7 +238,7 @@ mod tests {
         );
         let p = push(Some("production"), &["git@github.com:example/control.git"]);
         assert_eq!(
-            verdict(&s, &p),
+            verdict(&s, &[], &p),
             Verdict::Check {
                 branch: Some("production".into())
             }
@@ -229,7 +253,7 @@ mod tests {
             &[],
         );
         let p = push(Some("staging"), &["https://github.com/example/control.git"]);
-        assert!(matches!(verdict(&s, &p), Verdict::Ignore(r) if r.contains("staging")));
+        assert!(matches!(verdict(&s, &[], &p), Verdict::Ignore(r) if r.contains("staging")));
     }
 
     #[test]
@@ -243,7 +267,7 @@ mod tests {
             Some("production"),
             &["https://github.com/example/other.git"],
         );
-        assert!(matches!(verdict(&s, &p), Verdict::Ignore(r) if r.contains("repository")));
+        assert!(matches!(verdict(&s, &[], &p), Verdict::Ignore(r) if r.contains("repository")));
     }
 
     #[test]
@@ -258,7 +282,42 @@ mod tests {
             Some("production"),
             &["https://github.com/example/control.git"],
         );
-        assert!(matches!(verdict(&s, &p), Verdict::Ignore(r) if r.contains("suspended")));
+        assert!(matches!(verdict(&s, &[], &p), Verdict::Ignore(r) if r.contains("suspended")));
+    }
+
+    #[test]
+    fn a_push_to_a_branch_a_floating_module_follows_asks_for_a_check() {
+        use openvox_crds::codesource::FloatingGit;
+        let s = spec(
+            "https://github.com/example/control.git",
+            &["production"],
+            &[],
+        );
+        let floating = [FloatingModule {
+            name: "motd".into(),
+            git: Some(FloatingGit {
+                url: "https://git.example/modules/motd.git".into(),
+                refs: vec!["refs/heads/production".into(), "refs/heads/main".into()],
+                commit: "1".into(),
+            }),
+            forge: None,
+        }];
+        let to = |branch| push(Some(branch), &["git@git.example:modules/motd"]);
+        assert_eq!(
+            verdict(&s, &floating, &to("main")),
+            Verdict::Check {
+                branch: Some("main".into())
+            }
+        );
+        assert!(matches!(
+            verdict(&s, &floating, &to("feature")),
+            Verdict::Ignore(r) if r.contains("no floating module follows")
+        ));
+        // Without the module recorded, the repository is someone else's.
+        assert!(matches!(
+            verdict(&s, &[], &to("main")),
+            Verdict::Ignore(r) if r.contains("another repository")
+        ));
     }
 
     #[test]
@@ -269,7 +328,7 @@ mod tests {
             &[],
         );
         assert_eq!(
-            verdict(&s, &push(None, &[])),
+            verdict(&s, &[], &push(None, &[])),
             Verdict::Check { branch: None }
         );
     }

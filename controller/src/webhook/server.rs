@@ -275,7 +275,18 @@ async fn handle(
         Ok(Event::Ignored(reason)) => return Answer::ignored(reason),
         Err(e) => return Answer::bad_request(e.to_string()),
     };
-    let branch = match verdict(&cs.spec, &push) {
+    let floating: Vec<_> = cs
+        .status
+        .as_ref()
+        .and_then(|s| s.last_build.as_ref())
+        .map(|b| {
+            b.environments
+                .iter()
+                .flat_map(|e| e.floating.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let branch = match verdict(&cs.spec, &floating, &push) {
         Verdict::Ignore(reason) => return Answer::ignored(reason),
         Verdict::Check { branch } => branch,
     };

@@ -252,12 +252,16 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
             .find(|j| j.name_any() != job_name && j.metadata.deletion_timestamp.is_none()))
     })
     .await?;
-    let st = status(&ns, "prod").await?;
+    // The status is written right after the Job is created.
+    let st = eventually("the launch recorded", || async {
+        let st = status(&ns, "prod").await?;
+        Ok((st["lastLaunch"]["jobName"] == new_job.name_any().as_str()).then_some(st))
+    })
+    .await?;
     assert_eq!(
         st["heads"]["production"],
         format!("production@sha1:{second}")
     );
-    assert_eq!(st["lastLaunch"]["jobName"], new_job.name_any().as_str());
     Ok(())
 }
 

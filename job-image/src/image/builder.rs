@@ -115,6 +115,8 @@ pub struct LayerReport {
     pub transfer: Transfer,
     /// Inputs of an environment built or reused now; `None` for a kept layer.
     pub inputs: Option<EnvironmentInputs>,
+    /// Its modules declared and resolved, when recorded (see `Pins::new`).
+    pub pins: Option<Pins>,
 }
 
 /// The result of an image build.
@@ -239,6 +241,7 @@ async fn keep_previous(
             origin: LayerOrigin::Kept,
             transfer,
             inputs: None,
+            pins: None,
         },
         descriptor: layer.descriptor.clone(),
         diff_id: layer.diff_id.clone(),
@@ -300,6 +303,7 @@ fn reused_layer(
             origin: LayerOrigin::Reused,
             transfer,
             inputs: Some(inputs.clone()),
+            pins: pins.cloned(),
         },
         descriptor,
         diff_id: layer.diff_id.clone(),
@@ -438,6 +442,7 @@ pub async fn build_image(
                 origin: LayerOrigin::Built,
                 transfer,
                 inputs: Some(env.inputs.clone()),
+                pins: env.pins.clone(),
             },
             descriptor,
             diff_id: file.diff_id,

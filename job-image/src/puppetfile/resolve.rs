@@ -408,6 +408,37 @@ pub enum Picked<'a> {
     Commit(String),
 }
 
+/// The refs [`pick_ref`] would pick from for `want`, in its order: the first that a
+/// listing has is the one it picks. `None` when `want` names a commit (a full
+/// `:commit`, or a `:ref` that looks like a commit id): that does not float. The
+/// controller checks floating modules with this list (`status.lastBuild`) without
+/// knowing r10k's rules.
+pub fn candidate_refs(
+    want: &GitWant,
+    default_branch: Option<&str>,
+    control_branch: &str,
+) -> Option<Vec<String>> {
+    let heads = |b: &str| format!("refs/heads/{b}");
+    let with_default = |first: String| {
+        let mut refs = vec![first];
+        refs.extend(default_branch.map(heads));
+        refs
+    };
+    match want {
+        GitWant::Branch(b) => Some(with_default(heads(b))),
+        GitWant::ControlBranch => Some(with_default(heads(control_branch))),
+        GitWant::Tag(t) => Some(vec![format!("refs/tags/{t}")]),
+        GitWant::Ref(r) if r.starts_with("refs/") => Some(vec![r.clone()]),
+        GitWant::Ref(r) if is_hex_id(r) => None,
+        GitWant::Ref(r) => {
+            let mut refs = vec![heads(r), format!("refs/tags/{r}")];
+            refs.extend(default_branch.map(heads));
+            Some(refs)
+        }
+        GitWant::Commit(_) => None,
+    }
+}
+
 /// Picks from `refs` (branches and tags of `url`) what `want` designates, r10k's way:
 /// `:branch` and `:control_branch` fall back to the default branch; `:ref` is a branch,
 /// else a tag, else a commit id, else the default branch. A full `:commit` id is
@@ -471,6 +502,64 @@ fn is_hex_id(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_listed_candidate_is_what_pick_ref_picks() {
+        let id = |n: u8| gix::ObjectId::from_hex(format!("{n:040x}").as_bytes()).unwrap();
+        let names = [
+            "refs/heads/main",
+            "refs/heads/production",
+            "refs/heads/develop",
+            "refs/tags/develop",
+            "refs/tags/v1",
+            "refs/heads/feature",
+        ];
+        let wants = [
+            GitWant::Branch("develop".into()),
+            GitWant::Branch("feature".into()),
+            GitWant::ControlBranch,
+            GitWant::Tag("v1".into()),
+            GitWant::Tag("v2".into()),
+            GitWant::Ref("develop".into()),
+            GitWant::Ref("nothing".into()),
+            GitWant::Ref("refs/tags/v1".into()),
+        ];
+        // Every subset of the refs, every want, with and without a default branch.
+        for mask in 0u32..(1 << names.len()) {
+            let refs: Vec<RemoteRef> = names
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(i, n)| RemoteRef {
+                    name: (*n).to_owned(),
+                    target: id(u8::try_from(i).unwrap()),
+                    peeled: None,
+                })
+                .collect();
+            for want in &wants {
+                for default in [None, Some("main")] {
+                    let picked = pick_ref(&refs, "u", want, default, "production");
+                    let candidates = candidate_refs(want, default, "production").unwrap();
+                    let first = candidates
+                        .iter()
+                        .find_map(|c| refs.iter().find(|r| r.name == *c));
+                    match picked {
+                        Ok(Picked::Ref(r)) => assert_eq!(first, Some(r), "{want:?} {default:?}"),
+                        Ok(Picked::Commit(_)) => panic!("{want:?}: a commit"),
+                        Err(_) => assert_eq!(first, None, "{want:?} {default:?} {mask}"),
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            candidate_refs(&GitWant::Commit("abc1234".into()), None, "p"),
+            None
+        );
+        assert_eq!(
+            candidate_refs(&GitWant::Ref("abc1234".into()), None, "p"),
+            None
+        );
+    }
 
     #[test]
     fn public_forge_names_mean_the_configured_forge() {
