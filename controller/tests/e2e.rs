@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use harness::TestNamespace;
+use harness::fixtures::{Bare, file};
 use harness::world::{NAME, World, WorldOptions};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Namespace;
@@ -99,6 +100,179 @@ async fn a_commit_becomes_a_new_digest_in_the_config_through_the_real_worker() -
     Ok(())
 }
 
+/// POSTs a GitHub push event `body` signed with `signature` to `hook`: the answer's
+/// status and text.
+async fn post_github_push(hook: String, body: String, signature: String) -> Result<(u16, String)> {
+    openvox_code_controller::tls::install_ring_provider();
+    let response = reqwest::Client::new()
+        .post(hook)
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.text().await?))
+}
+
+/// A GitHub push of `branch` to the repository at `url`, and its signature.
+fn github_push(url: &str, branch: &str, secret: &str) -> (String, String) {
+    let body = json!({
+        "ref": format!("refs/heads/{branch}"),
+        "after": "59b20b8d5c6ff8d09518454d4dd8b7a30f095ab5",
+        "repository": {"full_name": "puppet/repo", "clone_url": url, "html_url": url.trim_end_matches(".git")}
+    })
+    .to_string();
+    let signature = format!("sha256={}", sign_hex(secret.as_bytes(), body.as_bytes()));
+    (body, signature)
+}
+
+#[tokio::test]
+async fn a_moved_floating_module_rebuilds_only_the_environments_that_follow_it() -> Result<()> {
+    const SECRET: &str = "module-webhook-secret";
+    let (controller, worker) = binaries()?;
+    let options = WorldOptions {
+        webhook_secret: Some(SECRET),
+        ..WorldOptions::default()
+    };
+    let world = World::start_with(
+        TestNamespace::new("e2e-floating").await?,
+        &controller,
+        &worker,
+        options,
+    )
+    .await?;
+    let first = world.wait_for_image(None, TIMEOUT).await?;
+
+    // production pins motd by commit and adds a module pinned by commit too; staging
+    // keeps following motd's main.
+    let repos = world.control.path.parent().context("repos dir")?.to_owned();
+    let motd = Bare {
+        path: repos.join("modules/motd.git"),
+    };
+    let pinned = Bare::init(&repos.join("modules/pinned.git"));
+    let pinned_commit = pinned.commit(
+        "main",
+        "pinned module",
+        &[("manifests/init.pp", file("class pinned {}\n"))],
+    );
+    let motd_commit = motd.head("main").context("motd main")?;
+    let codesources: Api<CodeSource> = world.ns.api();
+    let control_url = codesources.get(NAME).await?.spec.git.url.clone();
+    let base = control_url.trim_end_matches("control.git").to_owned();
+    let production_puppetfile = format!(
+        "mod 'motd', :git => '{base}modules/motd.git', :commit => '{motd_commit}'\n\
+         mod 'pinned', :git => '{base}modules/pinned.git', :commit => '{pinned_commit}'\n"
+    );
+    world.control.commit(
+        "production",
+        "pin the modules",
+        &[
+            ("Puppetfile", file(&production_puppetfile)),
+            ("manifests/site.pp", file("node default { include motd }\n")),
+        ],
+    );
+    world.request_check("pinned").await?;
+    let second = world.wait_for_image(Some(&first), TIMEOUT).await?;
+    let second_layers = World::layers(&second)?;
+    let build = codesources
+        .get(NAME)
+        .await?
+        .status
+        .and_then(|s| s.last_build)
+        .context("lastBuild")?;
+    let floating: Vec<(&str, Vec<&str>)> = build
+        .environments
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.floating.iter().map(|f| f.name.as_str()).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        floating,
+        [("production", vec![]), ("staging", vec!["motd"])],
+        "only staging's motd floats"
+    );
+
+    // A pinned module repository moving builds nothing.
+    let jobs: Api<Job> = world.ns.api();
+    let jobs_before = jobs.list(&ListParams::default()).await?.items.len();
+    pinned.commit(
+        "main",
+        "moved",
+        &[("manifests/init.pp", file("class pinned { }\n"))],
+    );
+    world.request_check("after-pinned-moved").await?;
+    eventually_checked(&codesources, "after-pinned-moved").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        jobs.list(&ListParams::default()).await?.items.len(),
+        jobs_before
+    );
+
+    // motd's main moves; a push from the module repository asks for the check.
+    motd.commit(
+        "main",
+        "motd changed",
+        &[
+            (
+                "manifests/init.pp",
+                file("class motd { notify { 'changed': } }\n"),
+            ),
+            (
+                "metadata.json",
+                file("{\"name\": \"example-motd\", \"version\": \"1.0.1\"}\n"),
+            ),
+        ],
+    );
+    let hook = format!(
+        "http://{}/hook/{}/{NAME}",
+        world.webhook_addr.context("no webhook receiver")?,
+        world.ns.name()
+    );
+    let (body, signature) = github_push(&format!("{base}modules/motd.git"), "main", SECRET);
+    let (status, answer) = post_github_push(hook, body, signature).await?;
+    assert_eq!(status, 202, "{answer}");
+    let third = world.wait_for_image(Some(&second), TIMEOUT).await?;
+    let third_layers = World::layers(&third)?;
+    assert_eq!(
+        third_layers[0], second_layers[0],
+        "production's layer is reused"
+    );
+    assert_ne!(
+        third_layers[1], second_layers[1],
+        "staging's layer is rebuilt"
+    );
+    // The controller says why it built (the Event repeats the first build's note: the
+    // Events API keeps a series' first note).
+    let log = std::fs::read_to_string(&world.controller_log)?;
+    assert!(
+        log.contains("launched build (floating modules moved: motd (staging): "),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// Waits until the controller handled the check request `value`.
+async fn eventually_checked(codesources: &Api<CodeSource>, value: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = codesources.get(NAME).await?.status.unwrap_or_default();
+        if status.last_handled_check_requested_at.as_deref() == Some(value) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the check request {value} was not handled");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Everything a person or another program can read about a build: the controller's
 /// log, the worker's log, Events, the CodeSource (status included) and the Job specs.
 /// Returns all of it, and the worker logs alone.
@@ -172,23 +346,7 @@ async fn planted_secrets_never_show_in_logs_events_status_or_job_specs() -> Resu
         world.webhook_addr.context("no webhook receiver")?,
         world.ns.name()
     );
-    let post = |signature: String| {
-        let (hook, body) = (hook.clone(), body.clone());
-        async move {
-            openvox_code_controller::tls::install_ring_provider();
-            let response = reqwest::Client::new()
-                .post(hook)
-                .header("content-type", "application/json")
-                .header("x-github-event", "push")
-                .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
-                .header("x-hub-signature-256", signature)
-                .body(body)
-                .send()
-                .await?;
-            let status = response.status().as_u16();
-            Ok::<_, anyhow::Error>((status, response.text().await?))
-        }
-    };
+    let post = |signature: String| post_github_push(hook.clone(), body.clone(), signature);
     let good = format!(
         "sha256={}",
         sign_hex(WEBHOOK_SECRET.as_bytes(), body.as_bytes())
