@@ -344,6 +344,16 @@ async fn config_code(ns: &TestNamespace, name: &str) -> Result<Value> {
 
 /// Writes `status.lastBuild` as the worker does, for the inputs of the last launch.
 async fn report_build(ns: &TestNamespace, name: &str, image: &str) -> Result<()> {
+    report_build_with(ns, name, image, json!([])).await
+}
+
+/// [`report_build`] with `environments` (records as the worker writes them).
+async fn report_build_with(
+    ns: &TestNamespace,
+    name: &str,
+    image: &str,
+    environments: Value,
+) -> Result<()> {
     let st = status(ns, name).await?;
     let codesources: Api<CodeSource> = ns.api();
     codesources
@@ -354,7 +364,8 @@ async fn report_build(ns: &TestNamespace, name: &str, image: &str) -> Result<()>
                 "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
                 "status": {"lastBuild": {"image": image,
                                          "inputsHash": st["lastLaunch"]["inputsHash"],
-                                         "jobName": st["lastLaunch"]["jobName"]}}
+                                         "jobName": st["lastLaunch"]["jobName"],
+                                         "environments": environments}}
             })),
         )
         .await?;

@@ -4,8 +4,12 @@
 
 use std::collections::BTreeMap;
 
+use harness::fixtures::forge::ForgeDir;
+use harness::fixtures::servers::static_http;
+use harness::fixtures::{Bare, file, git_daemon};
 use jiff::Timestamp;
 use openvox_code_controller::client::counted_client_from;
+use openvox_crds::names::annotations;
 
 use super::*;
 
@@ -53,10 +57,45 @@ async fn until_next_minute_plus(seconds: i64) {
     .await;
 }
 
+/// Lines of a server log that record `request`.
+fn requests_in(log: &str, request: &str) -> usize {
+    log.lines().filter(|l| l.contains(request)).count()
+}
+
 #[tokio::test]
 async fn a_scheduled_check_that_finds_nothing_new_sends_no_request() -> Result<()> {
+    // Two CodeSources of one control repository, whose last builds have floating
+    // modules from one module repository (git daemon) and one Forge (static files).
     let repo = ControlRepo::new();
     let scratch = Scratch::new();
+    let repos = scratch.mkdir("repos");
+    let daemon = git_daemon(&repos, scratch.path("daemon.log"));
+    let module = Bare::init(&repos.join("modules/shared.git"));
+    let module_commit = module.commit(
+        "main",
+        "m",
+        &[("manifests/init.pp", file("class shared {}\n"))],
+    );
+    let module_url = format!("git://127.0.0.1:{}/modules/shared.git", daemon.port);
+    let forge_dir = ForgeDir::new(scratch.mkdir("forge"));
+    forge_dir.release(
+        "example-forged",
+        "1.0.0",
+        &[("manifests/init.pp", file("class forged {}\n"))],
+        true,
+    );
+    let forge = static_http(&forge_dir.root, scratch.path("forge.log"));
+    let forge_base = format!("http://127.0.0.1:{}", forge.port);
+    let environments = json!([{
+        "name": "production", "branch": "production",
+        "revision": format!("production@sha1:{}", repo.head()),
+        "floating": [
+            {"name": "shared", "git": {"url": module_url,
+                "refs": ["refs/heads/production", "refs/heads/main"], "commit": module_commit}},
+            {"name": "forged", "forge": {"base": forge_base, "slug": "example-forged", "version": "1.0.0"}},
+        ],
+    }]);
+
     let ns = TestNamespace::new("cs-quiet").await?;
     let _node = node_running(&ns, "exit 0").await?;
     let metrics = Metrics::new();
@@ -66,49 +105,87 @@ async fn a_scheduled_check_that_finds_nothing_new_sends_no_request() -> Result<(
         settings_for(ns.name(), scratch.dir.path()),
         metrics.clone(),
     );
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "* * * * *")),
-    )
-    .await?;
-    completed_job(&ns, "prod").await?;
-    report_build(&ns, "prod", "registry.example/puppet-code@sha256:1111").await?;
-    eventually("Ready", || async {
-        let st = status(&ns, "prod").await?;
-        Ok(condition(&st, "Ready")
-            .filter(|c| c["status"] == "True")
-            .map(|_| ()))
-    })
-    .await?;
+    for name in ["prod", "prod2"] {
+        harness::apply::apply(
+            ns.client(),
+            Some(ns.name()),
+            codesource(name, spec(&repo.url(), "* * * * *")),
+        )
+        .await?;
+        completed_job(&ns, name).await?;
+        report_build_with(
+            &ns,
+            name,
+            "registry.example/puppet-code@sha256:1111",
+            environments.clone(),
+        )
+        .await?;
+    }
+    for name in ["prod", "prod2"] {
+        eventually("Ready", || async {
+            let st = status(&ns, name).await?;
+            Ok(condition(&st, "Ready")
+                .filter(|c| c["status"] == "True")
+                .map(|_| ()))
+        })
+        .await?;
+    }
 
     // One whole schedule tick in the window: from 20 s after a minute to 20 s after
     // the next.
     until_next_minute_plus(20).await;
     let (requests, checks) = (api_requests(&metrics), head_checks(&metrics));
     let before = status(&ns, "prod").await?;
+    let (daemon_log, forge_log) = (daemon.log_text(), forge.log_text());
     until_next_minute_plus(20).await;
     let sent: BTreeMap<String, u64> = api_requests(&metrics)
         .into_iter()
         .map(|(k, n)| (k.clone(), n - requests.get(&k).copied().unwrap_or(0)))
         .filter(|(k, n)| *n > 0 && !k.starts_with("watch "))
         .collect();
-    assert!(head_checks(&metrics) > checks, "the tick checked the heads");
+    // One listing of the control repository and one of the module repository for both
+    // CodeSources, one Forge lookup.
+    assert_eq!(head_checks(&metrics) - checks, 2, "listings in the tick");
+    let module_listings =
+        requests_in(&daemon.log_text(), "upload-pack") - requests_in(&daemon_log, "upload-pack");
+    assert_eq!(module_listings, 1, "{}", daemon.log_text());
+    let forge_lookups = requests_in(&forge.log_text(), "GET /v3/modules/example-forged")
+        - requests_in(&forge_log, "GET /v3/modules/example-forged");
+    assert_eq!(forge_lookups, 1, "{}", forge.log_text());
     assert!(sent.is_empty(), "requests at rest: {sent:?}");
     assert_eq!(
         status(&ns, "prod").await?,
         before,
         "the status was not written"
     );
-    assert_eq!(worker_jobs(&ns, "prod").await?.len(), 1, "no Job at rest");
+    for name in ["prod", "prod2"] {
+        assert_eq!(worker_jobs(&ns, name).await?.len(), 1, "no Job at rest");
+    }
 
-    // Something new is still written at once: a moved head.
-    let commit = repo.commit("moved");
-    eventually("the new head in the status", || async {
-        let st = status(&ns, "prod").await?;
-        Ok((st["heads"]["production"] == format!("production@sha1:{commit}")).then_some(()))
-    })
-    .await?;
+    // Something new is still seen and written at once: a moved module builds both.
+    module.commit(
+        "main",
+        "moved",
+        &[("manifests/init.pp", file("class shared { }\n"))],
+    );
+    let codesources: Api<CodeSource> = ns.api();
+    for name in ["prod", "prod2"] {
+        // As a push from the module repository would (the next tick would too).
+        codesources
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    annotations::CHECK_REQUESTED_AT: "module-moved"}}})),
+            )
+            .await?;
+        eventually("a rebuild for the moved module", || async {
+            Ok((worker_jobs(&ns, name).await?.len() == 2).then_some(()))
+        })
+        .await?;
+    }
+    let st = status(&ns, "prod").await?;
+    assert!(st["lastLaunch"]["modules"].is_string(), "{st}");
     Ok(())
 }
 
