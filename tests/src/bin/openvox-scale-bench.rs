@@ -1,13 +1,16 @@
 //! Scale benchmark (`make bench-scale`): the controller binary against a real control
-//! plane with 1,000 CodeSources over 50 git repositories and 1,000 Pools.
+//! plane with 10,000 CodeSources over 500 control repositories whose Puppetfiles have
+//! floating modules from 200 module repositories, and 1,000 Pools.
 //!
-//! Every CodeSource starts with a `status.lastBuild` for its current heads, written as
-//! the worker writes it, so the run shows the steady state of an installation whose
-//! code is built: no head moves, and no Job may be created. The controller is started
-//! after all objects exist (like a restart or an upgrade), and the bench prints:
-//! time until every object is reconciled once, head checks per schedule tick (from the
-//! controller's metrics and from the git daemon's log), API requests per minute over
-//! two steady ticks, peak RSS and CPU of the controller, Jobs created, load average.
+//! Every CodeSource starts with a `status.lastBuild` for its current heads and module
+//! commits, written as the worker writes it, so the run shows the steady state of an
+//! installation whose code is built: nothing moves, and no Job may be created. The
+//! controller is started after all objects exist (like a restart or an upgrade), and
+//! the bench prints: time until every object is reconciled once, listings per schedule
+//! tick (from the controller's metrics and from the git daemon's log), API requests per
+//! tick at rest, peak RSS and CPU of the controller, Jobs created, load average. Then
+//! one module repository moves, and the CodeSources that got a Job are compared with
+//! exactly those whose last build uses that module.
 //!
 //! Everything it starts (control plane, git daemon, controller) is stopped when it
 //! returns, also on error.
@@ -29,7 +32,7 @@ use kube::ResourceExt as _;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use openvox_code_controller::codesource::decide::{inputs_hash, spec_hash};
 use openvox_code_controller::codesource::heads::wanted_heads;
-use openvox_crds::names::WORKER_MANAGER;
+use openvox_crds::names::{WORKER_MANAGER, labels};
 use openvox_crds::{CodeSource, Pool};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -44,11 +47,17 @@ struct Args {
     #[arg(long, default_value = "target/release/openvox-code-controller")]
     controller: PathBuf,
     /// CodeSources to create.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 10_000)]
     codesources: usize,
-    /// Git repositories they spread over.
-    #[arg(long, default_value_t = 50)]
+    /// Control repositories they spread over.
+    #[arg(long, default_value_t = 500)]
     repos: usize,
+    /// Module repositories the Puppetfiles' floating modules come from.
+    #[arg(long, default_value_t = 200)]
+    module_repos: usize,
+    /// Floating modules per environment (two environments per CodeSource).
+    #[arg(long, default_value_t = 3)]
+    modules_per_environment: usize,
     /// Pools to create.
     #[arg(long, default_value_t = 1000)]
     pools: usize,
@@ -107,10 +116,13 @@ async fn main() -> Result<()> {
     println!("load before: {}", loadavg());
     println!("controller:  {} ({profile})", controller.display());
     println!(
-        "objects:     {} CodeSources over {} repositories ({} branches each, schedule \"* * * * *\"), {} Pools",
+        "objects:     {} CodeSources over {} repositories ({} branches each, schedule \"* * * * *\"), \
+         {} floating modules per environment from {} module repositories, {} Pools",
         args.codesources,
         args.repos,
         BRANCHES.len(),
+        args.modules_per_environment,
+        args.module_repos,
         args.pools
     );
 
@@ -145,7 +157,17 @@ async fn main() -> Result<()> {
         }
         heads.push(listed);
     }
+    let mut module_heads = Vec::new();
+    for m in 0..args.module_repos {
+        let bare = Bare::init(&repos.join(format!("module-{m}.git")));
+        module_heads.push(bare.commit(
+            "main",
+            "initial",
+            &[("manifests/init.pp", file(&format!("class m{m} {{}}\n")))],
+        ));
+    }
     let daemon = verbose_git_daemon(&repos, scratch.path("git-daemon.log"));
+    let modules_of = |i: usize| modules_of(i, args.module_repos, args.modules_per_environment);
 
     // Objects, created by a bounded number of concurrent requests.
     let created = Instant::now();
@@ -157,7 +179,16 @@ async fn main() -> Result<()> {
             let repo = i % args.repos;
             let url = format!("git://127.0.0.1:{}/repo-{repo}.git", daemon.port);
             let all = &heads[repo];
-            async move { create_built_codesource(&api, i, &url, all).await }
+            let modules: Vec<(String, String)> = modules_of(i)
+                .into_iter()
+                .map(|m| {
+                    (
+                        format!("git://127.0.0.1:{}/module-{m}.git", daemon.port),
+                        module_heads[m].clone(),
+                    )
+                })
+                .collect();
+            async move { create_built_codesource(&api, i, &url, all, &modules).await }
         })
         .buffer_unordered(args.create_concurrency)
         .try_collect::<Vec<()>>()
@@ -262,11 +293,14 @@ async fn main() -> Result<()> {
         pool_done.as_secs_f64()
     );
     println!(
-        "head checks per tick:       {} (target {} = one per repository)",
+        "listings per tick:          {} (target {} = one per control and module repository)",
         per_tick.join(", "),
-        args.repos
+        args.repos + args.module_repos
     );
-    println!("API requests per minute:    {per_minute:.0} over {minutes:.1} min of steady state");
+    println!(
+        "API requests per minute:    {per_minute:.0} over {minutes:.1} min of steady state = {:.4} per CodeSource and tick (target ≤ 0.05)",
+        per_minute / args.codesources as f64
+    );
     let mut deltas: Vec<(String, f64)> = last
         .requests
         .iter()
@@ -287,7 +321,7 @@ async fn main() -> Result<()> {
         total(&initial)
     );
     println!(
-        "controller memory:          peak {} (VmHWM), now {} (VmRSS) (target ≤ 64 MiB)",
+        "controller memory:          peak {} (VmHWM), now {} (VmRSS) (target ≤ 128 MiB)",
         field("VmHWM:"),
         field("VmRSS:")
     );
@@ -301,19 +335,65 @@ async fn main() -> Result<()> {
         "Jobs with no head changed:  {job_count} in the namespace, {} builds started (target 0)",
         last.builds_started
     );
+
+    // One module repository moves: at the next tick exactly the CodeSources whose last
+    // build uses it get a Job.
+    let moved = 0;
+    let module = Bare {
+        path: repos.join(format!("module-{moved}.git")),
+    };
+    module.commit(
+        "main",
+        "moved",
+        &[("manifests/init.pp", file("class m0 { }\n"))],
+    );
+    let moved_at = Instant::now();
+    sleep_until_second(30).await;
+    let expected: BTreeSet<String> = (0..args.codesources)
+        .filter(|i| modules_of(*i).contains(&moved))
+        .map(codesource_name)
+        .collect();
+    let launched: BTreeSet<String> = jobs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter_map(|j| j.labels().get(labels::CODESOURCE).cloned())
+        .collect();
+    println!(
+        "module-{moved} moved:             Jobs for {} CodeSources after {:.0}s; {} use the module; same set: {}",
+        launched.len(),
+        moved_at.elapsed().as_secs_f64(),
+        expected.len(),
+        launched == expected
+    );
     println!("controller log: {} (removed at exit)", log_path.display());
     Ok(())
 }
 
-/// Creates CodeSource `i` and reports a finished build of its current heads, as the
-/// worker would, so the controller finds it up to date.
+fn codesource_name(i: usize) -> String {
+    format!("cs-{i:05}")
+}
+
+/// The module repositories CodeSource `i`'s environments use: spread so that every
+/// module repository is used, by many CodeSources each.
+fn modules_of(i: usize, module_repos: usize, per_environment: usize) -> BTreeSet<usize> {
+    (0..2 * per_environment)
+        .map(|k| (i * 7 + k * 13) % module_repos.max(1))
+        .collect()
+}
+
+/// Creates CodeSource `i` and reports a finished build of its current heads whose
+/// environments follow `modules` (URL, commit) on their `main`, as the worker would,
+/// so the controller finds it up to date.
 async fn create_built_codesource(
     api: &Api<CodeSource>,
     i: usize,
     url: &str,
     all: &BTreeMap<String, String>,
+    modules: &[(String, String)],
 ) -> Result<()> {
-    let name = format!("cs-{i:04}");
+    let name = codesource_name(i);
     let object: CodeSource = serde_json::from_value(json!({
         "apiVersion": "openvox.voxpupuli.org/v1alpha1", "kind": "CodeSource",
         "metadata": {"name": name},
@@ -334,6 +414,23 @@ async fn create_built_codesource(
         &stored.spec.git.exclude_branches,
     );
     let inputs = inputs_hash(&spec_hash(&stored.spec), &wanted);
+    // Half the modules in each of the two environments.
+    let half = modules.len().div_ceil(2);
+    let environments: Vec<serde_json::Value> = wanted
+        .iter()
+        .zip([&modules[..half], &modules[half..]])
+        .map(|((branch, revision), modules)| {
+            let floating: Vec<serde_json::Value> = modules
+                .iter()
+                .enumerate()
+                .map(|(k, (url, commit))| {
+                    json!({"name": format!("m{k}"), "git": {"url": url,
+                        "refs": [format!("refs/heads/{branch}"), "refs/heads/main"], "commit": commit}})
+                })
+                .collect();
+            json!({"name": branch, "branch": branch, "revision": revision, "floating": floating})
+        })
+        .collect();
     api.patch_status(
         &name,
         &PatchParams::apply(WORKER_MANAGER).force(),
@@ -342,6 +439,7 @@ async fn create_built_codesource(
             "status": {"lastBuild": {
                 "image": format!("registry.example/puppet/code-{i}@sha256:{}", "ab".repeat(32)),
                 "inputsHash": inputs,
+                "environments": environments,
             }},
         })),
     )
