@@ -25,6 +25,13 @@ where
     }
 }
 
+/// Drops `managedFields` from an object before it goes into a watch cache: nothing here
+/// reads them, and they are often the largest part of an object (the controller-runtime
+/// default transform does the same). With 10,000 CodeSources this is tens of MiB.
+pub fn strip_managed_fields<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+}
+
 /// Waits until `store` holds its first full listing. kube's own
 /// `Store::wait_until_ready` wakes only one of several tasks waiting at once (measured:
 /// of three reconciles started together two waited forever), so every waiter polls.

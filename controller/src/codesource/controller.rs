@@ -28,7 +28,7 @@ use super::job::COMPONENT;
 use super::memory::Memory;
 use super::reconcile::{Context, error_policy, key, reconcile};
 use super::worker_defaults::WorkerDefaults;
-use crate::client::scoped_api;
+use crate::client::{scoped_api, strip_managed_fields};
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 
@@ -164,7 +164,8 @@ pub async fn run(
     let forgetting = ctx.clone();
     let triggers = reflector(
         writer,
-        watcher(codesources, watcher::Config::default().any_semantic()),
+        watcher(codesources, watcher::Config::default().any_semantic())
+            .modify(strip_managed_fields),
     )
     .default_backoff()
     // A deleted CodeSource's memory goes with it.
@@ -186,7 +187,8 @@ pub async fn run(
         watcher(
             scoped_api::<Server>(&client, ns),
             watcher::Config::default(),
-        ),
+        )
+        .modify(strip_managed_fields),
     )
     .default_backoff()
     .touched_objects();
@@ -198,12 +200,14 @@ pub async fn run(
     .touched_objects();
     // Worker Jobs into the cache the reconciles read them from (no list per check).
     let delay = settings.job_events_delay;
-    let job_events = watcher(jobs, worker_jobs).then(move |event| async move {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        event
-    });
+    let job_events = watcher(jobs, worker_jobs)
+        .modify(strip_managed_fields)
+        .then(move |event| async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            event
+        });
     let jobs = reflector(job_writer, job_events)
         .default_backoff()
         .touched_objects();

@@ -35,7 +35,7 @@ use super::hostname::claimed_hostname;
 use super::reconcile::{Context, Error, reconcile};
 use super::route::{GATEWAY_GROUP, tlsroute_resource};
 use super::status::in_conflict;
-use crate::client::scoped_api;
+use crate::client::{scoped_api, strip_managed_fields};
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
 
@@ -94,7 +94,7 @@ pub async fn run(
     let (store, writer) = reflector::store();
     let triggers = reflector(
         writer,
-        watcher(pools, watcher::Config::default().any_semantic()),
+        watcher(pools, watcher::Config::default().any_semantic()).modify(strip_managed_fields),
     )
     .default_backoff()
     .applied_objects()
@@ -122,7 +122,8 @@ pub async fn run(
         watcher(
             scoped_api::<PartialObjectMeta<Service>>(&client, ns),
             watcher::Config::default(),
-        ),
+        )
+        .modify(strip_managed_fields),
     )
     .default_backoff()
     .touched_objects()
