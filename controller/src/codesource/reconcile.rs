@@ -585,7 +585,10 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
             format!("stored artifact {image} for {}", revisions(&status.heads)),
         )
         .await;
-    } else if up_to_date && !was_ready {
+    } else if up_to_date && find(&old.conditions, types::READY).is_some() && !was_ready {
+        // Back to up to date after a failure. A CodeSource seen for the first time
+        // with its build current (a restore, a restart before its first status) says
+        // nothing: 10,000 of them made 10,000 Events at start in the scale bench.
         publish(
             ctx,
             cs,
