@@ -73,6 +73,14 @@ pub struct CodeSourceSpec {
     #[serde(default)]
     pub job: JobSpec,
 
+    /// Puppet's own parser as a gate before publishing: each rebuilt environment's
+    /// manifests and EPP templates are validated in a validator container of the
+    /// worker pod, and an environment that fails keeps its previous layer. Unset: only
+    /// the built-in checks run (Hiera YAML and JSON, `metadata.json`,
+    /// `environment.conf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<ValidateSpec>,
+
     /// Push webhooks from the Git host: a push to a watched branch triggers a head
     /// check at once instead of waiting for the schedule. Unset: the webhook endpoint
     /// of this CodeSource answers 404.
@@ -136,6 +144,32 @@ pub struct GitSpec {
 
 fn default_git_timeout() -> String {
     "60s".into()
+}
+
+/// The Puppet validation step of every build (see `CodeSourceSpec::validate`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateSpec {
+    /// Image with Puppet: `puppet` on the PATH or in `/opt/puppetlabs/bin`, a POSIX
+    /// shell and `find`. Unset: the server image of the Config named by `configRef`
+    /// (`spec.image` of openvox-operator's Config), the Puppet that compiles the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub image: Option<String>,
+
+    /// Time limit of the validation of one build (all rebuilt environments), as a
+    /// duration (`10m`, `90s`). Environments not validated in time are held back.
+    #[serde(default = "default_validate_timeout")]
+    pub timeout: String,
+
+    /// CPU and memory of the validator container. Unset: requests 250m CPU and
+    /// 256Mi memory, memory limit 1Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_validate_timeout() -> String {
+    "10m".into()
 }
 
 /// The webhook receiver of a CodeSource, served by the controller at
@@ -504,6 +538,16 @@ pub struct FailedEnvironment {
     pub name: Option<String>,
     /// Why, in one line (credentials never included).
     pub reason: String,
+    /// The file the reason is about (relative to the environment), when a check of
+    /// the environment's files failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Its line (1-based), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// Its column (1-based), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
 }
 
 /// One Puppet environment of a build.

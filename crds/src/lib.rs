@@ -9,6 +9,7 @@ pub mod names;
 pub mod operator;
 pub mod pool;
 pub mod reference;
+pub mod validator;
 
 pub use codesource::{CodeSource, CodeSourceSpec, CodeSourceStatus};
 pub use pool::{Pool, PoolSpec, PoolStatus};

@@ -11,6 +11,7 @@ use crate::git::{Credentials, CredentialsError};
 use crate::limits::{Limits, parse_bytes};
 use crate::status::{CodeSourceRef, StatusClient, StatusError, job_name_from_hostname};
 use crate::sync::SyncOptions;
+use crate::validate::puppet::PuppetValidation;
 
 /// openvox-code worker: turns a control repository into Puppet environments.
 #[derive(Debug, Parser)]
@@ -98,6 +99,13 @@ pub struct SourceArgs {
     /// Largest environment, all files added up (`4G`).
     #[arg(long, value_parser = parse_bytes)]
     pub max_environment_size: Option<u64>,
+    /// Directory shared with a Puppet validator container (`spec.validate`): rebuilt
+    /// environments are validated there before they are published.
+    #[arg(long, value_name = "DIR")]
+    pub validate_dir: Option<PathBuf>,
+    /// Time limit of the Puppet validation of one build.
+    #[arg(long, default_value = "10m", value_parser = openvox_crds::duration::parse)]
+    pub validate_timeout: Duration,
 }
 
 impl SourceArgs {
@@ -136,6 +144,10 @@ impl SourceArgs {
             jobs: self.jobs.max(1),
             allow_full_history: self.allow_full_history,
             work_dir: self.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+            puppet: self.validate_dir.clone().map(|dir| PuppetValidation {
+                dir,
+                timeout: self.validate_timeout,
+            }),
         })
     }
 }

@@ -26,10 +26,13 @@ use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::puppetfile::resolve::{ModuleContent, ResolvedModule, Resolver};
 use crate::puppetfile::{ModuleDecl, Puppetfile, parse_puppetfile, puppetfile_text};
-use crate::tree::{EnvironmentTree, TreeStats};
+use crate::tree::{ContentReader, EnvironmentTree, TreeStats};
 use crate::unchanged::{
     Check, Decision, RecordedEnvironment, decide, forge_check_holds, git_check_holds,
 };
+use crate::validate::Problem;
+use crate::validate::builtin::check_environment;
+use crate::validate::puppet::{PuppetValidation, validate};
 
 /// Version of the way trees are assembled. Part of every environment's input digest, so
 /// a change here never reuses output built the old way.
@@ -54,6 +57,8 @@ pub struct SourceOptions {
     /// Where Forge downloads are unpacked (a temporary directory inside it is removed
     /// when the build is dropped).
     pub work_dir: PathBuf,
+    /// Puppet's parser in the validator container, when `spec.validate` asks for it.
+    pub puppet: Option<PuppetValidation>,
 }
 
 /// An error that stops the whole build (as opposed to one environment).
@@ -132,6 +137,8 @@ pub struct EnvironmentFailure {
     pub name: Option<String>,
     pub branch: String,
     pub reason: String,
+    /// The file a check found wrong, with its line and column.
+    pub problem: Option<Problem>,
 }
 
 impl std::fmt::Display for EnvironmentFailure {
@@ -244,6 +251,7 @@ pub async fn build_environments_reusing(
             name: r.environment.clone(),
             branch: r.branch.clone(),
             reason: r.reason.to_string(),
+            problem: None,
         })
         .collect();
     for f in &failed {
@@ -344,21 +352,27 @@ pub async fn build_environments_reusing(
         tasks.spawn(async move {
             let step = Step::start("env", &plan.name);
             let result = build_one(&plan, &want, &control, &resolver, limits).await;
-            match &result {
-                Ok((env, _)) => step.done(format!(
-                    "{} files, {}, {} module{}, {}",
-                    count(env.stats.files),
-                    Bytes(env.stats.bytes),
-                    env.inputs.modules.len(),
-                    if env.inputs.modules.len() == 1 {
-                        ""
-                    } else {
-                        "s"
-                    },
-                    env.inputs.revision()
-                )),
-                Err(reason) => step.failed(reason),
-            }
+            let result = match result {
+                Ok((env, pins)) => {
+                    step.done(format!(
+                        "{} files, {}, {} module{}, {}",
+                        count(env.stats.files),
+                        Bytes(env.stats.bytes),
+                        env.inputs.modules.len(),
+                        if env.inputs.modules.len() == 1 {
+                            ""
+                        } else {
+                            "s"
+                        },
+                        env.inputs.revision()
+                    ));
+                    check_built(env).await.map(|env| (env, pins))
+                }
+                Err(reason) => {
+                    step.failed(&reason);
+                    Err((reason, None))
+                }
+            };
             (plan, result)
         });
     }
@@ -374,12 +388,32 @@ pub async fn build_environments_reusing(
                 }
                 built.push(env);
             }
-            Err(reason) => failed.push(EnvironmentFailure {
+            Err((reason, problem)) => failed.push(EnvironmentFailure {
                 name: Some(plan.name),
                 branch: plan.branch,
                 reason,
+                problem,
             }),
         }
+    }
+    built.sort_by(|a, b| a.inputs.name.cmp(&b.inputs.name));
+
+    // 7. Puppet's parser, when asked for: an environment it rejects is held back.
+    if let Some(puppet) = &options.puppet {
+        let mut rejected = validate(puppet, &built).await;
+        built.retain(|env| match rejected.remove(&env.inputs.name) {
+            None => true,
+            Some(rejection) => {
+                pins.remove(&env.inputs.name);
+                failed.push(EnvironmentFailure {
+                    name: Some(env.inputs.name.clone()),
+                    branch: env.inputs.branch.clone(),
+                    reason: rejection.reason,
+                    problem: rejection.problem,
+                });
+                false
+            }
+        });
     }
     built.sort_by(|a, b| a.inputs.name.cmp(&b.inputs.name));
     failed.sort_by(|a, b| a.branch.cmp(&b.branch));
@@ -591,6 +625,40 @@ async fn build_one(
         },
         pins,
     ))
+}
+
+/// The built-in checks of a built environment (see [`crate::validate::builtin`]), with
+/// one progress line.
+async fn check_built(env: Environment) -> Result<Environment, (String, Option<Problem>)> {
+    let step = Step::start("verify", &env.inputs.name);
+    let checked = tokio::task::spawn_blocking(move || {
+        let problems = check_environment(&env.tree, &mut ContentReader::new());
+        (env, problems)
+    })
+    .await;
+    let (env, problems) = match checked {
+        Ok(checked) => checked,
+        Err(e) => {
+            let reason = format!("the built-in checks stopped: {e}");
+            step.failed(&reason);
+            return Err((reason, None));
+        }
+    };
+    match problems.first() {
+        None => {
+            step.done("files Puppet reads parse");
+            Ok(env)
+        }
+        Some(first) => {
+            let more = match problems.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            let reason = format!("built-in check: {first}{more}");
+            step.failed(&reason);
+            Err((reason, Some(first.clone())))
+        }
+    }
 }
 
 /// The control repository's tree with every module mounted at its path.

@@ -26,3 +26,4 @@ pub mod status;
 pub mod sync;
 pub mod tree;
 pub mod unchanged;
+pub mod validate;

@@ -116,6 +116,7 @@ pub async fn sync(options: &SyncOptions) -> Result<SyncReport, SyncError> {
                 name: Some(env.inputs.name.clone()),
                 branch: env.inputs.branch.clone(),
                 reason: e.to_string(),
+                problem: None,
             }),
         }
     }
@@ -346,6 +347,7 @@ mod tests {
                     name: Some((*b).to_owned()),
                     branch: (*b).to_owned(),
                     reason: "broken".into(),
+                    problem: None,
                 })
                 .collect(),
             ..Default::default()
@@ -392,7 +394,8 @@ mod tests {
             [FailedEnvironment {
                 branch: "staging".into(),
                 name: Some("staging".into()),
-                reason: "broken".into()
+                reason: "broken".into(),
+                ..Default::default()
             }]
         );
         let synced = Synced {

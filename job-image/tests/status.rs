@@ -33,6 +33,7 @@ fn record(image: &str) -> BuildRecord {
             branch: "feature/x".into(),
             name: Some("feature_x".into()),
             reason: "Puppetfile line 3: unsupported option :svn".into(),
+            ..Default::default()
         }],
         job_name: Some("production-0123456789abcdef".into()),
         start_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(

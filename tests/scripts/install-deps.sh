@@ -5,8 +5,9 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-# Debian packages: git servers, a registry, an independent OCI client, TLS tooling.
-packages=(git openssl ca-certificates curl unzip docker-registry skopeo openssh-server openssh-client lighttpd)
+# Debian packages: git servers, a registry, an independent OCI client, TLS tooling,
+# and Puppet (the validator the `spec.validate` tests run, in place of a server image).
+packages=(git openssl ca-certificates curl unzip docker-registry skopeo openssh-server openssh-client lighttpd puppet)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

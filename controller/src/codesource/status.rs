@@ -420,11 +420,13 @@ mod tests {
                 branch: "feature/x".into(),
                 name: Some("feature_x".into()),
                 reason: "Puppetfile: module foo/bar not found".into(),
+                ..Default::default()
             },
             FailedEnvironment {
                 branch: "staging".into(),
                 name: Some("staging".into()),
                 reason: "git: object missing".into(),
+                ..Default::default()
             },
         ];
         let message = partial_message("r@sha256:1", &failed);
@@ -461,6 +463,7 @@ mod tests {
                 branch: format!("b{i}"),
                 name: None,
                 reason: "x".into(),
+                ..Default::default()
             })
             .collect();
         let m = partial_message("r@sha256:1", &failed);

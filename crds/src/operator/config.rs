@@ -22,6 +22,33 @@ pub struct ConfigSpec {
     /// Deployments are refused by the API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub puppet: Option<serde_json::Value>,
+    /// The OpenVox server image; read as the default validator image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ServerImage>,
+}
+
+/// openvox-operator's `ImageSpec` (the parts that name the image).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerImage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+impl ConfigSpec {
+    /// `repository:tag` of the servers, with the operator's defaults
+    /// (`ghcr.io/slauger/openvox-server`, `latest`) for what is unset.
+    pub fn server_image(&self) -> String {
+        let image = self.image.clone().unwrap_or_default();
+        let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+        format!(
+            "{}:{}",
+            non_empty(image.repository).unwrap_or_else(|| "ghcr.io/slauger/openvox-server".into()),
+            non_empty(image.tag).unwrap_or_else(|| "latest".into())
+        )
+    }
 }
 
 /// `spec.code` exists in two shapes: one object (operator releases up to mid-2026) and

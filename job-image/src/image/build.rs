@@ -322,6 +322,9 @@ pub fn failed_records(failures: &[EnvironmentFailure]) -> Vec<FailedEnvironment>
             branch: f.branch.clone(),
             name: f.name.clone(),
             reason: mask_text(&f.reason.replace('\n', " ")),
+            file: f.problem.as_ref().map(|p| mask_text(&p.file)),
+            line: f.problem.as_ref().and_then(|p| p.line),
+            column: f.problem.as_ref().and_then(|p| p.column),
         })
         .collect()
 }
@@ -423,6 +426,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
                 name: Some(env.inputs.name.clone()),
                 branch: env.inputs.branch.clone(),
                 reason,
+                problem: None,
             }),
         }
     }
@@ -463,6 +467,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
                 name: Some(name.clone()),
                 branch: branch_of(name),
                 reason: reason.clone(),
+                problem: None,
             })
             .collect()
     };
@@ -614,11 +619,13 @@ mod tests {
                 name: Some("feature_x".into()),
                 branch: "feature/x".into(),
                 reason: "module m: fetch https://user:pw@git.example/m.git:\nrefused".into(),
+                problem: None,
             },
             EnvironmentFailure {
                 name: None,
                 branch: "Bad-Name".into(),
                 reason: "not a valid environment name".into(),
+                problem: None,
             },
         ];
         let records = failed_records(&failures);
