@@ -25,6 +25,7 @@ use openvox_crds::codesource::InvalidBranches;
 use openvox_crds::names::{WORKER_PERMANENT_FAILURE_EXIT_CODE, annotations, labels};
 
 use super::names::{codesource_label, worker_identity};
+use super::validator;
 use super::worker_defaults::{WorkerDefaults, effective_job};
 
 /// Name of the worker container (the pod failure policy refers to it).
@@ -57,6 +58,9 @@ pub struct LaunchParams<'a> {
     pub previous_image: Option<&'a str>,
     /// The controller's worker pod defaults, under `spec.job` (see `worker_defaults`).
     pub defaults: &'a WorkerDefaults,
+    /// The Puppet validator's image when `spec.validate` is set: its `image`, or the
+    /// server image of the Config (resolved by the caller).
+    pub validator_image: Option<&'a str>,
 }
 
 /// Labels on the worker Job, its pod, ServiceAccount, Role and RoleBinding.
@@ -132,6 +136,9 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
                 args.extend(["--claim-name".into(), claim.clone()]);
             }
         }
+    }
+    if let (Some(validate), Some(_)) = (&spec.validate, params.validator_image) {
+        args.extend(validator::worker_args(validate));
     }
     args.extend([
         "--codesource".into(),
@@ -255,6 +262,17 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         });
     }
 
+    // With a validator, the token is the worker's alone (see `validator.rs`).
+    let validation = spec.validate.as_ref().zip(params.validator_image);
+    let mut init_containers = Vec::new();
+    if let Some((validate, image)) = validation {
+        volumes.push(validator::volume());
+        mounts.push(validator::mount());
+        volumes.push(validator::token_volume());
+        mounts.push(validator::token_mount());
+        init_containers.push(validator::container(validate, image));
+    }
+
     let container = Container {
         name: CONTAINER.into(),
         image: Some(params.worker_image.to_string()),
@@ -281,7 +299,8 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
     let pod = PodSpec {
         restart_policy: Some("Never".into()),
         service_account_name: Some(worker_identity(&name)),
-        automount_service_account_token: Some(true),
+        automount_service_account_token: Some(validation.is_none()),
+        init_containers: (!init_containers.is_empty()).then_some(init_containers),
         containers: vec![container],
         volumes: Some(volumes),
         node_selector: (!placement.node_selector.is_empty()).then_some(placement.node_selector),
@@ -322,10 +341,14 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(
-                        annotations::SAFE_TO_EVICT.to_string(),
-                        "false".to_string(),
-                    )])),
+                    annotations: Some(BTreeMap::from([
+                        (annotations::SAFE_TO_EVICT.to_string(), "false".to_string()),
+                        // `kubectl logs job/<name>` shows the worker, not the validator.
+                        (
+                            validator::DEFAULT_CONTAINER_ANNOTATION.to_string(),
+                            CONTAINER.to_string(),
+                        ),
+                    ])),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -404,6 +427,7 @@ mod tests {
                 worker_image: "ghcr.io/voxpupuli/openvox-code-worker:1",
                 previous_image: Some("registry.example/puppet-code@sha256:0000"),
                 defaults: &WorkerDefaults::default(),
+                validator_image: cs.spec.validate.as_ref().map(|_| "openvox-server:8"),
             },
         )
     }
@@ -594,6 +618,74 @@ mod tests {
     }
 
     #[test]
+    fn a_validator_sidecar_shares_a_directory_and_gets_no_credentials() {
+        let job = build(&codesource(
+            serde_json::json!({"validate": {"timeout": "90s"}}),
+        ));
+        let pod = pod(&job);
+        let init = pod.init_containers.as_ref().unwrap();
+        assert_eq!(init.len(), 1);
+        let validator = &init[0];
+        assert_eq!(validator.name, "validator");
+        assert_eq!(validator.image.as_deref(), Some("openvox-server:8"));
+        assert_eq!(validator.restart_policy.as_deref(), Some("Always"));
+        // Only the shared directory: no git or registry Secret, no token.
+        let mounts: Vec<&str> = validator
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(mounts, [validator::VOLUME]);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let sc = validator.security_context.clone().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+        assert!(validator.resources.as_ref().unwrap().limits.is_some());
+
+        // The worker keeps its token, mounts the shared directory and is told of it.
+        let worker = container(&job);
+        let worker_mounts: Vec<&str> = worker
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.mount_path.as_str())
+            .collect();
+        assert!(
+            worker_mounts.contains(&validator::TOKEN_DIR),
+            "{worker_mounts:?}"
+        );
+        assert!(worker_mounts.contains(&openvox_crds::validator::DIR));
+        let args = worker.args.clone().unwrap();
+        assert!(args.windows(2).any(|w| w == ["--validate-timeout", "90s"]));
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--validate-dir", openvox_crds::validator::DIR])
+        );
+        let annotations = job
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            annotations.annotations.as_ref().unwrap()[validator::DEFAULT_CONTAINER_ANNOTATION],
+            "worker"
+        );
+    }
+
+    #[test]
+    fn without_validate_there_is_no_sidecar() {
+        let job = build(&codesource(serde_json::json!({})));
+        assert!(pod(&job).init_containers.is_none());
+        let args = container(&job).args.clone().unwrap();
+        assert!(!args.iter().any(|a| a == "--validate-dir"));
+    }
+
+    #[test]
     fn the_pod_uses_the_per_codesource_service_account_with_its_token() {
         let job = build(&codesource(serde_json::json!({})));
         assert_eq!(
@@ -659,6 +751,7 @@ mod tests {
                 worker_image: "w:1",
                 previous_image: None,
                 defaults: &defaults,
+                validator_image: None,
             },
         );
         assert_eq!(pod(&job).node_selector.as_ref().unwrap()["pool"], "fast");

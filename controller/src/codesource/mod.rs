@@ -17,6 +17,7 @@ pub mod servers;
 pub mod shared;
 pub mod status;
 pub mod validate;
+pub mod validator;
 pub mod worker_defaults;
 
 pub use controller::{Settings, run};

@@ -934,6 +934,29 @@ async fn check_floating(
     )
 }
 
+/// The image of the Puppet validator: `spec.validate.image`, else the server image of
+/// the Config (`spec.validate` set, checked by `validate.rs` to have one of them).
+async fn validator_image(
+    ctx: &Context,
+    cs: &CodeSource,
+    ns: &str,
+) -> Result<Option<String>, Error> {
+    let Some(validate) = &cs.spec.validate else {
+        return Ok(None);
+    };
+    if let Some(image) = validate.image.as_ref().filter(|i| !i.is_empty()) {
+        return Ok(Some(image.clone()));
+    }
+    let config_name = cs.spec.config_ref.clone().unwrap_or_default();
+    let configs: Api<Config> = Api::namespaced(ctx.client.clone(), ns);
+    let config = configs
+        .get_opt(&config_name)
+        .await
+        .map_err(kube("get Config for its server image"))?
+        .ok_or(Error::ConfigNotFound(config_name))?;
+    Ok(Some(config.spec.server_image()))
+}
+
 async fn launch(
     ctx: &Context,
     cs: &CodeSource,
@@ -1013,6 +1036,7 @@ async fn launch(
         .clone()
         .filter(|i| !i.is_empty())
         .unwrap_or_else(|| ctx.worker_image.clone());
+    let validator_image = validator_image(ctx, cs, ns).await?;
     let desired = desired_job(
         cs,
         &LaunchParams {
@@ -1021,6 +1045,7 @@ async fn launch(
             worker_image: &worker_image,
             previous_image,
             defaults: &ctx.worker_defaults,
+            validator_image: validator_image.as_deref(),
         },
     );
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);

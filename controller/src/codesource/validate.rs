@@ -1,5 +1,5 @@
 //! Validation of a CodeSource spec beyond what the CRD's schema and CEL rules check:
-//! the schedule and time zone, the git timeout. Pure.
+//! the schedule and time zone, the git timeout, the validation step. Pure.
 
 use std::time::Duration;
 
@@ -34,6 +34,19 @@ pub fn validate(spec: &CodeSourceSpec) -> Result<Validated, String> {
     if image.is_some() == claim.is_some() {
         return Err("exactly one of output.image and output.claimName must be set".into());
     }
+    if let Some(validate) = &spec.validate {
+        let has_image = validate.image.as_deref().is_some_and(|i| !i.is_empty());
+        let has_config = spec.config_ref.as_deref().is_some_and(|c| !c.is_empty());
+        if !has_image && !has_config {
+            return Err("validate.image must name an image with Puppet when the CodeSource has no configRef to take the server image from".into());
+        }
+        if !openvox_crds::duration::parse(&validate.timeout).is_ok_and(|d| !d.is_zero()) {
+            return Err(format!(
+                "validate.timeout {:?} is not a duration such as 10m or 90s",
+                validate.timeout
+            ));
+        }
+    }
     Ok(Validated {
         schedule,
         git_timeout,
@@ -51,6 +64,22 @@ mod tests {
             "output": {"image": "registry/code"}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn validation_needs_an_image_or_a_config_and_a_timeout() {
+        let with = |v: serde_json::Value, config: Option<&str>| {
+            let mut s = spec("*/5 * * * *", "30s");
+            s.validate = serde_json::from_value(v).unwrap();
+            s.config_ref = config.map(str::to_owned);
+            validate(&s)
+        };
+        let err = with(serde_json::json!({}), None).unwrap_err();
+        assert!(err.contains("validate.image"), "{err}");
+        assert!(with(serde_json::json!({}), Some("puppet")).is_ok());
+        assert!(with(serde_json::json!({"image": "openvox-server:8"}), None).is_ok());
+        let err = with(serde_json::json!({"image": "p", "timeout": "soon"}), None).unwrap_err();
+        assert!(err.contains("validate.timeout"), "{err}");
     }
 
     #[test]

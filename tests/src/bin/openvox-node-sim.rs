@@ -30,6 +30,10 @@ struct Args {
     /// IMAGE=EXECUTABLE: run EXECUTABLE for containers of IMAGE that have no command.
     #[arg(long = "image", value_name = "IMAGE=EXECUTABLE")]
     images: Vec<String>,
+    /// IMAGE=DIR: put DIR first on the PATH of containers of IMAGE (the executables the
+    /// image provides, for containers that name a command).
+    #[arg(long = "image-path", value_name = "IMAGE=DIR")]
+    image_paths: Vec<String>,
     /// Label selector of pods that are only made ready, not run (for example
     /// `openvox.voxpupuli.org/server` for the pods of openvox-operator's Servers).
     #[arg(long, value_name = "SELECTOR")]
@@ -50,6 +54,13 @@ async fn main() -> Result<()> {
         };
         images.insert(image.to_owned(), vec![executable.to_owned()]);
     }
+    let mut image_paths = BTreeMap::new();
+    for mapping in &args.image_paths {
+        let Some((image, dir)) = mapping.split_once('=') else {
+            bail!("--image-path {mapping:?}: expected IMAGE=DIR");
+        };
+        image_paths.insert(image.to_owned(), PathBuf::from(dir));
+    }
     let kubeconfig = Kubeconfig::read_from(&args.kubeconfig)
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let kube_config =
@@ -60,6 +71,7 @@ async fn main() -> Result<()> {
         namespaces: args.namespaces,
         work_dir,
         images,
+        image_paths,
         ready_only: args.ready_only,
     };
     let sim = NodeSim::start(kube_config, config).await?;

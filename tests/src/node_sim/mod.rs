@@ -47,6 +47,11 @@ pub struct NodeSimConfig {
     /// container has no `command`, in place of the image's ENTRYPOINT. Keys match the
     /// whole image reference or the repository without tag or digest.
     pub images: BTreeMap<String, Vec<String>>,
+    /// Image → a directory of executables put first on the PATH of its containers:
+    /// what the image's file system provides to a container that names a `command`
+    /// (a host directory standing in for the image's `/usr/bin`). Keys match like
+    /// `images`.
+    pub image_paths: BTreeMap<String, PathBuf>,
     /// A label selector of pods that are not run, only made ready (bound, Running,
     /// Ready at once; deletions confirmed): the pods of Deployments in rollout tests.
     pub ready_only: Option<String>,
@@ -61,6 +66,7 @@ impl NodeSimConfig {
             namespaces: vec![namespace.to_owned()],
             work_dir: work_dir.into(),
             images: BTreeMap::new(),
+            image_paths: BTreeMap::new(),
             ready_only: None,
         }
     }
@@ -68,6 +74,12 @@ impl NodeSimConfig {
     /// Makes the pods matching `selector` ready without running them.
     pub fn with_ready_only(mut self, selector: &str) -> Self {
         self.ready_only = Some(selector.to_owned());
+        self
+    }
+
+    /// Puts `dir` first on the PATH of containers of `image`.
+    pub fn with_image_path(mut self, image: &str, dir: impl Into<PathBuf>) -> Self {
+        self.image_paths.insert(image.to_owned(), dir.into());
         self
     }
 

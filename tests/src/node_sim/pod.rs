@@ -168,38 +168,94 @@ impl PodRun {
             }
         };
 
-        for container in &init_containers {
+        // Native sidecars (init containers with `restartPolicy: Always`) run beside
+        // the others and are stopped once the regular containers have ended; the
+        // pod's phase is reported after that, as a kubelet does.
+        let (sidecars, init_containers): (Vec<Container>, Vec<Container>) = init_containers
+            .into_iter()
+            .partition(|c| c.restart_policy.as_deref() == Some("Always"));
+        let (stop_sidecars, sidecars_stop) = watch::channel(false);
+        let sidecar_runs = futures::future::join_all(
+            sidecars
+                .iter()
+                .map(|c| self.run_sidecar(c, &volumes, sidecars_stop.clone())),
+        );
+        let main = async {
+            let phase = self.run_main(&init_containers, &containers, &volumes).await;
+            let _ = stop_sidecars.send(true);
+            phase
+        };
+        let (sidecar_results, phase) = tokio::join!(sidecar_runs, main);
+        for result in sidecar_results {
+            result?;
+        }
+        self.report(phase?, false).await?;
+        self.end_if_deleted().await
+    }
+
+    /// Runs the init containers in order, then the regular containers side by side;
+    /// returns the pod's phase.
+    async fn run_main(
+        &self,
+        init_containers: &[Container],
+        containers: &[Container],
+        volumes: &BTreeMap<String, PathBuf>,
+    ) -> Result<&'static str> {
+        for container in init_containers {
             let outcome = self
-                .run_container(container, &init_key(container), &volumes)
+                .run_container(container, &init_key(container), volumes)
                 .await?;
             match outcome {
                 Some(outcome) if outcome.exit_code == 0 => {}
                 _ => {
                     // A failed init container fails the pod (restartPolicy Never) or the
                     // pod was deleted while it ran.
-                    for container in &containers {
+                    for container in containers {
                         self.set_status(
                             &container.name,
                             waiting(container, "PodInitializing", "", 0),
                         );
                     }
-                    self.report("Failed", false).await?;
-                    return self.end_if_deleted().await;
+                    return Ok("Failed");
                 }
             }
         }
 
         let runs = containers
             .iter()
-            .map(|c| self.run_container(c, &c.name, &volumes));
+            .map(|c| self.run_container(c, &c.name, volumes));
         let outcomes = futures::future::join_all(runs).await;
         let mut succeeded = true;
         for outcome in outcomes {
             succeeded &= matches!(outcome?, Some(o) if o.exit_code == 0);
         }
-        self.report(if succeeded { "Succeeded" } else { "Failed" }, false)
-            .await?;
-        self.end_if_deleted().await
+        Ok(if succeeded { "Succeeded" } else { "Failed" })
+    }
+
+    /// Runs a native sidecar until `stop` (or the pod's deletion), restarting it
+    /// whenever it exits before that (its `restartPolicy` is Always).
+    async fn run_sidecar(
+        &self,
+        container: &Container,
+        volumes: &BTreeMap<String, PathBuf>,
+        stop: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let key = init_key(container);
+        let mut restart_count = 0;
+        loop {
+            let outcome = self
+                .run_once(container, &key, volumes, restart_count, Some(stop.clone()))
+                .await?;
+            if outcome.is_none() || *stop.borrow() || self.is_deleted() {
+                return Ok(());
+            }
+            restart_count += 1;
+            let mut stopped = stop.clone();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = wait_for_deletion(&mut stopped) => return Ok(()),
+            }
+        }
     }
 
     /// What the scheduler does: bind the pod to our node. False when somebody else
@@ -234,7 +290,7 @@ impl PodRun {
         let mut restart_count = 0;
         loop {
             let Some(outcome) = self
-                .run_once(container, key, volumes, restart_count)
+                .run_once(container, key, volumes, restart_count, None)
                 .await?
             else {
                 return Ok(None);
@@ -256,6 +312,7 @@ impl PodRun {
         key: &str,
         volumes: &BTreeMap<String, PathBuf>,
         restart_count: i32,
+        stop: Option<watch::Receiver<bool>>,
     ) -> Result<Option<Outcome>> {
         let termination_file = self.dir.join("termination").join(&container.name);
         std::fs::write(&termination_file, b"")?;
@@ -339,9 +396,20 @@ impl PodRun {
         self.report("Running", !key.starts_with("init:")).await?;
 
         let mut deleted = self.deleted.clone();
+        let stopping = async {
+            match stop {
+                Some(mut stop) => wait_for_deletion(&mut stop).await,
+                None => std::future::pending().await,
+            }
+        };
         let status = tokio::select! {
             status = child.wait() => status?,
-            () = wait_for_deletion(&mut deleted) => {
+            () = async {
+                tokio::select! {
+                    () = wait_for_deletion(&mut deleted) => {}
+                    () = stopping => {}
+                }
+            } => {
                 let grace = self.spec().termination_grace_period_seconds.unwrap_or(30);
                 let grace = Duration::from_secs(u64::try_from(grace).unwrap_or(0)).min(MAX_GRACE);
                 group.signal("TERM");
@@ -382,11 +450,15 @@ impl PodRun {
     ) -> Result<Vec<(String, String)>> {
         let namespace = self.pod.metadata.namespace.as_deref().unwrap_or_default();
         let (host, port) = &self.context.api_server;
+        let host_path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
+        let image = container.image.as_deref().unwrap_or_default();
+        let path = match lookup_image(&self.context.config.image_paths, image) {
+            Some(dir) => format!("{}:{host_path}", dir.display()),
+            None => host_path,
+        };
         let mut env: Vec<(String, String)> = vec![
-            (
-                "PATH".to_owned(),
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
-            ),
+            ("PATH".to_owned(), path),
             (
                 "HOME".to_owned(),
                 self.dir.join("home").display().to_string(),
@@ -692,6 +764,7 @@ impl Drop for ProcessGroup {
     }
 }
 
+/// Waits until the flag (pod deleted, sidecars stopped) is true.
 async fn wait_for_deletion(deleted: &mut watch::Receiver<bool>) {
     while !*deleted.borrow_and_update() {
         if deleted.changed().await.is_err() {
@@ -776,10 +849,7 @@ fn termination_message(container: &Container, file: &Path, log: &Path, exit_code
 
 /// The entrypoint mapped to `image`: by the whole reference, then by the repository
 /// without digest, then without tag.
-fn lookup_image<'a>(
-    images: &'a BTreeMap<String, Vec<String>>,
-    image: &str,
-) -> Option<&'a Vec<String>> {
+fn lookup_image<'a, T>(images: &'a BTreeMap<String, T>, image: &str) -> Option<&'a T> {
     let without_digest = image.split('@').next().unwrap_or(image);
     let last_slash = without_digest.rfind('/').map_or(0, |i| i + 1);
     let without_tag = match without_digest[last_slash..].find(':') {
