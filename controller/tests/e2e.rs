@@ -23,15 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The controller binary of this package and the worker binary built beside it.
 fn binaries() -> Result<(PathBuf, PathBuf)> {
-    let controller = PathBuf::from(env!("CARGO_BIN_EXE_openvox-code-controller"));
-    let worker = controller.with_file_name("openvox-code-worker");
-    if !worker.is_file() {
-        bail!(
-            "{} is missing: run `cargo build -p openvox-code-worker` (make test does)",
-            worker.display()
-        );
-    }
-    Ok((controller, worker))
+    harness::world::binaries(env!("CARGO_BIN_EXE_openvox-code-controller"))
 }
 
 #[tokio::test]

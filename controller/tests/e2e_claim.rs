@@ -28,15 +28,7 @@ const CLAIM: &str = "puppet-code";
 
 /// The controller binary of this package and the worker binary built beside it.
 fn binaries() -> Result<(PathBuf, PathBuf)> {
-    let controller = PathBuf::from(env!("CARGO_BIN_EXE_openvox-code-controller"));
-    let worker = controller.with_file_name("openvox-code-worker");
-    if !worker.is_file() {
-        bail!(
-            "{} is missing: run `cargo build -p openvox-code-worker` (make test does)",
-            worker.display()
-        );
-    }
-    Ok((controller, worker))
+    harness::world::binaries(env!("CARGO_BIN_EXE_openvox-code-controller"))
 }
 
 fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, harness::fixtures::Node)> {

@@ -32,15 +32,9 @@ const STEP: Duration = Duration::from_secs(120);
 /// The tag every build also pushes, so the tests can check what it points at.
 const TAG: &str = "latest";
 
+/// The controller binary of this package and the worker binary built beside it.
 fn binaries() -> Result<(PathBuf, PathBuf)> {
-    let controller = PathBuf::from(env!("CARGO_BIN_EXE_openvox-code-controller"));
-    let worker = controller.with_file_name("openvox-code-worker");
-    ensure!(
-        worker.is_file(),
-        "{} is missing: run `cargo build -p openvox-code-worker` (make test does)",
-        worker.display()
-    );
-    Ok((controller, worker))
+    harness::world::binaries(env!("CARGO_BIN_EXE_openvox-code-controller"))
 }
 
 async fn start(ns: TestNamespace) -> Result<World> {

@@ -12,6 +12,10 @@
 #                those layers, `skopeo copy` of it into the registry
 #   gzip floor   the baseline's tar streams through the worker's compressor (zlib-rs,
 #                level 6) on every core
+#   validation   (VALIDATE=1, the default, when `puppet` is installed) cold and
+#                incremental builds of a repository of valid Puppet code (VFILES
+#                manifests per branch, default 600), without and with the validator
+#                sidecar's script beside the worker: added wall time, time per environment
 # Targets (issue 5): cold <= 2x the gzip floor, incremental <= 1/5 of cold, RSS <= 256 MiB.
 #
 # Settings (environment): BRANCHES, FILES, MB (per branch), WORKER and BENCH (binaries;
@@ -206,4 +210,96 @@ print("cold / gzip floor:       %.2fx (target <= 2)" % (cold / floor))
 print("incremental / cold:      %.2f  (target <= 0.20)" % (inc / cold))
 print("  in CPU time:           %.2f" % (inc_cpu / cold_cpu))
 print("cold / baseline:         %.2fx" % (cold / base))
+PY
+
+[[ "${VALIDATE:-1}" == 1 ]] || exit 0
+# The gate (spec.validate): the same builds of a control repository of valid Puppet
+# code, without and with the validator. The validator is the pod's sidecar script
+# (crds/src/validator.rs) run here beside the worker with this machine's `puppet`, so
+# both share the cores as they share a node.
+command -v puppet >/dev/null || { echo "no puppet: skipping the validation runs (install-deps.sh installs Debian's)" >&2; exit 0; }
+VFILES=${VFILES:-600}
+echo
+echo "validation: $BRANCHES branches x $VFILES manifests + $(( VFILES / 10 )) EPP templates, plus examples/ and plans/ that are not validated"
+python3 - "$work/repos/valid.git" "$BRANCHES" "$VFILES" <<'PY'
+import os, random, subprocess, sys
+repo, branches, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null")
+def klass(rng, module, name):
+    body = []
+    for r in range(rng.randint(3, 12)):
+        kind = rng.choice(["file", "package", "service", "exec", "notify"])
+        body.append("  %s { '%s_%s_%d':\n    ensure => %s,\n    tag    => ['%s', $facts['os']['family']],\n  }\n"
+                    % (kind, module, name, r, rng.choice(["present", "absent", "'latest'"]), module))
+        if rng.random() < 0.3:
+            body.append("  if $enable {\n    $x%d = lookup('%s::%s::k%d', String, 'first', 'none')\n    notify { \"${x%d} %d\": }\n  }\n"
+                        % (r, module, name, r, r, r))
+    return "class %s::%s (\n  Boolean $enable = true,\n  Optional[String] $path = undef,\n) {\n%s}\n" % (module, name, "".join(body))
+subprocess.run(["git", "init", "-q", "--bare", repo], check=True, env=env)
+p = subprocess.Popen(["git", "fast-import", "--quiet"], cwd=repo, stdin=subprocess.PIPE, env=env)
+w = p.stdin.write
+for b in range(branches):
+    w(b"commit refs/heads/env%02d\ncommitter Bench <b@example.com> 1700000000 +0000\ndata 5\nbench\ndeleteall\n" % b)
+    entries = [("manifests/site.pp", b"node default {\n  include profile00::c0000\n}\n"),
+               ("environment.conf", b"modulepath = site:modules\n"),
+               ("plans/rollout.pp", b"plan rollout(TargetSpec $t) {\n  run_task('x', $t)\n}\n")]
+    for j in range(files):
+        rng = random.Random((b + 1) * 1_000_003 + j)
+        module = "profile%02d" % (j % 40)
+        entries.append(("site/%s/manifests/c%04d.pp" % (module, j), klass(rng, module, "c%04d" % j).encode()))
+        if j % 10 == 0:
+            entries.append(("site/%s/templates/t%04d.epp" % (module, j),
+                            b"<%%- | String $name, Integer $port = 8140 | -%%>\n# %d\nserver = <%%= $name %%>:<%%= $port %%>\n" % j))
+            entries.append(("site/%s/examples/e%04d.pp" % (module, j), b"include %s::c%04d\nbroken(\n" % (module.encode(), j)))
+    for path, data in entries:
+        w(b"M 100644 inline %s\ndata %d\n" % (path.encode(), len(data))); w(data); w(b"\n")
+p.stdin.close()
+assert p.wait() == 0
+PY
+python3 - "$repo_root/crds/src/validator.rs" >"$work/validator.sh" <<'PY'
+import re, sys
+print(re.search(r'pub const SCRIPT: &str = r#"(.*?)"#;', open(sys.argv[1]).read(), re.S).group(1))
+PY
+# One build of valid.git into the repository bench/$1; with $2 = validated, the
+# validator script runs beside it on a fresh shared directory, as the sidecar does.
+validated_build() {
+  local args=("$WORKER" build --url "git://127.0.0.1:$git_port/valid.git" --branch '*'
+              --image "127.0.0.1:$reg_port/bench/$1" --tag latest --insecure
+              --work-dir "$work/tmp" --termination-log "$work/termination-log")
+  if [[ "$2" != validated ]]; then
+    "${args[@]}"
+    return
+  fi
+  rm -rf "$work/validate" && mkdir -p "$work/validate"
+  OPENVOX_VALIDATE_DIR="$work/validate" HOME="$work/validate/home" sh "$work/validator.sh" >"$work/validator.log" 2>&1 &
+  local validator=$! rc=0
+  "${args[@]}" --validate-dir "$work/validate" || rc=$?
+  kill "$validator" 2>/dev/null || true
+  wait "$validator" 2>/dev/null || true
+  return $rc
+}
+export -f validated_build
+export WORKER git_port
+measure "cold, not validated" bash -c 'validated_build plain plain'
+plain=$(cat "$work/last-wall")
+measure "cold, validated" bash -c 'validated_build checked validated'
+checked=$(cat "$work/last-wall")
+grep -E ' (stage|validate) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
+per_env=$(grep -E ' validate .*: ok, ' "$work/err.txt" | sed -E 's/.*\(([0-9.]+)s\)$/\1/' | paste -sd' ')
+printf 'commit refs/heads/%s\ncommitter Bench <b@example.com> 1700000100 +0000\ndata 7\nchange\nfrom refs/heads/%s^0\nM 100644 inline manifests/site.pp\ndata 41\nnode default {\n  include profile01::c0001\n}\n\n' \
+  "$changed" "$changed" | GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null git -C "$work/repos/valid.git" fast-import --quiet
+measure "incremental, not validated" bash -c 'validated_build plain plain'
+plain_inc=$(cat "$work/last-wall")
+measure "incremental, validated" bash -c 'validated_build checked validated'
+checked_inc=$(cat "$work/last-wall")
+grep -E ' (stage|validate) ' "$work/err.txt" | sed 's/^.* INFO /  /' || true
+python3 - "$plain" "$checked" "$plain_inc" "$checked_inc" "$per_env" <<'PY'
+import statistics, sys
+plain, checked, plain_inc, checked_inc = map(float, sys.argv[1:5])
+per_env = [float(t) for t in sys.argv[5].split()]
+print("validation adds, cold:        %.2f s (%.2fx the unvalidated build)" % (checked - plain, checked / plain))
+print("validation adds, incremental: %.2f s (%.2fx)" % (checked_inc - plain_inc, checked_inc / plain_inc))
+if per_env:
+    print("per environment:              median %.2f s, max %.2f s (%d environments)"
+          % (statistics.median(per_env), max(per_env), len(per_env)))
 PY

@@ -36,7 +36,7 @@ pub struct World {
     pub controller_log: PathBuf,
     /// The git daemon; `None` while a fault test has it stopped.
     daemon: Option<Server>,
-    daemon_port: u16,
+    pub daemon_port: u16,
     /// The registry (fault tests stop and restart it).
     pub registry: TestRegistry,
     /// The node running the worker pods (their logs).
@@ -127,7 +127,29 @@ pub struct WorldOptions {
     /// Run the controller with leader election (a Lease in the test namespace), as the
     /// chart does by default.
     pub leader_election: bool,
+    /// Branches of the control repository and of the CodeSource; empty: production and
+    /// staging.
+    pub branches: &'static [&'static str],
+    /// `spec.validate` of the CodeSource, as JSON.
+    pub validate: Option<&'static str>,
 }
+
+/// The controller binary (`env!("CARGO_BIN_EXE_openvox-code-controller")` of the
+/// calling test) and the worker binary built beside it.
+pub fn binaries(controller: &str) -> Result<(PathBuf, PathBuf)> {
+    let controller = PathBuf::from(controller);
+    let worker = controller.with_file_name("openvox-code-worker");
+    anyhow::ensure!(
+        worker.is_file(),
+        "{} is missing: run `cargo build -p openvox-code-worker` (make test does)",
+        worker.display()
+    );
+    Ok((controller, worker))
+}
+
+/// A validator image whose `puppet` never answers (a stand-in for a validator that
+/// hangs: its `puppet --version` works, validation sleeps).
+pub const STUCK_VALIDATOR_IMAGE: &str = "stuck-validator:1";
 
 impl World {
     /// Starts everything in `ns` with the given binaries and applies the Config and
@@ -171,7 +193,12 @@ impl World {
         let http = options
             .git_auth
             .map(|(user, password)| http_git(&scratch, &repos, &[(user, password)], "unused"));
-        for branch in ["production", "staging"] {
+        let branches: &[&str] = if options.branches.is_empty() {
+            &["production", "staging"]
+        } else {
+            options.branches
+        };
+        for branch in branches {
             control.commit(
                 branch,
                 "initial",
@@ -189,11 +216,22 @@ impl World {
         std::fs::write(&gate, b"")?;
         let gate_text = gate.display().to_string();
         let wait_for_gate = "while [ ! -e \"$0\" ]; do sleep 0.1; done; exec \"$@\"";
+        let stuck = scratch.mkdir("stuck-validator-bin");
+        let stuck_puppet = stuck.join("puppet");
+        std::fs::write(
+            &stuck_puppet,
+            "#!/bin/sh\ncase \"$1\" in --version) echo 0.0-stuck ;; *) sleep 600 ;; esac\n",
+        )?;
+        std::fs::set_permissions(
+            &stuck_puppet,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
         let node = NodeSim::for_namespace_with(&ns, |c| {
             c.with_image(
                 WORKER_IMAGE,
                 &["/bin/sh", "-c", wait_for_gate, &gate_text, &worker],
             )
+            .with_image_path(STUCK_VALIDATOR_IMAGE, &stuck)
         })
         .await?;
 
@@ -242,7 +280,7 @@ impl World {
         )
         .await?;
         let mut git = json!({"url": format!("git://127.0.0.1:{}/control.git", daemon.port),
-                             "branches": ["production", "staging"]});
+                             "branches": branches});
         if let (Some((user, password)), Some(http)) = (options.git_auth, &http) {
             git["url"] = json!(format!("http://127.0.0.1:{}/git/{control_path}", http.port));
             git["secretRef"] = json!({"name": "git-auth"});
@@ -256,6 +294,9 @@ impl World {
         }
         let mut spec =
             json!({"configRef": NAME, "git": git, "schedule": "@hourly", "output": output});
+        if let Some(validate) = options.validate {
+            spec["validate"] = serde_json::from_str(validate)?;
+        }
         if let Some(secret) = options.webhook_secret {
             let key = openvox_crds::names::WEBHOOK_SECRET_KEY;
             crate::apply::apply(
@@ -345,7 +386,9 @@ impl World {
         std::fs::write(&self.gate, b"").context("opening the worker gate")
     }
 
-    fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, crate::fixtures::Node)> {
+    /// The files of a control repository branch: a Puppetfile with the git module
+    /// `motd`, `environment.conf` and a site manifest ending in `comment`.
+    pub fn tree(daemon_port: u16, comment: &str) -> Vec<(&'static str, crate::fixtures::Node)> {
         vec![
             ("Puppetfile", file(&puppetfile(daemon_port))),
             (
