@@ -20,6 +20,7 @@ use openvox_code_controller::metrics::Metrics;
 use openvox_code_controller::pool::PoolControllerMode;
 use openvox_code_controller::{client, codesource, leader, pool, tls, webhook};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tracing::{error, info};
 
 #[derive(Clone)]
@@ -105,7 +106,9 @@ async fn main() -> Result<()> {
         None
     };
 
-    let mut tasks = Vec::new();
+    // Each controller runs until shutdown; one that ends before (it could not start,
+    // or stopped) ends the process, below.
+    let mut tasks: Vec<JoinHandle<Result<(), String>>> = Vec::new();
     if args.enable_codesource {
         let mut settings = codesource::Settings::new(args.worker_image.clone());
         settings.namespace = args.namespace.clone();
@@ -113,9 +116,9 @@ async fn main() -> Result<()> {
         settings.worker_defaults = args.worker_defaults();
         let (client, metrics, stop) = (client.clone(), metrics.clone(), shutdown());
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = codesource::run(client, settings, metrics, stop).await {
-                error!("CodeSource controller could not start: {e}");
-            }
+            codesource::run(client, settings, metrics, stop)
+                .await
+                .map_err(|e| format!("the CodeSource controller could not start: {e}"))
         }));
     }
     if args.enable_pool != PoolControllerMode::Off {
@@ -147,19 +150,39 @@ async fn main() -> Result<()> {
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        () = wait_for_signal() => {}
+    let mut running = futures::future::select_all(tasks);
+    let remaining = tokio::select! {
+        () = wait_for_signal() => running.into_inner(),
         () = leadership_lost => {
             // Another replica may already be reconciling: stop at once, and let the
             // pod restart clean as a standby.
             error!("lost the leader lease; exiting");
             std::process::exit(1);
         }
-    }
+        (ended, _, others) = &mut running => {
+            // A process that reconciles nothing must not say it is ready: stop, and
+            // let the pod restart (and its restarts show the problem).
+            health.ready.store(false, Ordering::Relaxed);
+            let why = match ended {
+                Ok(Err(why)) => why,
+                Ok(Ok(())) => "a controller stopped before shutdown".to_owned(),
+                Err(e) => format!("a controller stopped: {e}"),
+            };
+            error!("{why}; exiting");
+            let _ = stop_tx.send(true);
+            for task in others {
+                let _ = task.await;
+            }
+            if let Some(leadership) = leadership {
+                leadership.release().await;
+            }
+            std::process::exit(1);
+        }
+    };
     info!("shutting down: finishing reconciles in flight");
     health.ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    for task in tasks {
+    for task in remaining {
         let _ = task.await;
     }
     if let Some(leadership) = leadership {

@@ -1,6 +1,7 @@
 //! Leader election against a real kube-apiserver: electors race for one Lease in a
-//! test namespace, with short timings so takeovers happen in seconds. The last test
-//! runs the controller binary itself and takes its Lease away.
+//! test namespace, with short timings so takeovers happen in seconds. The last two
+//! tests run the controller binary itself: one takes its Lease away, one starts it
+//! where its CodeSource controller cannot run.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -305,5 +306,56 @@ async fn the_controller_waits_for_the_lease_then_leads_and_exits_non_zero_when_i
     assert_eq!(status.code(), Some(1), "log:\n{}", logs());
     assert!(logs().contains("lost the leader lease"), "{}", logs());
     let _ = std::fs::remove_file(&log);
+    Ok(())
+}
+
+/// A controller that cannot start must not leave a process that says it is ready and
+/// reconciles nothing: here the head checks' scratch directory cannot be created (the
+/// temporary directory is a regular file; as root, a read-only directory would not
+/// stop it).
+#[tokio::test]
+async fn a_controller_that_cannot_start_ends_the_process_non_zero() -> Result<()> {
+    let ns = TestNamespace::new("process-exit").await?;
+    let scratch = std::env::temp_dir().join(format!("process-exit-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let not_a_dir = scratch.join("tmp");
+    std::fs::write(&not_a_dir, "a file where a directory should be")?;
+    let log = scratch.join("controller.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_openvox-code-controller"))
+        .env("KUBECONFIG", ns.control_plane().kubeconfig())
+        .env("TMPDIR", &not_a_dir)
+        .env("RUST_LOG", "info")
+        .args([
+            "--worker-image=openvox-code-worker:test",
+            "--enable-pool=false",
+            &format!("--namespace={}", ns.name()),
+            "--metrics-addr=127.0.0.1:0",
+        ])
+        .stdout(Stdio::from(std::fs::File::create(&log)?))
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the controller binary")?;
+    let mut controller = Controller(child);
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = controller.0.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller kept running without its CodeSource controller; log:\n{}",
+                logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.code(), Some(1), "log:\n{}", logs());
+    assert!(
+        logs().contains("the CodeSource controller could not start"),
+        "{}",
+        logs()
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }

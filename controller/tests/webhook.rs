@@ -526,3 +526,154 @@ async fn an_accepted_hook_makes_the_controller_list_the_heads_afresh_without_for
     let _ = stop_controller.send(());
     Ok(())
 }
+
+/// The sum of the receiver's GET requests to the API server.
+fn api_gets(metrics: &Metrics) -> u64 {
+    metrics
+        .encode()
+        .lines()
+        .filter(|l| l.starts_with("openvox_code_api_requests_total{") && l.contains("verb=\"get\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// An HTTP client that connects from `local` (another loopback address is another
+/// client address to the receiver).
+fn http_from(local: [u8; 4]) -> reqwest::Client {
+    openvox_code_controller::tls::install_ring_provider();
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(local))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("a client")
+}
+
+async fn post_from(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    signature: &str,
+) -> Result<u16> {
+    let response = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-hub-signature-256", signature)
+        .body(body)
+        .send()
+        .await?;
+    Ok(response.status().as_u16())
+}
+
+/// The webhook cannot be turned against the API server or starved: a flood of forged
+/// hooks costs no API request (the CodeSource comes from a watch cache, the secret from
+/// the receiver's cache) and its sender is answered 429 after 20 failures; connections
+/// that never finish their request head are closed after the header timeout, at most
+/// MAX_CONNECTIONS are held; a good hook from another address is accepted promptly
+/// throughout.
+#[tokio::test]
+async fn forged_and_slow_floods_cost_no_api_requests_and_do_not_starve_good_hooks() -> Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let ns = TestNamespace::new("hook-flood").await?;
+    setup(&ns, "prod", REPO, true).await?;
+    let metrics = Metrics::new();
+    let config = ns.control_plane().admin_config().await?;
+    let client = openvox_code_controller::client::counted_client_from(config, metrics.clone())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let state = WebhookState::new(client, metrics.clone()).namespace(Some(ns.name().to_string()));
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(webhook::serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    let url = format!("http://{addr}/hook/{}/prod", ns.name());
+    let (body, good) = github_push("production", REPO, SECRET);
+    let (_, forged) = github_push("production", REPO, "guessed");
+
+    // A good hook (the secret is read once), after the CodeSource watch has listed.
+    let good_client = http_from([127, 0, 0, 2]);
+    eventually("a good hook accepted", || async {
+        let status = post_from(&good_client, &url, body.clone(), &good).await?;
+        Ok((status == 202).then_some(()))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gets_before = api_gets(&metrics);
+
+    // 400 forged hooks from 127.0.0.1, 20 at a time.
+    let flood = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let batch = (0..20).map(|_| post_from(&flood, &url, body.clone(), &forged));
+        for status in futures::future::join_all(batch).await {
+            statuses.push(status?);
+        }
+    }
+    let forbidden = statuses.iter().filter(|s| **s == 403).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(forbidden + limited, 400, "{statuses:?}");
+    assert!(forbidden <= 20, "{forbidden} answered 403 before the limit");
+    assert_eq!(
+        api_gets(&metrics),
+        gets_before,
+        "forged hooks made API requests:\n{}",
+        metrics.encode()
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(
+        post_from(&good_client, &url, body.clone(), &good).await?,
+        202
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 300 connections that send half a request head and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"POST /hook/x/y HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await?;
+        slow.push(stream);
+    }
+    let opened = std::time::Instant::now();
+    // Beyond the cap, connections are closed at once.
+    let mut closed_at_once = 0;
+    for stream in &mut slow {
+        let mut byte = [0u8; 1];
+        if let Ok(read) =
+            tokio::time::timeout(Duration::from_millis(20), stream.read(&mut byte)).await
+            && matches!(read, Ok(0) | Err(_))
+        {
+            closed_at_once += 1;
+        }
+    }
+    assert!(
+        closed_at_once >= 300 - webhook::server::MAX_CONNECTIONS,
+        "{closed_at_once} of 300 closed at once"
+    );
+    // The rest are closed once the header timeout has passed (hyper answers 408).
+    let deadline = Duration::from_secs(webhook::server::HEADER_TIMEOUT.as_secs() + 5);
+    for stream in &mut slow {
+        let mut rest = Vec::new();
+        let left = deadline.saturating_sub(opened.elapsed());
+        let ended = tokio::time::timeout(left, stream.read_to_end(&mut rest)).await;
+        assert!(
+            ended.is_ok(),
+            "a slow connection was still open after {deadline:?}"
+        );
+    }
+    // A good hook gets through afterwards, promptly.
+    let started = std::time::Instant::now();
+    assert_eq!(post_from(&good_client, &url, body, &good).await?, 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}

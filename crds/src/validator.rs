@@ -6,12 +6,16 @@
 //! 1. the worker copies the files Puppet compiles of each rebuilt environment to
 //!    `envs/<environment>/` (same relative paths) and then writes the names, one per
 //!    line, to `request` (written elsewhere and renamed, so it appears whole);
-//! 2. the validator, which waited for `request`, runs `puppet parser validate` on the
-//!    `.pp` files and `puppet epp validate` on the `.epp` files of each environment in
-//!    order, writing the output to `results/<environment>.log` and then the two exit
-//!    codes to `results/<environment>.exit`;
-//! 3. the worker reads each result as it appears; an image without `puppet` writes
-//!    `results/.error` instead.
+//! 2. the validator, which waited for `request`, validates the environments two at a
+//!    time (for two cores), each with `puppet parser validate` on its `.pp` files
+//!    beside `puppet epp validate --continue_on_error` on its `.epp` files. It touches
+//!    `results/<environment>.start` first, writes the outputs to
+//!    `results/<environment>.pp.log` and `.epp.log`, and then the two exit codes to
+//!    `results/<environment>.exit`. One process per environment is a must, not a
+//!    choice: a `puppet` process remembers the type aliases it has parsed and reports
+//!    the same alias in a second environment as "Attempt to redefine entity";
+//! 3. the worker reads each result as it appears (the time between the two files is
+//!    the environment's); an image without `puppet` writes `results/.error` instead.
 //!
 //! The validator is a native sidecar (an init container with `restartPolicy: Always`):
 //! the kubelet starts it before the worker and stops it when the worker has ended, so
@@ -46,16 +50,30 @@ if ! command -v puppet >/dev/null 2>&1; then
 else
   puppet --version | sed 's/^/validator: puppet /'
   while [ ! -e "$dir/request" ]; do sleep 1 & wait $!; done
-  while read -r env; do
-    [ -d "$dir/envs/$env" ] || continue
-    cd "$dir/envs/$env" || continue
-    find . -type f -name '*.pp' -exec puppet parser validate --color=false {} + > "$dir/results/$env.log" 2>&1
-    pp=$?
-    find . -type f -name '*.epp' -exec puppet epp validate --color=false {} + >> "$dir/results/$env.log" 2>&1
+  validate_env() {
+    : > "$dir/results/$1.start"
+    cd "$dir/envs/$1" || return
+    find . -type f -name '*.pp' -exec puppet parser validate --color=false {} + > "$dir/results/$1.pp.log" 2>&1 &
+    parser=$!
+    find . -type f -name '*.epp' -exec puppet epp validate --continue_on_error --color=false {} + > "$dir/results/$1.epp.log" 2>&1
     epp=$?
-    echo "$pp $epp" > "$dir/results/$env.tmp" && mv "$dir/results/$env.tmp" "$dir/results/$env.exit"
-    echo "validator: $env: parser exit $pp, epp exit $epp"
-  done < "$dir/request"
+    wait "$parser"
+    pp=$?
+    echo "$pp $epp" > "$dir/results/$1.tmp" && mv "$dir/results/$1.tmp" "$dir/results/$1.exit"
+    echo "validator: $1: parser exit $pp, epp exit $epp"
+  }
+  # Environment names are the worker's ([a-z0-9_]), safe as words.
+  set -- $(cat "$dir/request")
+  while [ $# -gt 0 ]; do
+    validate_env "$1" &
+    other=$!
+    shift
+    if [ $# -gt 0 ]; then
+      (validate_env "$1")
+      shift
+    fi
+    wait "$other"
+  done
 fi
 while :; do sleep 3600 & wait $!; done
 "#;

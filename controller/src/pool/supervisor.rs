@@ -48,14 +48,16 @@ impl Running {
     }
 }
 
-/// Supervises the Pool controller until `shutdown` resolves.
+/// Supervises the Pool controller until `shutdown` resolves. An error when the Pool
+/// controller ended by itself (its watches gave up, or it panicked): the process
+/// must not go on saying it is ready while Pools are not reconciled.
 pub async fn supervise(
     client: Client,
     settings: Settings,
     supervision: Supervision,
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> Result<(), String> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let recorder = Recorder::new(
         client.clone(),
@@ -99,14 +101,28 @@ pub async fn supervise(
                 }
             }
         }
+        let ended = async {
+            match running.as_mut() {
+                Some(current) => (&mut current.task).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(supervision.crd_poll) => {}
             () = &mut shutdown => break,
+            joined = ended => {
+                metrics.pool_controller_running(false);
+                return Err(match joined {
+                    Ok(()) => "the Pool controller stopped by itself".to_owned(),
+                    Err(e) => format!("the Pool controller stopped: {e}"),
+                });
+            }
         }
     }
     if let Some(current) = running {
         current.stop().await;
     }
+    Ok(())
 }
 
 fn start(client: Client, settings: Settings, metrics: Metrics) -> Running {

@@ -5,6 +5,8 @@
 //! - [`signature`]: who sent it and whether they know the secret (pure).
 //! - [`payload`]: what the body says: ping, push of a branch, or nothing for us (pure).
 //! - [`matching`]: whether the push concerns the CodeSource (pure).
+//! - [`limiter`]: failed attempts per client address (pure bookkeeping).
+//! - [`secrets`]: the webhook secrets read, so that checking a hook costs no API request.
 //! - [`server`]: the HTTP server and the one side effect, the
 //!   `openvox.voxpupuli.org/checkRequestedAt` annotation.
 //!
@@ -13,8 +15,10 @@
 //! moved). Why an annotation and not an in-process channel: with leader election the
 //! Service sends hooks to any replica, and only the annotation reaches the leader.
 
+pub mod limiter;
 pub mod matching;
 pub mod payload;
+pub mod secrets;
 pub mod server;
 pub mod signature;
 

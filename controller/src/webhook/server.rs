@@ -7,33 +7,59 @@
 //! repository, unwatched branch, suspended (200, with the reason) → head check
 //! requested (202). Other methods get 405, other paths 404.
 //!
+//! Before all that, an address with too many failed attempts in the last minute gets
+//! 429 (see [`super::limiter`]). A forged hook costs no API request: CodeSources come
+//! from a watch cache, webhook secrets from [`super::secrets`]. The server closes a
+//! connection that has not sent its request head within [`HEADER_TIMEOUT`] or not
+//! finished within [`CONNECTION_TIMEOUT`], and holds at most [`MAX_CONNECTIONS`] at
+//! once (more are closed as they arrive).
+//!
 //! A check is requested by writing a new value into the CodeSource's
 //! `openvox.voxpupuli.org/checkRequestedAt` annotation. Any replica can do that, leader
 //! or not, so the Service may send hooks to every pod; the leading controller sees the
 //! change, lists the heads afresh and builds only if they moved.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::{Extension, Router};
+use futures::{FutureExt as _, StreamExt as _};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use openvox_crds::CodeSource;
 use openvox_crds::names::{WEBHOOK_SECRET_KEY, annotations};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use super::limiter::FailureLimiter;
 use super::matching::{Verdict, verdict};
 use super::payload::{Event, parse};
+use super::secrets::{Cached, Key, SecretCache};
 use super::signature::{AuthError, Provider, authenticate, usable_secret};
+use crate::client::{scoped_api, strip_managed_fields};
 use crate::metrics::Metrics;
+
+/// Time a client has to send its request head after connecting.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time one connection may stay open, whatever it does (a hook is one small request).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more are closed on arrival.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Largest body accepted. Push payloads of the big hosts stay well below (GitHub caps
 /// its own at 25 MB but lists at most 20 commits; a control repository push is a few
@@ -50,7 +76,15 @@ pub struct WebhookState {
     client: Client,
     namespace: Option<String>,
     metrics: Metrics,
+    /// The CodeSources, once [`serve`] has started their watch.
+    codesources: Option<Store<CodeSource>>,
+    secrets: Arc<SecretCache>,
+    limiter: Arc<FailureLimiter>,
 }
+
+/// The client's address, set per connection by [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub IpAddr);
 
 impl std::fmt::Debug for WebhookState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +101,9 @@ impl WebhookState {
             client,
             namespace: None,
             metrics,
+            codesources: None,
+            secrets: Arc::default(),
+            limiter: Arc::default(),
         }
     }
 
@@ -86,15 +123,75 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
-/// Serves the receiver on `listener` until `shutdown` resolves.
+/// Serves the receiver on `listener` until `shutdown` resolves: watches the
+/// CodeSources (of the namespace limit) for the answers, bounds every connection in
+/// time and their number, and lets requests in flight finish on shutdown.
 pub async fn serve(
     listener: TcpListener,
-    state: WebhookState,
+    mut state: WebhookState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (store, writer) = reflector::store();
+    let codesources: Api<CodeSource> = scoped_api(&state.client, state.namespace.as_deref());
+    let watch = reflector::reflector(
+        writer,
+        watcher(codesources, watcher::Config::default()).modify(strip_managed_fields),
+    )
+    .default_backoff()
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            warn!("webhook: watching CodeSources: {e}");
+        }
+    });
+    state.codesources = Some(store);
+    let app = router(state);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    tokio::pin!(shutdown);
+    let watching = tokio::spawn(watch);
+    loop {
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    warn!("webhook: accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!(%addr, "webhook: {MAX_CONNECTIONS} connections open; closing a new one");
+            drop(stream);
+            continue;
+        };
+        let service =
+            TowerToHyperService::new(app.clone().layer(Extension(ClientAddr(client_ip(addr)))));
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await {
+                debug!(%addr, "webhook connection: {e}");
+            }
+            drop(permit);
+        });
+    }
+    watching.abort();
+    // Requests in flight finish (each connection is bounded in time anyway).
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// IPv4 clients seen through a dual-stack socket count as their IPv4 address.
+fn client_ip(addr: SocketAddr) -> IpAddr {
+    match addr.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        ip => ip,
+    }
 }
 
 /// The answer to one request: status, a stable result label (metrics, JSON body) and a
@@ -127,6 +224,14 @@ impl Answer {
     fn ignored(message: impl Into<String>) -> Self {
         Self::new(StatusCode::OK, "ignored", message)
     }
+    /// Whether the answer counts as a failed attempt of the sender: no or wrong
+    /// credentials, or a target that does not take hooks (probing).
+    fn is_failure(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        )
+    }
     fn error() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -150,13 +255,31 @@ impl IntoResponse for Answer {
 
 async fn receive(
     State(state): State<WebhookState>,
+    client: Option<Extension<ClientAddr>>,
     Path((namespace, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let provider = Provider::detect(&headers);
     let label = provider.map_or("unknown", Provider::label);
+    let client = client.map(|Extension(ClientAddr(ip))| ip);
+    if let Some(wait) = client.and_then(|ip| state.limiter.blocked(ip, Instant::now())) {
+        state.metrics.webhook(label, "rate_limited");
+        return Answer::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many failed attempts from this address; try again in {} s",
+                wait.as_secs().max(1)
+            ),
+        );
+    }
     let answer = handle(&state, &namespace, &name, provider, &headers, body).await;
+    if answer.is_failure()
+        && let Some(ip) = client
+    {
+        state.limiter.failed(ip, Instant::now());
+    }
     state.metrics.webhook(label, answer.result);
     match answer.status {
         StatusCode::ACCEPTED => {}
@@ -210,7 +333,7 @@ async fn handle(
     }
 
     let codesources: Api<CodeSource> = Api::namespaced(state.client.clone(), namespace);
-    let cs = match codesources.get_opt(name).await {
+    let cs = match find_codesource(state, &codesources, namespace, name).await {
         Ok(Some(cs)) => cs,
         Ok(None) => return Answer::not_found(format!("CodeSource {namespace}/{name} not found")),
         Err(e) => {
@@ -223,9 +346,33 @@ async fn handle(
             "CodeSource {namespace}/{name} has no webhook (spec.webhook.secretRef is not set)"
         ));
     };
-    let stored = match read_secret_key(state, namespace, &secret_ref.name).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => {
+    let key: Key = (namespace.to_owned(), secret_ref.name.clone());
+    let (mut cached, just_read) = match webhook_secret(state, &key).await {
+        Ok(found) => found,
+        Err(e) => {
+            warn!(codesource = %format!("{namespace}/{name}"), secret = %secret_ref.name, "webhook: cannot read the Secret: {e}");
+            return Answer::error();
+        }
+    };
+    // A hook that matches the cached secret is confirmed against the Secret as it is
+    // now (a removed or changed secret stops working at once; a good hook costs one
+    // read beside its patch). One that does not match reads it again only when the
+    // cached copy is old enough (a rotated secret), so forged hooks cost nothing.
+    if !just_read
+        && (signature_matches(provider, headers, &body, &cached)
+            || cached.worth_rereading(Instant::now()))
+    {
+        match read_secret(state, &key).await {
+            Ok(fresh) => cached = fresh,
+            Err(e) => {
+                warn!(codesource = %format!("{namespace}/{name}"), secret = %secret_ref.name, "webhook: cannot read the Secret: {e}");
+                return Answer::error();
+            }
+        }
+    }
+    let stored = match cached.value {
+        Some(stored) => stored,
+        None => {
             warn!(
                 codesource = %format!("{namespace}/{name}"),
                 secret = %secret_ref.name,
@@ -234,10 +381,6 @@ async fn handle(
             return Answer::not_found(format!(
                 "CodeSource {namespace}/{name} has no usable webhook secret"
             ));
-        }
-        Err(e) => {
-            warn!(codesource = %format!("{namespace}/{name}"), secret = %secret_ref.name, "webhook: cannot read the Secret: {e}");
-            return Answer::error();
         }
     };
     let Some(secret) = usable_secret(&stored) else {
@@ -320,17 +463,53 @@ async fn handle(
     )
 }
 
-/// The bytes under the webhook key of Secret `name`, `None` when the Secret or the
-/// key does not exist.
-async fn read_secret_key(
+/// The CodeSource from the watch cache once it has listed; before that (the first
+/// seconds of the process, or in tests of the router alone) from the API server.
+async fn find_codesource(
     state: &WebhookState,
+    api: &Api<CodeSource>,
     namespace: &str,
     name: &str,
-) -> Result<Option<Vec<u8>>, kube::Error> {
-    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), namespace);
-    Ok(secrets.get_opt(name).await?.and_then(|s| {
+) -> Result<Option<CodeSource>, kube::Error> {
+    if let Some(store) = &state.codesources
+        && store.wait_until_ready().now_or_never().is_some()
+    {
+        let key = ObjectRef::new(name).within(namespace);
+        return Ok(store.get(&key).map(|cs| (*cs).clone()));
+    }
+    api.get_opt(name).await
+}
+
+/// Whether the hook's credentials match `cached` (false when there is no usable secret).
+fn signature_matches(
+    provider: Provider,
+    headers: &HeaderMap,
+    body: &[u8],
+    cached: &Cached,
+) -> bool {
+    cached
+        .value
+        .as_deref()
+        .and_then(usable_secret)
+        .is_some_and(|secret| authenticate(provider, headers, body, secret).is_ok())
+}
+
+/// The webhook secret of `key`, from the cache while fresh; true when read now.
+async fn webhook_secret(state: &WebhookState, key: &Key) -> Result<(Cached, bool), kube::Error> {
+    match state.secrets.fresh(key, Instant::now()) {
+        Some(cached) => Ok((cached, false)),
+        None => Ok((read_secret(state, key).await?, true)),
+    }
+}
+
+/// Reads the bytes under the webhook key of the Secret `key` (`None` when the Secret or
+/// the key does not exist) and caches them.
+async fn read_secret(state: &WebhookState, key: &Key) -> Result<Cached, kube::Error> {
+    let secrets: Api<Secret> = Api::namespaced(state.client.clone(), &key.0);
+    let value = secrets.get_opt(&key.1).await?.and_then(|s| {
         s.data
             .and_then(|mut d| d.remove(WEBHOOK_SECRET_KEY))
             .map(|v| v.0)
-    }))
+    });
+    Ok(state.secrets.store(key.clone(), value, Instant::now()))
 }

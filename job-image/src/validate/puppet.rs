@@ -90,7 +90,7 @@ pub async fn validate(
     let results = validation.dir.join(RESULTS);
     let deadline = started + validation.timeout;
     let mut pending: Vec<&str> = envs.iter().map(|e| e.inputs.name.as_str()).collect();
-    let mut last = Instant::now();
+    // The validator takes two environments at a time: verdicts arrive in any order.
     while !pending.is_empty() {
         if let Ok(reason) = std::fs::read_to_string(results.join(ERROR)) {
             let reason = format!("Puppet validation could not run: {}", reason.trim());
@@ -100,12 +100,19 @@ pub async fn validate(
             }
             break;
         }
-        let name = pending[0];
-        if let Some(exit) = read_exit(&results, name) {
-            let log =
-                std::fs::read_to_string(results.join(format!("{name}.log"))).unwrap_or_default();
-            let took = last.elapsed();
-            last = Instant::now();
+        pending.retain(|&name| {
+            let Some(exit) = read_exit(&results, name) else {
+                return true;
+            };
+            let log: String = ["pp", "epp"]
+                .iter()
+                .map(|kind| {
+                    std::fs::read_to_string(results.join(format!("{name}.{kind}.log")))
+                        .unwrap_or_default()
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let took = took(&results, name);
             let files = counts.get(name).copied().unwrap_or(0);
             match verdict(name, exit, &log) {
                 None => log_verdict(name, &format!("ok, {files} files"), took, false),
@@ -114,8 +121,10 @@ pub async fn validate(
                     rejected.insert(name.to_owned(), r);
                 }
             }
-            pending.remove(0);
-            continue;
+            false
+        });
+        if pending.is_empty() {
+            break;
         }
         if Instant::now() >= deadline {
             let reason = format!(
@@ -123,7 +132,7 @@ pub async fn validate(
                 crate::progress::seconds(validation.timeout)
             );
             for name in pending.drain(..) {
-                log_verdict(name, &format!("FAILED: {reason}"), last.elapsed(), true);
+                log_verdict(name, &format!("FAILED: {reason}"), Duration::ZERO, true);
                 rejected.insert(name.to_owned(), rejection(reason.clone(), None));
             }
             break;
@@ -131,6 +140,19 @@ pub async fn validate(
         tokio::time::sleep(POLL).await;
     }
     rejected
+}
+
+/// How long the validator took for `name`: from its `.start` file to its `.exit` file.
+fn took(results: &Path, name: &str) -> Duration {
+    let modified = |suffix: &str| {
+        std::fs::metadata(results.join(format!("{name}.{suffix}")))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    match (modified("start"), modified("exit")) {
+        (Some(start), Some(exit)) => exit.duration_since(start).unwrap_or_default(),
+        _ => Duration::ZERO,
+    }
 }
 
 fn rejection(reason: String, problem: Option<Problem>) -> Rejection {
