@@ -307,6 +307,17 @@ pub struct JobSpec {
     #[serde(default = "default_ttl")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: i32,
+
+    /// Size of the worker's scratch volume (an emptyDir at `/tmp`): its `sizeLimit` and
+    /// the pod's `ephemeral-storage` request. It holds the fetched packs, the blobs
+    /// decoded from them and the compressed layers; the worker keeps within it (an
+    /// environment may take half of it, blobs that would not fit are read from the pack)
+    /// and fails with a clear reason where the kubelet would evict the pod. A number of
+    /// bytes with a binary suffix (`Ki`, `Mi`, `Gi`, `Ti`). Default `8Gi`: twice the
+    /// default size limit of one environment (4 GiB).
+    #[serde(default = "default_scratch_size")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]*(Ki|Mi|Gi|Ti)?$"))]
+    pub scratch_size: String,
 }
 
 impl Default for JobSpec {
@@ -321,8 +332,13 @@ impl Default for JobSpec {
             active_deadline_seconds: default_active_deadline(),
             backoff_limit: default_backoff_limit(),
             ttl_seconds_after_finished: default_ttl(),
+            scratch_size: default_scratch_size(),
         }
     }
+}
+
+fn default_scratch_size() -> String {
+    "8Gi".into()
 }
 
 fn default_active_deadline() -> i64 {

@@ -69,12 +69,20 @@ struct Spill {
     out: BufWriter<std::fs::File>,
     extents: HashMap<gix::ObjectId, Extent>,
     bytes: u64,
+    /// Bytes the file may grow to (the scratch space it may take).
+    limit: u64,
 }
 
 impl Spill {
     fn append(&mut self, id: gix::ObjectId, data: &[u8]) -> std::io::Result<()> {
         if self.extents.contains_key(&id) {
             return Ok(());
+        }
+        if self.bytes + data.len() as u64 > self.limit {
+            return Err(std::io::Error::other(format!(
+                "the decoded blobs would take more than {} bytes of scratch space",
+                self.limit
+            )));
         }
         self.out.write_all(data)?;
         self.extents.insert(
@@ -94,13 +102,15 @@ impl DecodedBlobs {
     /// into a new unlinked file in `dir`, on `threads` threads; returns the blobs (`None`
     /// when no pack was worth it) and the packs' chain statistics. An object larger than
     /// `max_object_bytes` stops the walk with an error (it bounds the memory one object
-    /// takes); so does any other failure, and then nothing was decoded.
+    /// takes); so does a file that would grow beyond `max_total_bytes` (the scratch
+    /// space it may take) and any other failure, and then nothing was decoded.
     pub fn decode(
         indexes: &[PathBuf],
         object_hash: gix::hash::Kind,
         dir: &Path,
         threads: usize,
         max_object_bytes: u64,
+        max_total_bytes: u64,
     ) -> Result<(Option<Self>, ChainStats), String> {
         let file = tempfile::tempfile_in(dir)
             .map_err(|e| format!("scratch file in {}: {e}", dir.display()))?;
@@ -108,6 +118,7 @@ impl DecodedBlobs {
             out: BufWriter::with_capacity(WRITE_BUFFER, file),
             extents: HashMap::new(),
             bytes: 0,
+            limit: max_total_bytes,
         }));
         let alloc_limit = usize::try_from(max_object_bytes).ok();
         let mut total = ChainStats::default();

@@ -90,6 +90,7 @@ impl FetchedRepo {
         &self,
         threads: usize,
         max_object_bytes: u64,
+        max_total_bytes: u64,
     ) -> Result<ChainStats, GitError> {
         let dir = self.scratch.repo.objects_dir().join("pack");
         let mut indexes: Vec<_> = std::fs::read_dir(&dir)
@@ -105,6 +106,7 @@ impl FetchedRepo {
             self.scratch.dir.path(),
             threads,
             max_object_bytes,
+            max_total_bytes,
         )
         .map_err(|e| GitError::Local(format!("{}: decoding blobs: {e}", self.url)))?;
         if let Some(decoded) = decoded {

@@ -134,7 +134,7 @@ fn decoded_blobs_match_the_pack_byte_for_byte() {
     );
     let fetched = fetch_all(&bare, root.path());
     assert!(fetched.decoded().is_none(), "nothing is decoded unasked");
-    let stats = fetched.decode_blobs(2, 64 << 20).unwrap();
+    let stats = fetched.decode_blobs(2, 64 << 20, u64::MAX).unwrap();
     assert!(
         stats.chained >= stats.objects && stats.objects > 0,
         "{stats:?}"
@@ -177,7 +177,7 @@ fn a_pack_without_deltas_is_read_directly() {
     git(&bare, &["repack", "-a", "-d", "-f", "-q", "--window=0"]);
     assert_eq!(deepest_chain(&bare), 0);
     let fetched = fetch_all(&bare, root.path());
-    let stats = fetched.decode_blobs(2, 64 << 20).unwrap();
+    let stats = fetched.decode_blobs(2, 64 << 20, u64::MAX).unwrap();
     assert_eq!(stats.chained, 0, "{stats:?}");
     assert!(stats.objects > 0);
     assert!(
@@ -192,12 +192,29 @@ fn an_object_over_the_limit_leaves_the_pack_readable() {
     let root = tempfile::tempdir().unwrap();
     let bare = chained_repository(root.path());
     let fetched = fetch_all(&bare, root.path());
-    let err = fetched.decode_blobs(2, 1024).unwrap_err().to_string();
+    let err = fetched
+        .decode_blobs(2, 1024, u64::MAX)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("decoding blobs"), "{err}");
     assert!(fetched.decoded().is_none());
     // Reads still work from the pack.
     assert!(!blobs_from_pack(&fetched).is_empty());
     // And a later try with a sane limit succeeds.
-    fetched.decode_blobs(1, 64 << 20).unwrap();
+    fetched.decode_blobs(1, 64 << 20, u64::MAX).unwrap();
     assert!(fetched.decoded().is_some_and(|d| d.blobs() > 0));
+}
+
+#[test]
+fn blobs_that_would_not_fit_the_scratch_space_are_left_in_the_pack() {
+    let root = tempfile::tempdir().unwrap();
+    let bare = chained_repository(root.path());
+    let fetched = fetch_all(&bare, root.path());
+    let err = fetched
+        .decode_blobs(2, 64 << 20, 4096)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("scratch space"), "{err}");
+    assert!(fetched.decoded().is_none());
+    assert!(!blobs_from_pack(&fetched).is_empty());
 }

@@ -99,6 +99,10 @@ pub struct SourceArgs {
     /// Largest environment, all files added up (`4G`).
     #[arg(long, value_parser = parse_bytes)]
     pub max_environment_size: Option<u64>,
+    /// Size of the scratch space (the pod's scratch volume, `spec.job.scratchSize`):
+    /// fetched packs may take half, an environment half, decoded blobs what is left.
+    #[arg(long, value_parser = parse_bytes)]
+    pub scratch_size: Option<u64>,
     /// Directory shared with a Puppet validator container (`spec.validate`): rebuilt
     /// environments are validated there before they are published.
     #[arg(long, value_name = "DIR")]
@@ -124,6 +128,9 @@ impl SourceArgs {
         }
         if let Some(n) = self.max_environment_size {
             limits.max_environment_bytes = n;
+        }
+        if let Some(n) = self.scratch_size {
+            limits = limits.with_scratch(n);
         }
         let selection = BranchSelection::new(self.branches.clone(), self.excludes.clone())
             .map_err(|e| CliError::Usage(e.to_string()))?;

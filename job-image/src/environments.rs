@@ -337,6 +337,10 @@ pub async fn build_environments_reusing(
         plans.len(),
         Bytes(control.received_bytes())
     ));
+    options
+        .limits
+        .check_fetched(control.received_bytes())
+        .map_err(BuildError::Local)?;
     let decoding = control.clone();
     let limits = options.limits;
     if let Err(e) = tokio::task::spawn_blocking(move || decode_ahead(&decoding, limits)).await {
@@ -512,7 +516,8 @@ pub(crate) fn decode_ahead(repo: &FetchedRepo, limits: Limits) {
     const MIN_OBJECT_BYTES: u64 = 64 << 20;
     let step = Step::start("decode", repo.url());
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    match repo.decode_blobs(threads, limits.max_file_bytes.max(MIN_OBJECT_BYTES)) {
+    let budget = limits.decode_budget(repo.received_bytes());
+    match repo.decode_blobs(threads, limits.max_file_bytes.max(MIN_OBJECT_BYTES), budget) {
         Ok(stats) => step.done(match repo.decoded() {
             Some(decoded) => format!(
                 "{} blobs, {}",

@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_puppetfile_bytes: u64,
     /// Size of a Forge API answer (JSON).
     pub max_api_response_bytes: u64,
+    /// The scratch space of the build (the worker pod's scratch volume): fetched packs,
+    /// decoded blobs and layers must fit in it.
+    pub max_scratch_bytes: u64,
 }
 
 impl Default for Limits {
@@ -37,7 +40,38 @@ impl Default for Limits {
             max_module_files: 100_000,
             max_puppetfile_bytes: MIB,
             max_api_response_bytes: 8 * MIB,
+            max_scratch_bytes: 8192 * MIB,
         }
+    }
+}
+
+impl Limits {
+    /// With a scratch space of `bytes`: one environment may take half of it (its
+    /// layer and the blobs it is made of must fit beside the packs).
+    pub fn with_scratch(mut self, bytes: u64) -> Self {
+        self.max_scratch_bytes = bytes;
+        self.max_environment_bytes = self.max_environment_bytes.min(bytes / 2);
+        self
+    }
+
+    /// Whether fetched packs of `received` bytes leave room for the build: at most
+    /// half the scratch space, the rest is for decoded blobs and layers.
+    pub fn check_fetched(&self, received: u64) -> Result<(), String> {
+        if received > self.max_scratch_bytes / 2 {
+            return Err(format!(
+                "the fetched branches take {} of the scratch space of {}; the rest of the build \
+                 would not fit: raise spec.job.scratchSize, or build fewer branches per CodeSource",
+                Bytes(received),
+                Bytes(self.max_scratch_bytes)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Scratch space the blobs decoded from a fetch of `received` bytes may take: half
+    /// of what the packs leave, the other half is for layers.
+    pub fn decode_budget(&self, received: u64) -> u64 {
+        self.max_scratch_bytes.saturating_sub(received) / 2
     }
 }
 
@@ -97,6 +131,29 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_scratch_space_bounds_environments_fetches_and_decoding() {
+        const GIB: u64 = 1 << 30;
+        let limits = Limits::default().with_scratch(2 * GIB);
+        assert_eq!(limits.max_environment_bytes, GIB);
+        assert_eq!(
+            Limits::default()
+                .with_scratch(64 * GIB)
+                .max_environment_bytes,
+            Limits::default().max_environment_bytes,
+            "a large scratch space does not raise the environment limit"
+        );
+        assert!(limits.check_fetched(GIB).is_ok());
+        let err = limits.check_fetched(GIB + 1).unwrap_err();
+        assert!(
+            err.contains("1.00 GiB of the scratch space of 2.00 GiB"),
+            "{err}"
+        );
+        assert!(err.contains("spec.job.scratchSize"), "{err}");
+        assert_eq!(limits.decode_budget(GIB), GIB / 2);
+        assert_eq!(limits.decode_budget(3 * GIB), 0);
+    }
 
     #[test]
     fn bytes_are_printed_for_people() {

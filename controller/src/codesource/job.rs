@@ -16,8 +16,9 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use openvox_crds::CodeSource;
@@ -108,6 +109,8 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
     if spec.git.secret_ref.is_some() {
         args.extend(["--secret-dir".into(), GIT_SECRET_DIR.into()]);
     }
+    // The worker keeps within its scratch volume (see `scratch`).
+    args.extend(["--scratch-size".into(), spec.job.scratch_size.clone()]);
     match image {
         Some(image) => {
             args.extend(["--image".into(), image.clone()]);
@@ -171,6 +174,22 @@ pub fn log_format_args(format: Option<&str>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `resources` with an `ephemeral-storage` request for the scratch volume, unless it
+/// names one itself: the scheduler places the pod where the scratch can fit, and node
+/// pressure does not evict it for using what it asked for.
+fn with_scratch_request(
+    resources: Option<ResourceRequirements>,
+    scratch_size: &str,
+) -> ResourceRequirements {
+    let mut resources = resources.unwrap_or_default();
+    resources
+        .requests
+        .get_or_insert_with(BTreeMap::new)
+        .entry("ephemeral-storage".into())
+        .or_insert_with(|| Quantity(scratch_size.to_owned()));
+    resources
+}
+
 /// The worker Job for one launch of `cs`.
 pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
     let spec = &cs.spec;
@@ -181,7 +200,10 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
 
     let mut volumes = vec![Volume {
         name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(spec.job.scratch_size.clone())),
+            ..Default::default()
+        }),
         ..Default::default()
     }];
     let mut mounts = vec![VolumeMount {
@@ -279,7 +301,10 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         image_pull_policy: Some("IfNotPresent".into()),
         args: Some(worker_args(cs, params)),
         env: Some(env),
-        resources: placement.resources.clone(),
+        resources: Some(with_scratch_request(
+            placement.resources.clone(),
+            &spec.job.scratch_size,
+        )),
         volume_mounts: Some(mounts),
         termination_message_path: Some(TERMINATION_MESSAGE_PATH.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -486,7 +511,7 @@ mod tests {
             args,
             "build --url https://git.example/control.git --branch production --branch feature_* \
              --invalid-branches correct --forge-url https://forgeapi.puppet.com --timeout 60s \
-             --secret-dir /var/run/secrets/openvox-code/git \
+             --secret-dir /var/run/secrets/openvox-code/git --scratch-size 8Gi \
              --image registry.example/puppet-code --tag latest \
              --registry-config /var/run/secrets/openvox-code/registry/config.json \
              --previous registry.example/puppet-code@sha256:0000 \
@@ -568,6 +593,45 @@ mod tests {
                 .any(|e| e.name == "DOCKER_CONFIG"
                     && e.value.as_deref() == Some(REGISTRY_SECRET_DIR))
         );
+    }
+
+    #[test]
+    fn the_scratch_volume_is_bounded_and_requested_and_the_worker_told() {
+        let scratch = |job: &Job| {
+            let volumes = pod(job).volumes.clone().unwrap();
+            let tmp = volumes.iter().find(|v| v.name == "tmp").unwrap();
+            let limit = tmp.empty_dir.clone().unwrap().size_limit.map(|q| q.0);
+            let requested = container(job)
+                .resources
+                .clone()
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("ephemeral-storage").map(|q| q.0.clone()));
+            let args = container(job).args.clone().unwrap();
+            let told = args
+                .iter()
+                .position(|a| a == "--scratch-size")
+                .map(|i| args[i + 1].clone());
+            (limit, requested, told)
+        };
+        let default = build(&codesource(serde_json::json!({})));
+        let eight = Some("8Gi".to_string());
+        assert_eq!(scratch(&default), (eight.clone(), eight.clone(), eight));
+        let sized = build(&codesource(serde_json::json!({"job": {
+            "scratchSize": "20Gi",
+            "resources": {"requests": {"cpu": "1"}}}})));
+        let twenty = Some("20Gi".to_string());
+        assert_eq!(scratch(&sized), (twenty.clone(), twenty.clone(), twenty));
+        let requests = container(&sized)
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(requests["cpu"].0, "1", "the CodeSource's own requests stay");
+        // A request the CodeSource names itself is kept.
+        let own = build(&codesource(serde_json::json!({"job": {
+            "resources": {"requests": {"ephemeral-storage": "2Gi"}}}})));
+        assert_eq!(scratch(&own).1.as_deref(), Some("2Gi"));
     }
 
     #[test]
