@@ -3,14 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::branches::{BranchSelection, InvalidBranches};
 use crate::environments::SourceOptions;
 use crate::git::{Credentials, CredentialsError};
 use crate::limits::{Limits, parse_bytes};
 use crate::status::{CodeSourceRef, StatusClient, StatusError, job_name_from_hostname};
-use crate::sync::SyncOptions;
 use crate::validate::puppet::PuppetValidation;
 
 /// openvox-code worker: turns a control repository into Puppet environments.
@@ -33,7 +32,7 @@ pub enum Command {
     Sync(SyncArgs),
     /// Build the environments of the selected branches into a digest-pinned OCI image
     /// and push it (or write an OCI layout); prints the pinned reference last.
-    Build(crate::image::build::BuildArgs),
+    Build(BuildArgs),
 }
 
 /// What to do with branch names that are not valid environment names.
@@ -175,7 +174,7 @@ pub struct ReportArgs {
     pub job_name: Option<String>,
     /// Where the one-line result (the reference, or the failure) is written for the
     /// controller. Written only when the file's directory exists.
-    #[arg(long, default_value = crate::image::build::TERMINATION_LOG, value_name = "PATH")]
+    #[arg(long, default_value = crate::report::TERMINATION_LOG, value_name = "PATH")]
     pub termination_log: PathBuf,
 }
 
@@ -221,16 +220,54 @@ pub struct SyncArgs {
     pub keep_previous: usize,
 }
 
-impl SyncArgs {
-    /// The options of a sync, reading the secret directory.
-    pub fn to_options(&self) -> Result<SyncOptions, CliError> {
-        Ok(SyncOptions {
-            source: self.source.to_source_options()?,
-            dir: self.dir.clone(),
-            keep_previous: self.keep_previous,
-            write_jobs: std::thread::available_parallelism().map_or(2, usize::from),
-        })
-    }
+/// Arguments of `build`.
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("output").required(true).args(["image", "oci_layout"])))]
+pub struct BuildArgs {
+    /// Where the environments come from (shared with `sync`).
+    #[command(flatten)]
+    pub source: SourceArgs,
+
+    /// Registry repository to push to (`registry.example.com/puppet/code`, no tag).
+    #[arg(long, value_name = "REGISTRY/REPOSITORY")]
+    pub image: Option<String>,
+    /// Write an OCI image layout into this directory instead of pushing.
+    #[arg(long, value_name = "DIR")]
+    pub oci_layout: Option<PathBuf>,
+    /// Extra tag to push (or reference name in the layout). Repeat for more.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Docker config with registry credentials (`config.json` of a
+    /// kubernetes.io/dockerconfigjson Secret). Default: `$DOCKER_CONFIG/config.json`
+    /// when DOCKER_CONFIG is set.
+    #[arg(long, value_name = "PATH")]
+    pub registry_config: Option<PathBuf>,
+    /// PEM file with CA certificates to trust for the registry, besides the system's.
+    #[arg(long, value_name = "PATH")]
+    pub registry_ca: Option<PathBuf>,
+    /// Talk plain HTTP to the registry (loopback or a trusted network only).
+    #[arg(long, visible_alias = "insecure-registry")]
+    pub insecure: bool,
+    /// Image to reuse unchanged layers from (`registry/repository@sha256:…` or a tag).
+    /// Default: the first --tag of --image, or the image already in --oci-layout.
+    #[arg(long, value_name = "REFERENCE")]
+    pub previous: Option<String>,
+    /// Tries per registry request before giving up (transient failures only).
+    #[arg(long, default_value_t = 5)]
+    pub push_retries: u32,
+    /// `architecture` written into the image config.
+    #[arg(long, default_value = "amd64")]
+    pub architecture: String,
+    /// Layers built at a time. Default: the number of CPUs.
+    #[arg(long)]
+    pub build_jobs: Option<usize>,
+    /// Blobs sent at a time.
+    #[arg(long, default_value_t = 4)]
+    pub upload_jobs: usize,
+    /// Where the result is reported (shared with `sync`). The CodeSource's
+    /// `status.lastBuild` also names the previous image when --previous is not given.
+    #[command(flatten)]
+    pub report: ReportArgs,
 }
 
 /// Arguments that cannot be used.

@@ -12,15 +12,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openvox_crds::codesource::{EnvironmentRecord, ModuleRecord};
-use sha2::{Digest, Sha256};
+use openvox_crds::codesource::ModuleRecord;
 
 use crate::branches::{
     BranchError, BranchSelection, EnvironmentPlan, InvalidBranches, plan_environments,
 };
-use crate::forge::{ForgeClient, ForgeError, hex};
+use crate::decode::decode_ahead;
+use crate::forge::{ForgeClient, ForgeError};
 use crate::git::fetch::Depth;
 use crate::git::{Credentials, FetchWant, FetchedRepo, GitAccess, GitError, RepoUrl, error_chain};
+pub use crate::inputs::{EnvironmentInputs, FORMAT_VERSION};
 use crate::limits::{Bytes, Limits};
 use crate::pins::Pins;
 use crate::progress::{Step, count};
@@ -33,10 +34,6 @@ use crate::unchanged::{
 use crate::validate::Problem;
 use crate::validate::builtin::check_environment;
 use crate::validate::puppet::{PuppetValidation, validate};
-
-/// Version of the way trees are assembled. Part of every environment's input digest, so
-/// a change here never reuses output built the old way.
-pub const FORMAT_VERSION: u32 = 1;
 
 /// What to build: the repository, the branches and how to reach everything.
 #[derive(Debug, Clone)]
@@ -78,48 +75,6 @@ pub enum BuildError {
     },
     #[error("{0}")]
     Local(String),
-}
-
-/// Everything that went into one environment. Its digest decides whether an existing
-/// output can be reused.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct EnvironmentInputs {
-    /// Environment name.
-    pub name: String,
-    pub branch: String,
-    /// Commit of the branch.
-    pub commit: String,
-    /// Modules in install-path order.
-    pub modules: Vec<ModuleRecord>,
-}
-
-impl EnvironmentInputs {
-    /// `<branch>@sha1:<commit>`.
-    pub fn revision(&self) -> String {
-        format!("{}@sha1:{}", self.branch, self.commit)
-    }
-
-    /// SHA-256 (hex) over the format version and these inputs.
-    pub fn digest(&self) -> String {
-        let mut hasher = Sha256::new();
-        hasher.update(format!(
-            "openvox-code environment format {FORMAT_VERSION}\n"
-        ));
-        hasher.update(serde_json::to_vec(self).unwrap_or_default());
-        hex(&hasher.finalize())
-    }
-
-    /// The record for `status.lastBuild.environments` (modules in install-path order).
-    pub fn to_record(&self, layer_digest: Option<String>) -> EnvironmentRecord {
-        EnvironmentRecord {
-            name: self.name.clone(),
-            branch: self.branch.clone(),
-            revision: self.revision(),
-            layer_digest,
-            modules: self.modules.clone(),
-            floating: Vec::new(),
-        }
-    }
 }
 
 /// A built environment.
@@ -404,7 +359,11 @@ pub async fn build_environments_reusing(
 
     // 7. Puppet's parser, when asked for: an environment it rejects is held back.
     if let Some(puppet) = &options.puppet {
-        let mut rejected = validate(puppet, &built).await;
+        let rebuilt: Vec<_> = built
+            .iter()
+            .map(|env| (env.inputs.name.clone(), env.tree.clone()))
+            .collect();
+        let mut rejected = validate(puppet, &rebuilt).await;
         built.retain(|env| match rejected.remove(&env.inputs.name) {
             None => true,
             Some(rejection) => {
@@ -506,32 +465,6 @@ async fn failed_check(checks: &[Check], resolver: &Resolver) -> Option<String> {
     }))
     .await;
     results.into_iter().flatten().next()
-}
-
-/// Decodes the blobs of a shallow fetch ahead ([`FetchedRepo::decode_blobs`]), on every
-/// core; blocking. A failure is logged and costs only speed: blobs are then read from
-/// the pack.
-pub(crate) fn decode_ahead(repo: &FetchedRepo, limits: Limits) {
-    /// Trees and commits must fit too, whatever the file size limit.
-    const MIN_OBJECT_BYTES: u64 = 64 << 20;
-    let step = Step::start("decode", repo.url());
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
-    let budget = limits.decode_budget(repo.received_bytes());
-    match repo.decode_blobs(threads, limits.max_file_bytes.max(MIN_OBJECT_BYTES), budget) {
-        Ok(stats) => step.done(match repo.decoded() {
-            Some(decoded) => format!(
-                "{} blobs, {}",
-                count(decoded.blobs() as u64),
-                Bytes(decoded.bytes())
-            ),
-            None => format!(
-                "not needed: {} objects, {} deltas to resolve in all (read directly)",
-                count(stats.objects),
-                count(stats.chained)
-            ),
-        }),
-        Err(e) => step.failed(format!("{e}; reading blobs from the pack instead")),
-    }
 }
 
 /// Reads and parses the Puppetfile at the root of `tree`, if there is one.

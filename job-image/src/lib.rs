@@ -11,17 +11,20 @@
 
 pub mod branches;
 pub mod cli;
+pub mod decode;
 pub mod environments;
 pub mod forge;
 /// Git (transports, credentials, URL masking), shared with the controller.
 pub use openvox_git as git;
 pub mod image;
+pub mod inputs;
 pub mod limits;
 pub mod logging;
 pub mod pins;
 pub mod progress;
 pub mod puppetfile;
 pub mod pvc;
+pub mod report;
 pub mod status;
 pub mod sync;
 pub mod tree;

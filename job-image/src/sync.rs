@@ -19,12 +19,24 @@ use crate::environments::{
 use openvox_crds::codesource::{BuildRecord, EnvironmentRecord};
 
 use crate::cli::{CliError, SyncArgs};
-use crate::image::build::{failed_records, write_termination_message};
 use crate::limits::Bytes;
 use crate::progress::{Step, count};
 use crate::pvc::{Installed, OutputDir, PvcError, state_digest};
+use crate::report::{all_failed_line, failed_records, failures_line, write_termination_message};
 use crate::status::{StatusError, write_status};
 use crate::tree::ContentReader;
+
+impl SyncArgs {
+    /// The options of a sync, reading the secret directory.
+    pub fn to_options(&self) -> Result<SyncOptions, CliError> {
+        Ok(SyncOptions {
+            source: self.source.to_source_options()?,
+            dir: self.dir.clone(),
+            keep_previous: self.keep_previous,
+            write_jobs: std::thread::available_parallelism().map_or(2, usize::from),
+        })
+    }
+}
 
 /// Options of `sync`.
 #[derive(Debug, Clone)]
@@ -52,11 +64,7 @@ pub enum SyncError {
 }
 
 fn every_failure(failures: &[EnvironmentFailure]) -> String {
-    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
-    format!(
-        "every environment failed, nothing switched: {}",
-        reasons.join("; ")
-    )
+    all_failed_line(failures, ", nothing switched")
 }
 
 /// What a sync did.
@@ -82,12 +90,7 @@ impl SyncReport {
             return None;
         }
         let total = self.failed.len() + self.installed.len();
-        let reasons: Vec<String> = self.failed.iter().map(ToString::to_string).collect();
-        Some(format!(
-            "{} of {total} environments failed: {}",
-            self.failed.len(),
-            reasons.join("; ")
-        ))
+        Some(failures_line(&self.failed, total))
     }
 }
 

@@ -15,12 +15,12 @@
 
 use std::str::FromStr;
 
-use crate::environments::EnvironmentInputs;
 use crate::forge::ForgeRelease;
 use crate::git::RemoteRef;
 use crate::image::annotations;
 use crate::image::config::rfc3339;
 use crate::image::reuse::{PreviousLayer, inputs_key};
+use crate::inputs::EnvironmentInputs;
 use crate::pins::{Declared, Pins};
 use crate::puppetfile::GitWant;
 use crate::puppetfile::resolve::{Picked, first_tip_with_prefix, forge_base, pick_ref};

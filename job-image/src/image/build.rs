@@ -4,10 +4,8 @@
 //! in a pod, the termination message; a failure writes its one-line reason there.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-
-use clap::{ArgGroup, Args};
 
 use super::auth::{AuthError, DockerConfig};
 use super::builder::{
@@ -17,66 +15,12 @@ use super::builder::{
 use super::layout::Layout;
 use super::push::{PushError, Registry, RegistryOptions, Repository, RetryPolicy, read_ca};
 use super::reuse::PreviousImage;
-use crate::cli::{CliError, ReportArgs, SourceArgs};
+use crate::cli::{BuildArgs, CliError};
 use crate::environments::{BuildError, EnvironmentFailure, build_environments_reusing};
-use crate::git::{FetchedRepo, mask_text, mask_url};
-use openvox_crds::codesource::FailedEnvironment;
-
+use crate::git::{FetchedRepo, mask_url};
 use crate::progress::Step;
+use crate::report::{all_failed_line, failed_records, failures_line, write_termination_message};
 use crate::status::{BuildContext, StatusError, build_record, write_status};
-
-/// Default path of the termination message in a pod.
-pub const TERMINATION_LOG: &str = "/dev/termination-log";
-
-/// Arguments of `build`.
-#[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("output").required(true).args(["image", "oci_layout"])))]
-pub struct BuildArgs {
-    /// Where the environments come from (shared with `sync`).
-    #[command(flatten)]
-    pub source: SourceArgs,
-
-    /// Registry repository to push to (`registry.example.com/puppet/code`, no tag).
-    #[arg(long, value_name = "REGISTRY/REPOSITORY")]
-    pub image: Option<String>,
-    /// Write an OCI image layout into this directory instead of pushing.
-    #[arg(long, value_name = "DIR")]
-    pub oci_layout: Option<PathBuf>,
-    /// Extra tag to push (or reference name in the layout). Repeat for more.
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-    /// Docker config with registry credentials (`config.json` of a
-    /// kubernetes.io/dockerconfigjson Secret). Default: `$DOCKER_CONFIG/config.json`
-    /// when DOCKER_CONFIG is set.
-    #[arg(long, value_name = "PATH")]
-    pub registry_config: Option<PathBuf>,
-    /// PEM file with CA certificates to trust for the registry, besides the system's.
-    #[arg(long, value_name = "PATH")]
-    pub registry_ca: Option<PathBuf>,
-    /// Talk plain HTTP to the registry (loopback or a trusted network only).
-    #[arg(long, visible_alias = "insecure-registry")]
-    pub insecure: bool,
-    /// Image to reuse unchanged layers from (`registry/repository@sha256:…` or a tag).
-    /// Default: the first --tag of --image, or the image already in --oci-layout.
-    #[arg(long, value_name = "REFERENCE")]
-    pub previous: Option<String>,
-    /// Tries per registry request before giving up (transient failures only).
-    #[arg(long, default_value_t = 5)]
-    pub push_retries: u32,
-    /// `architecture` written into the image config.
-    #[arg(long, default_value = "amd64")]
-    pub architecture: String,
-    /// Layers built at a time. Default: the number of CPUs.
-    #[arg(long)]
-    pub build_jobs: Option<usize>,
-    /// Blobs sent at a time.
-    #[arg(long, default_value_t = 4)]
-    pub upload_jobs: usize,
-    /// Where the result is reported (shared with `sync`). The CodeSource's
-    /// `status.lastBuild` also names the previous image when --previous is not given.
-    #[command(flatten)]
-    pub report: ReportArgs,
-}
 
 /// The result of `build`.
 #[derive(Debug, Clone)]
@@ -104,12 +48,20 @@ impl BuiltImage {
         if self.failures.is_empty() {
             return None;
         }
-        let reasons: Vec<String> = self.failures.iter().map(ToString::to_string).collect();
-        Some(format!(
-            "{} environments failed: {}",
-            self.failures.len(),
-            reasons.join("; ")
-        ))
+        // Every environment of the run: those in the image (a failed one may keep its
+        // previous layer there) and those that failed without one.
+        let mut names: std::collections::BTreeSet<&str> = self
+            .image
+            .layers
+            .iter()
+            .map(|l| l.environment.as_str())
+            .collect();
+        names.extend(
+            self.failures
+                .iter()
+                .map(|f| f.name.as_deref().unwrap_or(&f.branch)),
+        );
+        Some(failures_line(&self.failures, names.len()))
     }
 }
 
@@ -152,8 +104,7 @@ impl RunError {
 }
 
 fn first_failure(failures: &[EnvironmentFailure]) -> String {
-    let reasons: Vec<String> = failures.iter().map(ToString::to_string).collect();
-    format!("every environment failed: {}", reasons.join("; "))
+    all_failed_line(failures, "")
 }
 
 impl BuildArgs {
@@ -280,53 +231,6 @@ async fn previous_from_registry(
 /// credentials (masked user info is dropped, not shown as `***`).
 pub fn source_annotation(url: &str) -> String {
     mask_url(url).replace("***@", "")
-}
-
-/// Writes `text` as the termination message (see [`may_write_termination`]); errors
-/// are only logged: the message is a courtesy to the controller.
-pub fn write_termination_message(path: &Path, text: &str) {
-    let parent_is_dir = path
-        .parent()
-        .is_some_and(|p| p.as_os_str().is_empty() || p.is_dir());
-    if !may_write_termination(path, path.is_file(), parent_is_dir) {
-        return;
-    }
-    // Kubernetes keeps at most 4096 bytes of it.
-    let line: String = mask_text(&text.replace('\n', " "))
-        .chars()
-        .take(4000)
-        .collect();
-    if let Err(e) = std::fs::write(path, line) {
-        tracing::debug!("termination message {}: {e}", path.display());
-    }
-}
-
-/// Whether to write the termination message at `path`. A path given with
-/// `--termination-log` is written when its directory exists. The default
-/// `/dev/termination-log` only when the file is already there: in a pod the runtime
-/// creates it; on a host (a worker run by hand, or by the tests' node simulation) `/dev`
-/// exists too, and a stray `/dev/termination-log` must not be created there.
-pub fn may_write_termination(path: &Path, file_exists: bool, parent_is_dir: bool) -> bool {
-    if path == Path::new(TERMINATION_LOG) {
-        file_exists
-    } else {
-        parent_is_dir
-    }
-}
-
-/// `lastBuild.failed`: one entry per failed environment, reasons masked.
-pub fn failed_records(failures: &[EnvironmentFailure]) -> Vec<FailedEnvironment> {
-    failures
-        .iter()
-        .map(|f| FailedEnvironment {
-            branch: f.branch.clone(),
-            name: f.name.clone(),
-            reason: mask_text(&f.reason.replace('\n', " ")),
-            file: f.problem.as_ref().map(|p| mask_text(&p.file)),
-            line: f.problem.as_ref().and_then(|p| p.line),
-            column: f.problem.as_ref().and_then(|p| p.column),
-        })
-        .collect()
 }
 
 /// Runs `build`. The termination message gets the reference (`partial: <reference>;
@@ -508,22 +412,6 @@ mod tests {
     use super::*;
     use crate::cli::InvalidBranchesArg;
 
-    #[test]
-    fn the_default_termination_log_is_written_only_where_the_runtime_made_it() {
-        let default = Path::new(TERMINATION_LOG);
-        assert!(may_write_termination(default, true, true), "in a pod");
-        assert!(!may_write_termination(default, false, true), "on a host");
-        let given = Path::new("/tmp/pod/termination/worker");
-        assert!(
-            may_write_termination(given, false, true),
-            "an explicit path"
-        );
-        assert!(
-            !may_write_termination(given, false, false),
-            "no such directory"
-        );
-    }
-
     #[derive(Debug, Parser)]
     struct Wrapper {
         #[command(flatten)]
@@ -628,13 +516,6 @@ mod tests {
                 problem: None,
             },
         ];
-        let records = failed_records(&failures);
-        assert_eq!(records[0].branch, "feature/x");
-        assert_eq!(records[0].name.as_deref(), Some("feature_x"));
-        assert!(!records[0].reason.contains("pw@"), "{}", records[0].reason);
-        assert!(!records[0].reason.contains('\n'));
-        assert_eq!(records[1].name, None);
-
         let image = PublishedImage {
             reference: "r.example/code@sha256:ab".into(),
             manifest_digest: "sha256:ab".into(),
@@ -652,23 +533,9 @@ mod tests {
         built.failures = failures;
         let line = built.result_line();
         assert!(
-            line.starts_with("partial: r.example/code@sha256:ab; 2 environments failed: feature_x (branch feature/x): "),
+            line.starts_with("partial: r.example/code@sha256:ab; 2 of 2 environments failed: feature_x (branch feature/x): "),
             "{line}"
         );
         assert!(line.contains("branch Bad-Name: not a valid"), "{line}");
-    }
-
-    #[test]
-    fn termination_messages_are_one_masked_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("termination-log");
-        write_termination_message(
-            &path,
-            "fetch https://user:pw@git.example/c.git: failed\nsecond line",
-        );
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(!text.contains("pw@"), "{text}");
-        assert!(!text.contains('\n'));
-        write_termination_message(&dir.path().join("missing/termination-log"), "x");
     }
 }

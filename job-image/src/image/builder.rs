@@ -22,7 +22,7 @@ use super::manifest::{Descriptor, Manifest};
 use super::push::{BlobOutcome, BlobSource, PushError, Registry, Repository};
 use super::reuse::{PreviousImage, PreviousLayer, inputs_key};
 use super::{MAX_LAYERS, annotations, media_types};
-use crate::environments::EnvironmentInputs;
+use crate::inputs::EnvironmentInputs;
 use crate::limits::Bytes as Size;
 use crate::pins::Pins;
 use crate::progress::{Step, count};

@@ -16,8 +16,8 @@ use super::config::ImageConfig;
 use super::gzip::{GZIP_LEVEL, sha256_digest};
 use super::manifest::{Descriptor, Manifest};
 use super::{LAYER_FORMAT_VERSION, annotations, media_types};
-use crate::environments::EnvironmentInputs;
 use crate::forge::hex;
+use crate::inputs::EnvironmentInputs;
 
 /// The reuse key of an environment's layer: SHA-256 (hex) over the layer format, the
 /// compressor, the commit time and the environment's input digest (which covers its

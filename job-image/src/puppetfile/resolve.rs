@@ -14,7 +14,7 @@ use openvox_crds::codesource::ModuleRecord;
 use tokio::sync::{OnceCell, Semaphore};
 
 use super::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
-use crate::environments::decode_ahead;
+use crate::decode::decode_ahead;
 use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
 use crate::git::fetch::Depth;
 use crate::git::{FetchWant, FetchedRepo, GitAccess, RemoteRef};

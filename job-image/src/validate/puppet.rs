@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use openvox_crds::validator::{ENVS, ERROR, REQUEST, RESULTS};
 
 use super::Problem;
-use crate::environments::Environment;
 use crate::progress::line;
 use crate::tree::{ContentReader, EntryKind, EnvironmentTree};
 
@@ -44,11 +43,12 @@ pub struct Rejection {
 /// How often the results directory is read.
 const POLL: Duration = Duration::from_millis(100);
 
-/// Stages `envs`, waits for the validator and returns the environments it rejected
+/// Stages `envs` (name and tree of each rebuilt environment), waits for the validator
+/// and returns the environments it rejected
 /// (by name). Each verdict is logged as one line as it arrives.
 pub async fn validate(
     validation: &PuppetValidation,
-    envs: &[Environment],
+    envs: &[(String, EnvironmentTree)],
 ) -> BTreeMap<String, Rejection> {
     let mut rejected = BTreeMap::new();
     if envs.is_empty() {
@@ -57,10 +57,7 @@ pub async fn validate(
     let started = Instant::now();
     let staging = {
         let dir = validation.dir.clone();
-        let trees: Vec<(String, EnvironmentTree)> = envs
-            .iter()
-            .map(|e| (e.inputs.name.clone(), e.tree.clone()))
-            .collect();
+        let trees = envs.to_vec();
         tokio::task::spawn_blocking(move || stage_all(&dir, &trees)).await
     };
     let counts = match staging {
@@ -89,7 +86,7 @@ pub async fn validate(
 
     let results = validation.dir.join(RESULTS);
     let deadline = started + validation.timeout;
-    let mut pending: Vec<&str> = envs.iter().map(|e| e.inputs.name.as_str()).collect();
+    let mut pending: Vec<&str> = envs.iter().map(|(name, _)| name.as_str()).collect();
     // The validator takes two environments at a time: verdicts arrive in any order.
     while !pending.is_empty() {
         if let Ok(reason) = std::fs::read_to_string(results.join(ERROR)) {
@@ -159,16 +156,11 @@ fn rejection(reason: String, problem: Option<Problem>) -> Rejection {
     Rejection { reason, problem }
 }
 
-fn reject_all(envs: &[Environment], reason: &str) -> BTreeMap<String, Rejection> {
+fn reject_all(envs: &[(String, EnvironmentTree)], reason: &str) -> BTreeMap<String, Rejection> {
     envs.iter()
-        .map(|e| {
-            log_verdict(
-                &e.inputs.name,
-                &format!("FAILED: {reason}"),
-                Duration::ZERO,
-                true,
-            );
-            (e.inputs.name.clone(), rejection(reason.to_owned(), None))
+        .map(|(name, _)| {
+            log_verdict(name, &format!("FAILED: {reason}"), Duration::ZERO, true);
+            (name.clone(), rejection(reason.to_owned(), None))
         })
         .collect()
 }
