@@ -3,7 +3,6 @@
 //! The controller runs in this process against the API server; objects that only a
 //! kubelet would produce (ready endpoints) are written as EndpointSlices by the test.
 
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -17,34 +16,11 @@ use openvox_code_controller::pool::{self, Settings, route::tlsroute_resource};
 use openvox_crds::Pool;
 use openvox_crds::operator::Certificate;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-/// Polls `check` until it returns `Some` (the harness's poll, for probes that cannot fail).
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let probe = || {
-        let next = check();
-        async move { Ok(next.await) }
-    };
-    harness::fixtures::eventually(what, probe).await
-}
-
-/// Runs the Pool controller for one namespace until the guard is dropped.
-struct Running(Option<oneshot::Sender<()>>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+use harness::fixtures::{StopOnDrop as Running, eventually_some as eventually};
 
 fn start_controller(client: &Client, namespace: &str) -> Running {
-    let (tx, rx) = oneshot::channel::<()>();
+    let (running, shutdown) = Running::shutdown();
     let settings = Settings {
         gateway_api_poll: Duration::from_millis(500),
         ..Settings::new(Some(namespace.to_string()), 4)
@@ -53,11 +29,9 @@ fn start_controller(client: &Client, namespace: &str) -> Running {
         client.clone(),
         settings,
         Metrics::new(),
-        async move {
-            let _ = rx.await;
-        },
+        shutdown,
     ));
-    Running(Some(tx))
+    running
 }
 
 async fn apply(client: &Client, ns: &str, object: Value) -> Result<()> {

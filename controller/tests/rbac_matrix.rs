@@ -76,6 +76,12 @@ const NEEDED_BUT_NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
     (
         "get",
         GROUP,
+        "codesources",
+        "never called (the webhook reads CodeSources from its watch cache), but granted to every worker Role: RBAC lets the controller create a Role only with rights it holds itself (no `escalate`)",
+    ),
+    (
+        "get",
+        GROUP,
         "codesources/status",
         "never called, but granted to every worker Role: RBAC lets the controller create a Role only with rights it holds itself (no `escalate`)",
     ),

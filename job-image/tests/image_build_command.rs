@@ -681,7 +681,7 @@ fn partial_builds_publish_the_good_environments_and_exit_zero() {
     let message = served.termination_message();
     assert!(
         message.starts_with(&format!(
-            "partial: {reference}; 1 environments failed: staging: "
+            "partial: {reference}; 1 of 2 environments failed: staging: "
         )),
         "{message}"
     );
@@ -866,7 +866,7 @@ async fn a_partial_build_records_its_failures_in_the_codesource_status() {
     );
     assert!(
         served.termination_message().starts_with(&format!(
-            "partial: {reference}; 1 environments failed: staging"
+            "partial: {reference}; 1 of 2 environments failed: staging"
         )),
         "{}",
         served.termination_message()

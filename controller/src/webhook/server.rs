@@ -1,7 +1,8 @@
 //! The HTTP side of the webhook receiver: `POST /hook/<namespace>/<codesource>`.
 //!
 //! A request is answered in this order, each step with its own status:
-//! body too large (413) or unreadable (400) → no known signature header (401) → no such
+//! body too large (413) or unreadable (400) → no known signature header (401) → the
+//! CodeSource watch has not listed yet, in the first seconds of the process (503) → no such
 //! CodeSource, or it has no usable webhook secret (404) → signature or token wrong
 //! (403) → body not a push payload (400) → ping, tag push, other event, other
 //! repository, unwatched branch, suspended (200, with the reason) → head check
@@ -31,7 +32,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use k8s_openapi::api::core::v1::Secret;
@@ -60,6 +61,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; more are closed on arrival.
 pub const MAX_CONNECTIONS: usize = 256;
+/// How long a hook that arrives before the CodeSource watch has listed waits for it.
+const CACHE_WAIT: Duration = Duration::from_secs(5);
 
 /// Largest body accepted. Push payloads of the big hosts stay well below (GitHub caps
 /// its own at 25 MB but lists at most 20 commits; a control repository push is a few
@@ -201,7 +204,7 @@ pub struct Answer {
     /// HTTP status.
     pub status: StatusCode,
     /// `accepted`, `ignored`, `ping`, `unauthorized`, `forbidden`, `bad_request`,
-    /// `not_found`, `too_large` or `error`.
+    /// `not_found`, `too_large`, `rate_limited`, `unavailable` or `error`.
     pub result: &'static str,
     /// What happened, for the sender's delivery log.
     pub message: String,
@@ -333,12 +336,16 @@ async fn handle(
     }
 
     let codesources: Api<CodeSource> = Api::namespaced(state.client.clone(), namespace);
-    let cs = match find_codesource(state, &codesources, namespace, name).await {
+    let cs = match find_codesource(state, namespace, name).await {
         Ok(Some(cs)) => cs,
         Ok(None) => return Answer::not_found(format!("CodeSource {namespace}/{name} not found")),
-        Err(e) => {
-            warn!(codesource = %format!("{namespace}/{name}"), "webhook: cannot read the CodeSource: {e}");
-            return Answer::error();
+        Err(why) => {
+            warn!(codesource = %format!("{namespace}/{name}"), "webhook: {why}");
+            return Answer::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{why}; try again"),
+            );
         }
     };
     let Some(secret_ref) = cs.spec.webhook.as_ref().map(|w| &w.secret_ref) else {
@@ -463,21 +470,24 @@ async fn handle(
     )
 }
 
-/// The CodeSource from the watch cache once it has listed; before that (the first
-/// seconds of the process, or in tests of the router alone) from the API server.
+/// The CodeSource from the watch cache (never from the API server: a forged hook must
+/// cost no request). `Err` while the cache has not listed yet (the first seconds of
+/// the process).
 async fn find_codesource(
     state: &WebhookState,
-    api: &Api<CodeSource>,
     namespace: &str,
     name: &str,
-) -> Result<Option<CodeSource>, kube::Error> {
-    if let Some(store) = &state.codesources
-        && store.wait_until_ready().now_or_never().is_some()
-    {
-        let key = ObjectRef::new(name).within(namespace);
-        return Ok(store.get(&key).map(|cs| (*cs).clone()));
-    }
-    api.get_opt(name).await
+) -> Result<Option<CodeSource>, &'static str> {
+    let store = state
+        .codesources
+        .as_ref()
+        .ok_or("the receiver is not serving")?;
+    tokio::time::timeout(CACHE_WAIT, store.wait_until_ready())
+        .await
+        .map_err(|_| "the receiver has not listed the CodeSources yet")?
+        .map_err(|_| "the receiver's CodeSource watch stopped")?;
+    let key = ObjectRef::new(name).within(namespace);
+    Ok(store.get(&key).map(|cs| (*cs).clone()))
 }
 
 /// Whether the hook's credentials match `cached` (false when there is no usable secret).

@@ -27,18 +27,9 @@ use openvox_code_controller::metrics::Metrics;
 use openvox_crds::CodeSource;
 use openvox_crds::names::{WORKER_MANAGER, labels};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
-/// Runs the CodeSource controller for one namespace until dropped.
-struct Running(Option<oneshot::Sender<()>>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(tx) = self.0.take() {
-            let _ = tx.send(());
-        }
-    }
-}
+// Runs the CodeSource controller for one namespace until dropped.
+use harness::fixtures::StopOnDrop as Running;
 
 fn start_controller(client: &Client, namespace: &str, scratch: &Path) -> Running {
     start_controller_with(client, namespace, scratch, Metrics::new())
@@ -66,16 +57,9 @@ fn settings_for(namespace: &str, scratch: &Path) -> Settings {
 
 /// The CodeSource controller with `settings` until the value is dropped.
 fn run_controller(client: &Client, settings: Settings, metrics: Metrics) -> Running {
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(codesource::run(
-        client.clone(),
-        settings,
-        metrics,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    Running(Some(tx))
+    let (running, shutdown) = Running::shutdown();
+    tokio::spawn(codesource::run(client.clone(), settings, metrics, shutdown));
+    running
 }
 
 fn worker_defaults() -> WorkerDefaults {
@@ -184,10 +168,16 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
     // as the API server stored them.
     let defaults = worker_defaults();
     assert_eq!(pod.node_selector.as_ref(), Some(&defaults.node_selector));
-    assert_eq!(
-        pod.containers[0].resources.as_ref(),
-        defaults.resources.as_ref()
-    );
+    // Plus the scratch volume's ephemeral-storage request.
+    let mut expected = defaults.resources.clone().unwrap_or_default();
+    expected
+        .requests
+        .get_or_insert_with(Default::default)
+        .insert(
+            "ephemeral-storage".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("8Gi".into()),
+        );
+    assert_eq!(pod.containers[0].resources.as_ref(), Some(&expected));
     let tolerations = pod.tolerations.clone().unwrap_or_default();
     assert_eq!(tolerations.len(), 1, "{tolerations:?}");
     assert_eq!(tolerations[0].key.as_deref(), Some("spot"));
