@@ -3,8 +3,10 @@
 //! tests run the controller binary itself: one takes its Lease away, one starts it
 //! where its CodeSource controller cannot run.
 
+use std::ffi::OsStr;
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -226,6 +228,53 @@ async fn get_status(url: &str) -> Option<u16> {
     Some(response.status().as_u16())
 }
 
+/// Starts the controller binary for `ns` (CodeSources only), with `env` and `flags`
+/// besides the common ones, its log in `log`.
+fn spawn_controller(
+    ns: &TestNamespace,
+    log: &Path,
+    env: &[(&str, &OsStr)],
+    flags: &[String],
+) -> Result<Controller> {
+    let child = Command::new(env!("CARGO_BIN_EXE_openvox-code-controller"))
+        .env("KUBECONFIG", ns.control_plane().kubeconfig())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
+        .args([
+            "--worker-image=openvox-code-worker:test".to_string(),
+            "--enable-pool=false".to_string(),
+            format!("--namespace={}", ns.name()),
+        ])
+        .args(flags)
+        .stdout(Stdio::from(std::fs::File::create(log)?))
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the controller binary")?;
+    Ok(Controller(child))
+}
+
+/// Waits up to `within` for the process to exit; fails saying it `kept running …`.
+async fn exit_status(
+    controller: &mut Controller,
+    within: Duration,
+    kept_running: &str,
+    logs: impl Fn() -> String,
+) -> Result<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = controller.0.try_wait()? {
+            return Ok(status);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the controller kept running {kept_running}; log:\n{}",
+                logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_controller_waits_for_the_lease_then_leads_and_exits_non_zero_when_it_is_taken()
 -> Result<()> {
@@ -234,23 +283,16 @@ async fn the_controller_waits_for_the_lease_then_leads_and_exits_non_zero_when_i
 
     let port = free_port()?;
     let log = std::env::temp_dir().join(format!("leader-process-{}.log", std::process::id()));
-    let child = Command::new(env!("CARGO_BIN_EXE_openvox-code-controller"))
-        .env("KUBECONFIG", ns.control_plane().kubeconfig())
-        .env("POD_NAME", "controller-under-test")
-        .env("RUST_LOG", "info")
-        .args([
-            "--worker-image=openvox-code-worker:test",
-            "--enable-pool=false",
-            &format!("--namespace={}", ns.name()),
-            "--leader-election=true",
-            &format!("--leader-election-namespace={}", ns.name()),
-            &format!("--metrics-addr=127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::from(std::fs::File::create(&log)?))
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the controller binary")?;
-    let mut controller = Controller(child);
+    let mut controller = spawn_controller(
+        &ns,
+        &log,
+        &[("POD_NAME", OsStr::new("controller-under-test"))],
+        &[
+            "--leader-election=true".into(),
+            format!("--leader-election-namespace={}", ns.name()),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+        ],
+    )?;
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // A standby: ready (it could serve webhooks), not holding the Lease.
@@ -290,19 +332,13 @@ async fn the_controller_waits_for_the_lease_then_leads_and_exits_non_zero_when_i
 
     // Someone takes the Lease away: the process exits with a failure, so the pod restarts.
     steal(&ns, "usurper").await?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = controller.0.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the controller kept running without the lease; log:\n{}",
-                logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = exit_status(
+        &mut controller,
+        Duration::from_secs(15),
+        "without the lease",
+        logs,
+    )
+    .await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", logs());
     assert!(logs().contains("lost the leader lease"), "{}", logs());
     let _ = std::fs::remove_file(&log);
@@ -321,35 +357,20 @@ async fn a_controller_that_cannot_start_ends_the_process_non_zero() -> Result<()
     let not_a_dir = scratch.join("tmp");
     std::fs::write(&not_a_dir, "a file where a directory should be")?;
     let log = scratch.join("controller.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_openvox-code-controller"))
-        .env("KUBECONFIG", ns.control_plane().kubeconfig())
-        .env("TMPDIR", &not_a_dir)
-        .env("RUST_LOG", "info")
-        .args([
-            "--worker-image=openvox-code-worker:test",
-            "--enable-pool=false",
-            &format!("--namespace={}", ns.name()),
-            "--metrics-addr=127.0.0.1:0",
-        ])
-        .stdout(Stdio::from(std::fs::File::create(&log)?))
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the controller binary")?;
-    let mut controller = Controller(child);
+    let mut controller = spawn_controller(
+        &ns,
+        &log,
+        &[("TMPDIR", not_a_dir.as_os_str())],
+        &["--metrics-addr=127.0.0.1:0".into()],
+    )?;
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = controller.0.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the controller kept running without its CodeSource controller; log:\n{}",
-                logs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = exit_status(
+        &mut controller,
+        Duration::from_secs(30),
+        "without its CodeSource controller",
+        logs,
+    )
+    .await?;
     assert_eq!(status.code(), Some(1), "log:\n{}", logs());
     assert!(
         logs().contains("the CodeSource controller could not start"),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use harness::TestNamespace;
-use harness::fixtures::{Node, file};
+use harness::fixtures::{Node, eventually_some, file};
 use harness::world::{NAME, STUCK_VALIDATOR_IMAGE, World, WorldOptions};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -127,17 +127,10 @@ async fn wait_for_build(
 
 /// Waits until the Config names `image` (the servers get it).
 async fn wait_for_config(world: &World, image: &str) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let now = world.config_image().await;
-        if now.as_deref() == Some(image) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("the Config still names {now:?}, not {image}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    eventually_some(&format!("the Config naming {image}"), || async {
+        (world.config_image().await.as_deref() == Some(image)).then_some(())
+    })
+    .await
 }
 
 fn failure<'a>(build: &'a BuildRecord, name: &str) -> Option<&'a FailedEnvironment> {

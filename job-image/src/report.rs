@@ -86,10 +86,11 @@ pub fn may_write_termination(path: &Path, file_exists: bool, parent_is_dir: bool
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn failures() -> Vec<EnvironmentFailure> {
+    /// Two failures: one with a credential in its reason, one without an environment name.
+    pub(crate) fn failures() -> Vec<EnvironmentFailure> {
         vec![
             EnvironmentFailure {
                 name: Some("feature_x".into()),

@@ -502,20 +502,7 @@ mod tests {
 
     #[test]
     fn partial_results_name_the_reference_and_every_failure() {
-        let failures = vec![
-            EnvironmentFailure {
-                name: Some("feature_x".into()),
-                branch: "feature/x".into(),
-                reason: "module m: fetch https://user:pw@git.example/m.git:\nrefused".into(),
-                problem: None,
-            },
-            EnvironmentFailure {
-                name: None,
-                branch: "Bad-Name".into(),
-                reason: "not a valid environment name".into(),
-                problem: None,
-            },
-        ];
+        let failures = crate::report::tests::failures();
         let image = PublishedImage {
             reference: "r.example/code@sha256:ab".into(),
             manifest_digest: "sha256:ab".into(),
