@@ -113,8 +113,8 @@ pub struct Args {
 }
 
 impl Args {
-    /// The worker pod defaults from `--worker-resources`, `--worker-node-selector` and
-    /// `--worker-tolerations`.
+    /// The worker pod defaults from `--worker-resources`, `--worker-node-selector`,
+    /// `--worker-tolerations` and `--log-format`.
     pub fn worker_defaults(&self) -> WorkerDefaults {
         WorkerDefaults {
             resources: self.worker_resources.clone().and_then(|r| r.0),
@@ -128,6 +128,10 @@ impl Args {
                 .clone()
                 .map(|t| t.0)
                 .unwrap_or_default(),
+            log_format: Some(match self.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            }),
         }
     }
 }

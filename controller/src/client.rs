@@ -162,6 +162,16 @@ pub fn classify(method: &Method, path: &str, query: &str) -> (&'static str, Stri
     (verb, resource)
 }
 
+/// Whether a `kube::Error` is the API server's 404.
+pub fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Whether a `kube::Error` is the API server's 409 AlreadyExists/Conflict.
+pub fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

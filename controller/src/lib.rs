@@ -6,7 +6,6 @@ pub mod args;
 pub mod client;
 pub mod codesource;
 pub mod conditions;
-pub mod error;
 pub mod events;
 pub mod leader;
 pub mod metrics;

@@ -33,11 +33,6 @@ struct Health {
 async fn main() -> Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
-    // Workers log in the same format.
-    codesource::job::set_worker_log_format(match args.log_format {
-        LogFormat::Json => "json",
-        LogFormat::Text => "text",
-    });
     tls::install_ring_provider();
 
     let metrics = Metrics::new();

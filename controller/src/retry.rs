@@ -7,6 +7,40 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use kube::runtime::controller::Action;
+use tracing::warn;
+
+use crate::metrics::Metrics;
+
+/// What both controllers' errors tell the error policy.
+pub trait ReconcileError: std::error::Error {
+    /// Stable, low-cardinality PascalCase word: the metrics label and Event reason.
+    fn reason(&self) -> &'static str;
+    /// Whether retrying without a spec change is pointless: such an object waits for
+    /// its next change instead of backing off.
+    fn is_permanent(&self) -> bool;
+}
+
+/// The error policy of both controllers: counts the failure by reason
+/// (`openvox_code_reconcile_errors_total`), logs it, and retries a transient error
+/// after [`backoff`] of the object's failures in a row.
+pub fn after_error(
+    controller: &str,
+    key: String,
+    error: &impl ReconcileError,
+    metrics: &Metrics,
+    failures: &Failures,
+) -> Action {
+    metrics.failed(controller, error.reason());
+    if error.is_permanent() {
+        warn!(controller, object = %key, reason = error.reason(), "reconcile failed, waiting for a change: {error}");
+        return Action::await_change();
+    }
+    let retry = failures.failed(key.clone());
+    warn!(controller, object = %key, reason = error.reason(), retry, "reconcile failed, will be retried: {error}");
+    Action::requeue(backoff(retry))
+}
+
 /// Delay before retry number `n` (from 1).
 pub fn backoff(n: u32) -> Duration {
     let secs = 5u64.saturating_mul(1u64 << n.saturating_sub(1).min(10));

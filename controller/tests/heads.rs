@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use harness::fixtures::{self, Scratch, git_daemon, http_git, pki, run, sshd, tls_proxy};
 use openvox_code_controller::codesource::heads::{
-    GitAuth, GixHeadLister, HeadCache, HeadError, HeadLister, HeadRequest, RemoteHeads,
+    GixHeadLister, HeadCache, HeadError, HeadLister, HeadRequest, RemoteHeads,
 };
+use openvox_git::Credentials;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     run(fixtures::git(dir).args(args)).trim().to_string()
@@ -66,7 +68,16 @@ fn ls_remote(path: &Path) -> RemoteHeads {
         .collect()
 }
 
-fn request(url: String, auth: GitAuth) -> HeadRequest {
+/// Credentials from Secret data, as the controller reads them.
+fn secret(pairs: &[(&str, &[u8])]) -> Credentials {
+    let data: BTreeMap<String, Vec<u8>> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.to_vec()))
+        .collect();
+    Credentials::from_secret_data(&data).expect("valid test credentials")
+}
+
+fn request(url: String, auth: Credentials) -> HeadRequest {
     HeadRequest {
         url,
         auth,
@@ -89,7 +100,7 @@ async fn file_urls_list_the_same_heads_as_git_ls_remote() {
     control_repo(&repo);
     let heads = list(
         scratch.dir.path(),
-        request(format!("file://{}", repo.display()), GitAuth::default()),
+        request(format!("file://{}", repo.display()), Credentials::none()),
     )
     .await
     .unwrap();
@@ -111,7 +122,7 @@ async fn git_daemon_urls_list_the_same_heads_as_git_ls_remote() {
         scratch.dir.path(),
         request(
             format!("git://127.0.0.1:{port}/control.git"),
-            GitAuth::default(),
+            Credentials::none(),
         ),
     )
     .await
@@ -134,17 +145,13 @@ async fn smart_http_lists_heads_with_basic_auth_and_bearer_tokens() {
 
     let public = list(
         scratch.dir.path(),
-        request(format!("{base}/public/control.git"), GitAuth::default()),
+        request(format!("{base}/public/control.git"), Credentials::none()),
     )
     .await
     .unwrap();
     assert_eq!(public.len(), want.len());
 
-    let basic = GitAuth {
-        username: Some("bot".into()),
-        password: Some("s3cret".into()),
-        ..Default::default()
-    };
+    let basic = secret(&[("username", b"bot"), ("password", b"s3cret")]);
     let private = list(
         scratch.dir.path(),
         request(format!("{base}/private/control.git"), basic),
@@ -153,10 +160,7 @@ async fn smart_http_lists_heads_with_basic_auth_and_bearer_tokens() {
     .unwrap();
     assert_eq!(private, ls_remote(&repos.join("private/control.git")));
 
-    let bearer = GitAuth {
-        bearer_token: Some("tok3n".into()),
-        ..Default::default()
-    };
+    let bearer = secret(&[("bearerToken", b"tok3n")]);
     let token = list(
         scratch.dir.path(),
         request(format!("{base}/token/control.git"), bearer),
@@ -167,11 +171,7 @@ async fn smart_http_lists_heads_with_basic_auth_and_bearer_tokens() {
 
     // Wrong or missing credentials fail without prompting, and the message carries
     // neither the password nor user info from the URL.
-    let wrong = GitAuth {
-        username: Some("bot".into()),
-        password: Some("wrong-pass".into()),
-        ..Default::default()
-    };
+    let wrong = secret(&[("username", b"bot"), ("password", b"wrong-pass")]);
     let err = list(
         scratch.dir.path(),
         request(format!("{base}/private/control.git"), wrong),
@@ -181,12 +181,12 @@ async fn smart_http_lists_heads_with_basic_auth_and_bearer_tokens() {
     assert!(!err.to_string().contains("wrong-pass"), "{err}");
     // User info in the URL never shows up in a message, whatever the outcome.
     let inline = format!("http://bot:inline-pass@127.0.0.1:{port}/git/private/control.git");
-    if let Err(e) = list(scratch.dir.path(), request(inline, GitAuth::default())).await {
+    if let Err(e) = list(scratch.dir.path(), request(inline, Credentials::none())).await {
         assert!(!e.to_string().contains("inline-pass"), "{e}");
     }
     let err = list(
         scratch.dir.path(),
-        request(format!("{base}/token/control.git"), GitAuth::default()),
+        request(format!("{base}/token/control.git"), Credentials::none()),
     )
     .await
     .unwrap_err();
@@ -199,9 +199,12 @@ async fn a_missing_repository_is_an_error_naming_the_url() {
     let daemon = git_daemon(scratch.dir.path(), scratch.dir.path().join("daemon.log"));
     let port = daemon.port;
     let url = format!("git://127.0.0.1:{port}/nothing-here.git");
-    let err = list(scratch.dir.path(), request(url.clone(), GitAuth::default()))
-        .await
-        .unwrap_err();
+    let err = list(
+        scratch.dir.path(),
+        request(url.clone(), Credentials::none()),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains(&url), "{err}");
 }
 
@@ -223,7 +226,7 @@ async fn a_server_that_never_answers_times_out() {
     );
     let mut req = request(
         format!("git://127.0.0.1:{port}/control.git"),
-        GitAuth::default(),
+        Credentials::none(),
     );
     req.timeout = Duration::from_millis(500);
     let started = Instant::now();
@@ -244,23 +247,21 @@ async fn https_with_the_secret_ca_lists_heads_and_without_it_fails() {
     let tls_port = tls.port;
     let url = format!("https://127.0.0.1:{tls_port}/git/public/control.git");
 
-    let with_ca = GitAuth {
-        ca_crt: Some(std::fs::read(&pki.ca_pem).unwrap()),
-        ..Default::default()
-    };
+    let with_ca = secret(&[("ca.crt", &std::fs::read(&pki.ca_pem).unwrap())]);
     let heads = list(scratch.dir.path(), request(url.clone(), with_ca))
         .await
         .unwrap();
     assert_eq!(heads, ls_remote(&repos.join("public/control.git")));
 
-    let err = list(scratch.dir.path(), request(url, GitAuth::default()))
+    let err = list(scratch.dir.path(), request(url, Credentials::none()))
         .await
         .unwrap_err();
     assert!(matches!(err, HeadError::Git { .. }), "{err:?}");
 
-    let bad_ca = GitAuth {
-        ca_crt: Some(b"not a certificate".to_vec()),
-        ..Default::default()
+    let bad_ca = Credentials {
+        // Past the Secret's checks (which refuse it): the transport must refuse it too.
+        ca_pem: Some(b"not a certificate".to_vec()),
+        ..Credentials::none()
     };
     let err = list(
         scratch.dir.path(),
@@ -284,22 +285,20 @@ async fn ssh_with_the_secret_key_and_known_hosts_lists_heads() {
     let url = format!("ssh://{}@127.0.0.1:{port}{}", sshd.user, repo.display());
     let identity = sshd.identity.clone().into_bytes();
 
-    let good = GitAuth {
-        identity: Some(identity.clone()),
-        known_hosts: Some(sshd.known_hosts.clone().into_bytes()),
-        ..Default::default()
-    };
+    let good = secret(&[
+        ("identity", &identity),
+        ("known_hosts", sshd.known_hosts.as_bytes()),
+    ]);
     let heads = list(scratch.dir.path(), request(url.clone(), good))
         .await
         .unwrap();
     assert_eq!(heads, ls_remote(&repo));
 
     // A known_hosts entry for another key: the host is refused, nothing is listed.
-    let wrong_host = GitAuth {
-        identity: Some(identity),
-        known_hosts: Some(sshd.known_hosts_of_another_key().into_bytes()),
-        ..Default::default()
-    };
+    let wrong_host = secret(&[
+        ("identity", &identity),
+        ("known_hosts", sshd.known_hosts_of_another_key().as_bytes()),
+    ]);
     let err = list(scratch.dir.path(), request(url, wrong_host))
         .await
         .unwrap_err();

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use harness::fixtures::{Bare, Scratch, file, git, git_daemon, run};
 use openvox_code_controller::codesource::heads::{
-    GitAuth, GixHeadLister, HeadLister, HeadRequest, wanted_heads,
+    GixHeadLister, HeadLister, HeadRequest, wanted_heads,
 };
 
 #[tokio::test]
@@ -55,7 +55,7 @@ async fn three_thousand_branches_and_a_non_utf8_one_are_listed_and_selected() {
         .unwrap()
         .list_heads(HeadRequest {
             url: format!("git://127.0.0.1:{}/control.git", daemon.port),
-            auth: GitAuth::default(),
+            auth: openvox_git::Credentials::none(),
             timeout: Duration::from_secs(30),
             module_of: None,
         })

@@ -50,6 +50,9 @@ pub mod labels {
     /// `app.kubernetes.io/name` value openvox-operator puts on its objects; Pool
     /// Services carry it too so they look the same as the operator's.
     pub const OPENVOX_NAME_VALUE: &str = "openvox";
+    /// On Certificates a Pool injected DNS alt names into (value `true`), so cleanup
+    /// finds them with one list.
+    pub const DNS_ALT_NAMES_INJECTED: &str = "openvox.voxpupuli.org/dns-alt-names-injected";
 
     /// The selector label of Pool `pool`.
     pub fn pool(pool: &str) -> String {
@@ -161,4 +164,10 @@ pub mod reasons {
     /// Another controller (openvox-operator) manages the Pool; openvox-code leaves it
     /// alone.
     pub const MANAGED_ELSEWHERE: &str = "ManagedElsewhere";
+    /// A Pool's TLSRoute was created (Event).
+    pub const TLSROUTE_CREATED: &str = "TLSRouteCreated";
+    /// A Pool's TLSRoute was removed (Event).
+    pub const TLSROUTE_DELETED: &str = "TLSRouteDeleted";
+    /// A reconcile failed on an API request (metrics label, Event reason).
+    pub const KUBE_API_ERROR: &str = "KubeApiError";
 }

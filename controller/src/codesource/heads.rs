@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use jiff::Timestamp;
+use openvox_git::{Credentials, HttpAuth};
 use sha2::{Digest as _, Sha256};
 
 use super::shared::SharedLookups;
@@ -46,102 +47,37 @@ pub enum HeadError {
     Task(String),
 }
 
-/// Credentials for a remote, from the CodeSource's git Secret. `Debug` never shows
-/// the values.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct GitAuth {
-    /// `username` (https basic auth).
-    pub username: Option<String>,
-    /// `password` (https basic auth).
-    pub password: Option<String>,
-    /// `bearerToken` (https).
-    pub bearer_token: Option<String>,
-    /// `identity`: private key (ssh).
-    pub identity: Option<Vec<u8>>,
-    /// `known_hosts` (ssh).
-    pub known_hosts: Option<Vec<u8>>,
-    /// `ca.crt`: PEM bundle trusted for https.
-    pub ca_crt: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for GitAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GitAuth")
-            .field("username", &self.username.as_ref().map(|_| "<set>"))
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field(
-                "bearer_token",
-                &self.bearer_token.as_ref().map(|_| "<redacted>"),
-            )
-            .field("identity", &self.identity.as_ref().map(|_| "<redacted>"))
-            .field("known_hosts", &self.known_hosts.as_ref().map(|_| "<set>"))
-            .field("ca_crt", &self.ca_crt.as_ref().map(|_| "<set>"))
-            .finish()
-    }
-}
-
-impl GitAuth {
-    /// Reads the keys openvox-code knows from a Secret's data; other keys are ignored.
-    pub fn from_secret_data(data: &BTreeMap<String, Vec<u8>>) -> Self {
-        let text = |key: &str| {
-            data.get(key)
-                .map(|v| String::from_utf8_lossy(v).trim().to_string())
-        };
-        Self {
-            username: text("username"),
-            password: text("password"),
-            bearer_token: text("bearerToken"),
-            identity: data.get("identity").cloned(),
-            known_hosts: data.get("known_hosts").cloned(),
-            ca_crt: data.get("ca.crt").cloned(),
-        }
-    }
-
-    /// A hash of all values: equal credentials give equal fingerprints, and the
-    /// fingerprint reveals nothing about them.
-    pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        let mut field = |name: &str, value: Option<&[u8]>| {
-            hasher.update(name.as_bytes());
-            match value {
-                Some(v) => {
-                    hasher.update([1]);
-                    hasher.update((v.len() as u64).to_be_bytes());
-                    hasher.update(v);
-                }
-                None => hasher.update([0]),
+/// A hash of all values of `credentials`: equal credentials give equal
+/// fingerprints, and the fingerprint reveals nothing about them. The key under which
+/// listings are shared between CodeSources.
+pub fn fingerprint(credentials: &Credentials) -> String {
+    let mut hasher = Sha256::new();
+    let mut field = |name: &str, value: Option<&[u8]>| {
+        hasher.update(name.as_bytes());
+        match value {
+            Some(v) => {
+                hasher.update([1]);
+                hasher.update((v.len() as u64).to_be_bytes());
+                hasher.update(v);
             }
-        };
-        field("username", self.username.as_deref().map(str::as_bytes));
-        field("password", self.password.as_deref().map(str::as_bytes));
-        field(
-            "bearerToken",
-            self.bearer_token.as_deref().map(str::as_bytes),
-        );
-        field("identity", self.identity.as_deref());
-        field("known_hosts", self.known_hosts.as_deref());
-        field("ca.crt", self.ca_crt.as_deref());
-        hex::encode(hasher.finalize())
-    }
-
-    /// The credentials for a listing, checked by the rules the worker applies to the
-    /// same Secret (so a CodeSource the worker would refuse fails its head check too).
-    pub fn credentials(&self) -> Result<openvox_git::Credentials, HeadError> {
-        let text = |value: &Option<String>| value.as_ref().map(|v| v.as_bytes().to_vec());
-        let data: BTreeMap<String, Vec<u8>> = [
-            ("username", text(&self.username)),
-            ("password", text(&self.password)),
-            ("bearerToken", text(&self.bearer_token)),
-            ("identity", self.identity.clone()),
-            ("known_hosts", self.known_hosts.clone()),
-            ("ca.crt", self.ca_crt.clone()),
-        ]
-        .into_iter()
-        .filter_map(|(key, value)| Some((key.to_owned(), value?)))
-        .collect();
-        openvox_git::Credentials::from_secret_data(&data)
-            .map_err(|e| HeadError::Credentials(e.to_string()))
-    }
+            None => hasher.update([0]),
+        }
+    };
+    let (username, password, bearer) = match &credentials.http {
+        Some(HttpAuth::Basic { username, password }) => {
+            (Some(username.as_str()), Some(password.expose()), None)
+        }
+        Some(HttpAuth::Bearer(token)) => (None, None, Some(token.expose())),
+        None => (None, None, None),
+    };
+    field("username", username.map(str::as_bytes));
+    field("password", password.map(str::as_bytes));
+    field("bearerToken", bearer.map(str::as_bytes));
+    let ssh = credentials.ssh.as_ref();
+    field("identity", ssh.map(|s| s.identity.expose().as_bytes()));
+    field("known_hosts", ssh.map(|s| s.known_hosts.as_bytes()));
+    field("ca.crt", credentials.ca_pem.as_deref());
+    hex::encode(hasher.finalize())
 }
 
 /// One head check to make.
@@ -150,7 +86,7 @@ pub struct HeadRequest {
     /// Repository URL as in the spec (or the Puppetfile).
     pub url: String,
     /// Credentials, possibly empty.
-    pub auth: GitAuth,
+    pub auth: Credentials,
     /// Time limit of the whole listing.
     pub timeout: Duration,
     /// `None`: `url` is a control repository, whose branches are listed (by short
@@ -167,11 +103,11 @@ impl HeadRequest {
     /// credentials that apply.
     pub fn key(&self) -> String {
         match &self.module_of {
-            None => format!("{}#{}", self.url, self.auth.fingerprint()),
+            None => format!("{}#{}", self.url, fingerprint(&self.auth)),
             Some(control) => format!(
                 "{}#module#{}",
                 self.url,
-                module_credentials(&self.url, control, &self.auth).fingerprint()
+                fingerprint(&module_credentials(&self.url, control, &self.auth))
             ),
         }
     }
@@ -181,7 +117,7 @@ impl HeadRequest {
 /// repository `url`: all of it over ssh and on the control repository's https host,
 /// else only the extra CA. Two CodeSources with different Secrets share the listing
 /// of a public module repository.
-pub fn module_credentials(url: &str, control: &str, auth: &GitAuth) -> GitAuth {
+pub fn module_credentials(url: &str, control: &str, auth: &Credentials) -> Credentials {
     use openvox_git::{RepoUrl, Transport};
     let applies = match (RepoUrl::parse(url), RepoUrl::parse(control)) {
         (Ok(module), Ok(control)) => match module.transport() {
@@ -194,9 +130,9 @@ pub fn module_credentials(url: &str, control: &str, auth: &GitAuth) -> GitAuth {
     if applies {
         auth.clone()
     } else {
-        GitAuth {
-            ca_crt: auth.ca_crt.clone(),
-            ..GitAuth::default()
+        Credentials {
+            ca_pem: auth.ca_pem.clone(),
+            ..Credentials::none()
         }
     }
 }
@@ -399,7 +335,7 @@ impl HeadLister for GixHeadLister {
 }
 
 fn list_heads_blocking(scratch: &Path, request: &HeadRequest) -> Result<RemoteHeads, HeadError> {
-    let credentials = request.auth.credentials()?;
+    let credentials = request.auth.clone();
     if let Some(control) = &request.module_of {
         let refs = openvox_git::list_refs(
             &request.url,
@@ -553,10 +489,7 @@ mod tests {
     fn request(url: &str, password: Option<&str>) -> HeadRequest {
         HeadRequest {
             url: url.into(),
-            auth: GitAuth {
-                password: password.map(Into::into),
-                ..Default::default()
-            },
+            auth: password.map_or_else(Credentials::none, basic),
             timeout: Duration::from_secs(5),
             module_of: None,
         }
@@ -683,33 +616,27 @@ mod tests {
         assert_eq!(wanted["production"], "production@sha1:1");
     }
 
-    #[test]
-    fn fingerprints_differ_by_any_value_and_hide_them() {
-        let a = GitAuth {
-            password: Some("secret".into()),
-            ..Default::default()
-        };
-        let b = GitAuth {
-            password: Some("secret2".into()),
-            ..Default::default()
-        };
-        assert_ne!(a.fingerprint(), b.fingerprint());
-        assert_eq!(a.fingerprint(), a.clone().fingerprint());
-        assert!(!a.fingerprint().contains("secret"));
-        assert!(!format!("{a:?}").contains("secret"));
+    fn basic(password: &str) -> Credentials {
+        let data: BTreeMap<String, Vec<u8>> = [
+            ("username".to_string(), b"bot".to_vec()),
+            ("password".to_string(), password.as_bytes().to_vec()),
+        ]
+        .into();
+        Credentials::from_secret_data(&data).unwrap()
     }
 
     #[test]
-    fn secret_data_is_read_by_key() {
-        let data: BTreeMap<String, Vec<u8>> = [
-            ("username".to_string(), b"bot\n".to_vec()),
-            ("password".to_string(), b"pw".to_vec()),
-            ("unrelated".to_string(), b"x".to_vec()),
-        ]
-        .into();
-        let auth = GitAuth::from_secret_data(&data);
-        assert_eq!(auth.username.as_deref(), Some("bot"));
-        assert_eq!(auth.password.as_deref(), Some("pw"));
-        assert_eq!(auth.bearer_token, None);
+    fn fingerprints_differ_by_any_value_and_hide_them() {
+        let a = basic("secret");
+        let b = basic("secret2");
+        assert_ne!(fingerprint(&a), fingerprint(&b));
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert!(!fingerprint(&a).contains("secret"));
+        assert!(!format!("{a:?}").contains("secret"));
+        let ca_only = Credentials {
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            ..Credentials::none()
+        };
+        assert_ne!(fingerprint(&ca_only), fingerprint(&Credentials::none()));
     }
 }

@@ -153,18 +153,8 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
         "--termination-log".into(),
         TERMINATION_MESSAGE_PATH.into(),
     ]);
-    args.extend(log_format_args(WORKER_LOG_FORMAT.get().copied()));
+    args.extend(log_format_args(params.defaults.log_format));
     args
-}
-
-/// The controller's own log format (`text`, `json`), set once at start-up; every worker
-/// logs in it too, so one log pipeline reads both. Unset (tests, embedders): the
-/// worker's default.
-static WORKER_LOG_FORMAT: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-
-/// Sets the log format passed to workers (first call wins).
-pub fn set_worker_log_format(format: &'static str) {
-    let _ = WORKER_LOG_FORMAT.set(format);
 }
 
 /// `--log-format <format>` for the worker, or nothing.
@@ -806,6 +796,7 @@ mod tests {
                 operator: Some("Exists".into()),
                 ..Default::default()
             }],
+            log_format: None,
         };
         let job = desired_job(
             &cs,

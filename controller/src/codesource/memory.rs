@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 
 use super::decide::{JobState, JobSummary};
-use super::heads::GitAuth;
+use openvox_git::Credentials;
 
 /// How long git credentials read from a Secret are used without reading it again.
 /// Rotation needs no wait: credentials that stop working fail the check, which forgets
@@ -46,7 +46,7 @@ pub struct Memory {
     /// What the last check found moved among the floating modules (its digest).
     moved: Mutex<HashMap<String, String>>,
     /// Git credentials by `namespace/secret`, and when they were read.
-    secrets: Mutex<HashMap<String, (GitAuth, Instant)>>,
+    secrets: Mutex<HashMap<String, (Credentials, Instant)>>,
 }
 
 impl Memory {
@@ -115,7 +115,7 @@ impl Memory {
     }
 
     /// The credentials of git Secret `ns/name`, read less than [`SECRET_TTL`] ago.
-    pub fn git_secret(&self, ns: &str, name: &str) -> Option<GitAuth> {
+    pub fn git_secret(&self, ns: &str, name: &str) -> Option<Credentials> {
         lock(&self.secrets)
             .get(&format!("{ns}/{name}"))
             .filter(|(_, read)| read.elapsed() < SECRET_TTL)
@@ -123,7 +123,7 @@ impl Memory {
     }
 
     /// Remembers the credentials just read from git Secret `ns/name`.
-    pub fn remember_git_secret(&self, ns: &str, name: &str, auth: GitAuth) {
+    pub fn remember_git_secret(&self, ns: &str, name: &str, auth: Credentials) {
         lock(&self.secrets).insert(format!("{ns}/{name}"), (auth, Instant::now()));
     }
 
@@ -179,9 +179,9 @@ mod tests {
     fn secrets_are_remembered_until_forgotten() {
         let memory = Memory::default();
         assert!(memory.git_secret("ns", "git").is_none());
-        let auth = GitAuth {
-            username: Some("deploy".into()),
-            ..GitAuth::default()
+        let auth = Credentials {
+            ca_pem: Some(b"-----BEGIN CERTIFICATE-----".to_vec()),
+            ..Credentials::none()
         };
         memory.remember_git_secret("ns", "git", auth.clone());
         assert_eq!(memory.git_secret("ns", "git"), Some(auth));

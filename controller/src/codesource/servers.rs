@@ -1,27 +1,32 @@
-//! The API side of rolling the servers: our annotation on each Server that takes the
+//! Phase 7 of a CodeSource reconcile, roll out ([`roll_out`]; sets `RolledOut`), and
+//! the API side of rolling the servers: our annotation on each Server that takes the
 //! Config's code (the change that makes openvox-operator reconcile it), and the
 //! Servers' Deployments read back to see how far the rollout is. What to do and what
 //! it means is decided in `rollout`.
 
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use futures::FutureExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use openvox_crds::CodeSourceStatus;
 use openvox_crds::codesource::{ConfigRecord, RolloutStatus, ServerRolloutState};
 use openvox_crds::names::CONTROLLER_MANAGER;
 use openvox_crds::operator::{Config, Server};
 use tracing::info;
 
 use super::config::CodeTarget;
+use super::error::{Error, kube};
 use super::reconcile::Context;
 use super::rollout::{
     just_completed, missing_puppet_hint, nudge_patch, rolled_out, rollout_status, server_rollout,
     servers_of, servers_to_nudge,
 };
+use super::status::ConfigState;
 use crate::conditions::ConditionFacts;
-use crate::error::{Error, kube};
 
 /// Where the rollout of the Config's code stands after one look.
 #[derive(Debug)]
@@ -129,4 +134,87 @@ async fn servers_in(ctx: &Context, ns: &str) -> Result<Vec<Server>, Error> {
         .await
         .map_err(kube("list Servers"))?
         .items)
+}
+
+/// What following the rollout found in one reconcile.
+#[derive(Debug, Default)]
+pub struct RolloutFound {
+    /// The `RolledOut` condition, when there is a rollout to speak of.
+    pub condition: Option<ConditionFacts>,
+    /// How long the rollout took, when it completed now (`status.rollout.image`).
+    pub completed_in: Option<(Duration, String)>,
+    /// Servers annotated now, and with what.
+    pub nudged: Option<(Vec<String>, String)>,
+    /// Following failed (the last known state is kept); retried with backoff.
+    pub error: Option<Error>,
+}
+
+/// Follows the rollout of what the Config carries (see `servers` and `rollout`), into
+/// `status.rollout`. Without a Config to follow the rollout goes; while a new build is
+/// pending or the Config cannot be written, the last known rollout stands. A complete
+/// rollout is looked at again only after a Server or Deployment event, so a scheduled
+/// check at rest reads no Deployment.
+#[allow(clippy::too_many_arguments)]
+pub async fn roll_out(
+    ctx: &Context,
+    key: &str,
+    ns: &str,
+    config_state: &ConfigState,
+    published: Option<&CodeTarget>,
+    status: &mut CodeSourceStatus,
+    old: &CodeSourceStatus,
+    now: Timestamp,
+) -> RolloutFound {
+    let config = cs_config_name(status);
+    let known = |status: &CodeSourceStatus| RolloutFound {
+        condition: status
+            .rollout
+            .as_ref()
+            .map(|r| rolled_out(&config, r, None)),
+        ..Default::default()
+    };
+    match (config_state, published, status.config.clone()) {
+        (ConfigState::NotWanted, _, _) => {
+            status.rollout = None;
+            RolloutFound::default()
+        }
+        (ConfigState::Updated { .. }, Some(target), Some(record)) => {
+            let event = ctx.memory.take_rollout_event(key);
+            let complete = old
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.image == record.image && r.completed_at.is_some());
+            if complete && !event {
+                return known(status);
+            }
+            match follow_rollout(ctx, ns, target, &record, old.rollout.as_ref(), Time(now)).await {
+                Ok(followed) => {
+                    let found = RolloutFound {
+                        condition: Some(followed.condition),
+                        completed_in: followed
+                            .completed_in
+                            .map(|took| (took, followed.status.image.clone())),
+                        nudged: Some((followed.nudged, record.image.clone())),
+                        error: None,
+                    };
+                    status.rollout = Some(followed.status);
+                    found
+                }
+                Err(e) => RolloutFound {
+                    error: Some(e),
+                    ..known(status)
+                },
+            }
+        }
+        _ => known(status),
+    }
+}
+
+/// Name of the Config the status says we publish into.
+fn cs_config_name(status: &CodeSourceStatus) -> String {
+    status
+        .config
+        .as_ref()
+        .map(|c| c.name.clone())
+        .unwrap_or_default()
 }

@@ -63,6 +63,26 @@ pub struct Observed {
     pub rolled_out: Option<ConditionFacts>,
 }
 
+impl Observed {
+    /// A spec that cannot work (`message`): nothing else is looked at.
+    pub fn invalid(message: String) -> Self {
+        Self {
+            invalid_spec: Some(message),
+            suspended: false,
+            fetch_failed: None,
+            launch_blocked: None,
+            no_matching_branches: false,
+            building: None,
+            build_failed: None,
+            partial_build: None,
+            up_to_date: false,
+            last_image: None,
+            config: ConfigState::NotWanted,
+            rolled_out: None,
+        }
+    }
+}
+
 /// The conditions that describe `o`.
 pub fn codesource_conditions(o: &Observed) -> Vec<ConditionFacts> {
     let mut out: Vec<ConditionFacts> = Vec::new();

@@ -28,6 +28,9 @@ pub struct WorkerDefaults {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the worker pod.
     pub tolerations: Vec<Toleration>,
+    /// `--log-format` of the worker (`text`, `json`): the controller's own, so one log
+    /// pipeline reads both. `None`: the worker's default.
+    pub log_format: Option<&'static str>,
 }
 
 /// `--worker-resources` parsed; `None` when the value sets no request and no limit.
@@ -197,6 +200,7 @@ mod tests {
             )
             .unwrap()
             .0,
+            log_format: None,
         }
     }
 

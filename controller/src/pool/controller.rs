@@ -31,8 +31,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{info, warn};
 
 use super::endpoints::SERVICE_NAME_LABEL;
+use super::error::Error;
 use super::hostname::claimed_hostname;
-use super::reconcile::{Context, Error, reconcile};
+use super::reconcile::{Context, reconcile};
 use super::route::{GATEWAY_GROUP, tlsroute_resource};
 use super::status::in_conflict;
 use crate::client::{scoped_api, strip_managed_fields};
@@ -204,15 +205,16 @@ pub async fn run(
         .await;
 }
 
-/// Every Pool error is retried, backing off per Pool (5 s doubling to 5 min): an
-/// error that repeats (a schema refusing our writes) must not turn into a retry loop
-/// against the API server.
+/// Errors back off per Pool (see `retry::after_error`): an error that repeats (a
+/// schema refusing our writes) must not turn into a retry loop against the API server.
 fn error_policy(pool: Arc<Pool>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failed(super::reconcile::CONTROLLER, error.label());
-    let retry = ctx.failures.failed(super::reconcile::key(&pool));
-    warn!(error = %error, kind = error.label(), retry, "pool reconcile will be retried");
-    Action::requeue(crate::retry::backoff(retry))
+    crate::retry::after_error(
+        super::reconcile::CONTROLLER,
+        super::reconcile::key(&pool),
+        error,
+        &ctx.metrics,
+        &ctx.failures,
+    )
 }
 
 /// Whether the TLSRoute kind is served, asked through discovery (which every

@@ -9,6 +9,7 @@
 pub mod alt_names;
 pub mod controller;
 pub mod endpoints;
+pub mod error;
 pub mod hostname;
 pub mod ownership;
 pub mod reconcile;

@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use openvox_crds::names::{CONTROLLER_MANAGER, annotations, reasons};
+use openvox_crds::names::{CONTROLLER_MANAGER, annotations, labels, reasons};
 use openvox_crds::operator::{Certificate, Server};
 use openvox_crds::{Pool, PoolStatus};
 use serde_json::json;
@@ -24,11 +24,13 @@ use tracing::{info, warn};
 
 use super::alt_names::{self, Injections};
 use super::endpoints::{SERVICE_NAME_LABEL, ready_endpoints};
+use super::error::{Error, kube};
 use super::hostname::{claimed_hostname, hostname_owner};
 use super::ownership::{foreign_manager, only_declared};
 use super::route::{desired_route, is_controlled_by, tlsroute_resource};
 use super::service::desired_service;
 use super::status::{Observed, RouteState, in_conflict, pool_conditions};
+use crate::client::is_not_found;
 use crate::conditions::merge_conditions;
 use crate::metrics::Metrics;
 use crate::own_writes::OwnWrites;
@@ -37,8 +39,6 @@ use crate::retry::Failures;
 /// Metrics label of this controller.
 pub const CONTROLLER: &str = "pool";
 
-/// Label on Certificates we injected names into, so cleanup finds them.
-pub const INJECTED_LABEL: &str = "openvox.voxpupuli.org/dns-alt-names-injected";
 /// Name of openvox-operator's Certificate CRD, read to learn how `dnsAltNames` merges.
 const CERTIFICATE_CRD: &str = "certificates.openvox.voxpupuli.org";
 /// How often a healthy Pool is looked at again without any event, on average. Every
@@ -60,32 +60,6 @@ pub fn resync_after(ns: &str, name: &str) -> Duration {
     (ns, name).hash(&mut hasher);
     let offset = hasher.finish() % (2 * RESYNC_SPREAD_MS + 1);
     RESYNC - Duration::from_millis(RESYNC_SPREAD_MS) + Duration::from_millis(offset)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pools_resync_on_periods_of_their_own_within_ten_minutes_of_an_hour() {
-        let periods: Vec<Duration> = (0..1000)
-            .map(|i| resync_after("puppet", &format!("pool-{i}")))
-            .collect();
-        let min = periods.iter().min().unwrap();
-        let max = periods.iter().max().unwrap();
-        assert!(*min >= Duration::from_secs(3000), "{min:?}");
-        assert!(*max <= Duration::from_secs(4200), "{max:?}");
-        // Spread over the whole window, not bunched: 1,000 Pools land in most of the
-        // 120 ten-second slots.
-        let slots: BTreeSet<u64> = periods.iter().map(|p| p.as_secs() / 10).collect();
-        assert!(slots.len() > 100, "{} distinct slots", slots.len());
-        // Fixed per Pool, different between namespaces.
-        assert_eq!(resync_after("puppet", "pool-1"), periods[1]);
-        let elsewhere = (0..20)
-            .filter(|i| resync_after("other", &format!("pool-{i}")) != periods[*i])
-            .count();
-        assert!(elsewhere >= 19, "{elsewhere}");
-    }
 }
 
 /// What the Pool reconciler shares across reconciles.
@@ -154,37 +128,6 @@ impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("pool::Context").finish_non_exhaustive()
     }
-}
-
-/// Why a Pool reconcile failed. All of these are transient: the next attempt may work.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A call to the API server failed.
-    #[error("{action}: {source}")]
-    Kube {
-        /// What was being done.
-        action: &'static str,
-        /// The API error.
-        #[source]
-        source: kube::Error,
-    },
-    /// The Pool lacks a name or namespace (never for objects from the API).
-    #[error("Pool has no name or namespace")]
-    Unnamed,
-}
-
-impl Error {
-    /// Stable label for metrics.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Kube { action, .. } => action,
-            Self::Unnamed => "unnamed",
-        }
-    }
-}
-
-fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Kube { action, source }
 }
 
 fn apply_params() -> PatchParams {
@@ -308,7 +251,7 @@ async fn sync_route(ctx: &Context, pool: &Pool, name: &str, ns: &str) -> Result<
                     ctx,
                     pool,
                     EventType::Normal,
-                    "TLSRouteCreated",
+                    reasons::TLSROUTE_CREATED,
                     "CreateRoute",
                     format!(
                         "TLSRoute {name} routes {} to Service {name}",
@@ -328,7 +271,7 @@ async fn sync_route(ctx: &Context, pool: &Pool, name: &str, ns: &str) -> Result<
                     ctx,
                     pool,
                     EventType::Warning,
-                    "HostnameConflict",
+                    reasons::HOSTNAME_CONFLICT,
                     "ClaimHostname",
                     format!("hostname {hostname} is already routed by the older Pool {owner}"),
                 )
@@ -362,7 +305,7 @@ async fn delete_owned_route(
         ctx,
         pool,
         EventType::Normal,
-        "TLSRouteDeleted",
+        reasons::TLSROUTE_DELETED,
         "DeleteRoute",
         format!("TLSRoute {name} removed"),
     )
@@ -390,12 +333,12 @@ async fn sync_alt_names(ctx: &Context, ns: &str) -> Result<(), Error> {
 
     let certificates: Api<Certificate> = Api::namespaced(ctx.client.clone(), ns);
     let touched = match certificates
-        .list(&ListParams::default().labels(&format!("{INJECTED_LABEL}=true")))
+        .list(&ListParams::default().labels(&format!("{}=true", labels::DNS_ALT_NAMES_INJECTED)))
         .await
     {
         Ok(list) => list.items,
         // No Certificate kind installed: nothing to inject into.
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok(()),
+        Err(e) if is_not_found(&e) => return Ok(()),
         Err(e) => return Err(kube("list Certificates")(e)),
     };
     if !any_wants && touched.is_empty() {
@@ -431,7 +374,9 @@ async fn sync_alt_names(ctx: &Context, ns: &str) -> Result<(), Error> {
                 .map(String::as_str),
         );
         let want = wanted.get(cert_name).cloned().unwrap_or_default();
-        if before == want && (want.is_empty() || cert.labels().contains_key(INJECTED_LABEL)) {
+        if before == want
+            && (want.is_empty() || cert.labels().contains_key(labels::DNS_ALT_NAMES_INJECTED))
+        {
             continue;
         }
         apply_alt_names(ctx, &certificates, &cert, &before, &want).await?;
@@ -463,7 +408,7 @@ async fn apply_alt_names(
         "kind": Certificate::kind(&()),
         "metadata": {
             "name": name,
-            "labels": {INJECTED_LABEL: "true"},
+            "labels": {labels::DNS_ALT_NAMES_INJECTED: "true"},
             "annotations": {annotations::INJECTED_DNS_ALT_NAMES: alt_names::record(want)},
         },
         "spec": {"dnsAltNames": list},
@@ -578,4 +523,30 @@ async fn publish(
         &note,
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_resync_on_periods_of_their_own_within_ten_minutes_of_an_hour() {
+        let periods: Vec<Duration> = (0..1000)
+            .map(|i| resync_after("puppet", &format!("pool-{i}")))
+            .collect();
+        let min = periods.iter().min().unwrap();
+        let max = periods.iter().max().unwrap();
+        assert!(*min >= Duration::from_secs(3000), "{min:?}");
+        assert!(*max <= Duration::from_secs(4200), "{max:?}");
+        // Spread over the whole window, not bunched: 1,000 Pools land in most of the
+        // 120 ten-second slots.
+        let slots: BTreeSet<u64> = periods.iter().map(|p| p.as_secs() / 10).collect();
+        assert!(slots.len() > 100, "{} distinct slots", slots.len());
+        // Fixed per Pool, different between namespaces.
+        assert_eq!(resync_after("puppet", "pool-1"), periods[1]);
+        let elsewhere = (0..20)
+            .filter(|i| resync_after("other", &format!("pool-{i}")) != periods[*i])
+            .count();
+        assert!(elsewhere >= 19, "{elsewhere}");
+    }
 }

@@ -73,6 +73,54 @@ fn worker_defaults() -> WorkerDefaults {
         tolerations: parse_tolerations(r#"[{"key":"builds","operator":"Exists"}]"#)
             .expect("a valid worker default")
             .0,
+        log_format: None,
+    }
+}
+
+/// What the tests here start from: a control repository, a namespace of their own,
+/// node simulation running each worker pod as `script` (none: Jobs stay active, like
+/// a build in progress) and the CodeSource controller watching the namespace.
+struct Setup {
+    // Dropped in this order: the controller, the node, the namespace, the rest.
+    controller: Option<Running>,
+    _node: Option<harness::NodeSim>,
+    ns: TestNamespace,
+    scratch: Scratch,
+    repo: ControlRepo,
+}
+
+impl Setup {
+    async fn start(namespace: &str, script: Option<&str>) -> Result<Self> {
+        let ns = TestNamespace::new(namespace).await?;
+        let node = match script {
+            Some(script) => Some(node_running(&ns, script).await?),
+            None => None,
+        };
+        let mut setup = Self {
+            controller: None,
+            _node: node,
+            ns,
+            scratch: Scratch::new(),
+            repo: ControlRepo::new(),
+        };
+        setup.restart_controller();
+        Ok(setup)
+    }
+
+    /// Stops the controller (if it runs) and starts a new one, as a restart does.
+    fn restart_controller(&mut self) {
+        self.controller = None;
+        self.controller = Some(start_controller(
+            self.ns.client(),
+            self.ns.name(),
+            self.scratch.dir.path(),
+        ));
+    }
+
+    /// Applies `object` in the namespace.
+    async fn apply(&self, object: Value) -> Result<()> {
+        harness::apply::apply(self.ns.client(), Some(self.ns.name()), object).await?;
+        Ok(())
     }
 }
 
@@ -121,18 +169,16 @@ fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
 
 #[tokio::test]
 async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-launch").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
+    let setup = Setup::start("cs-launch", None).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
     let mut first = spec(&repo.url(), "@hourly");
     first["job"] =
         json!({"tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]});
-    harness::apply::apply(ns.client(), Some(ns.name()), codesource("prod", first)).await?;
+    setup.apply(codesource("prod", first)).await?;
 
     // A Job with a deterministic name, recorded in status, with the worker's identity.
     let job = eventually("the first Job", || async {
-        Ok(worker_jobs(&ns, "prod").await?.into_iter().next())
+        Ok(worker_jobs(ns, "prod").await?.into_iter().next())
     })
     .await?;
     let job_name = job.name_any();
@@ -141,7 +187,7 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
         "{job_name}"
     );
     let st = eventually("lastLaunch in status", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok((st["lastLaunch"]["jobName"] == job_name.as_str()).then_some(st))
     })
     .await?;
@@ -205,14 +251,11 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
 
     // A spec change that does not shape the output makes the controller look again:
     // same heads, so it is Ready and launches nothing, even though the Job is gone.
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "*/30 * * * *")),
-    )
-    .await?;
+    setup
+        .apply(codesource("prod", spec(&repo.url(), "*/30 * * * *")))
+        .await?;
     eventually("Ready after the recheck", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         let ready = condition(&st, "Ready")
             .map(|c| c["status"] == "True")
             .unwrap_or(false);
@@ -220,7 +263,7 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let jobs = worker_jobs(&ns, "prod").await?;
+    let jobs = worker_jobs(ns, "prod").await?;
     assert!(
         jobs.iter().all(|j| j.metadata.deletion_timestamp.is_some()),
         "unexpected Jobs: {:?}",
@@ -229,14 +272,11 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
 
     // A new commit, seen at the next look, launches a new Job under a new name.
     let second = repo.commit("second");
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "@daily")),
-    )
-    .await?;
+    setup
+        .apply(codesource("prod", spec(&repo.url(), "@daily")))
+        .await?;
     let new_job = eventually("a Job for the new commit", || async {
-        Ok(worker_jobs(&ns, "prod")
+        Ok(worker_jobs(ns, "prod")
             .await?
             .into_iter()
             .find(|j| j.name_any() != job_name && j.metadata.deletion_timestamp.is_none()))
@@ -244,7 +284,7 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
     .await?;
     // The status is written right after the Job is created.
     let st = eventually("the launch recorded", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok((st["lastLaunch"]["jobName"] == new_job.name_any().as_str()).then_some(st))
     })
     .await?;
@@ -257,38 +297,32 @@ async fn a_new_codesource_launches_one_job_and_unchanged_heads_launch_none() -> 
 
 #[tokio::test]
 async fn a_suspended_codesource_launches_nothing() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-suspend").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
+    let setup = Setup::start("cs-suspend", None).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
     let mut s = spec(&repo.url(), "* * * * *");
     s["suspend"] = json!(true);
-    harness::apply::apply(ns.client(), Some(ns.name()), codesource("held", s)).await?;
+    setup.apply(codesource("held", s)).await?;
     eventually("Ready=False Suspended", || async {
-        let st = status(&ns, "held").await?;
+        let st = status(ns, "held").await?;
         Ok(condition(&st, "Ready")
             .filter(|c| c["reason"] == "Suspended")
             .map(|_| ()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(worker_jobs(&ns, "held").await?.is_empty());
+    assert!(worker_jobs(ns, "held").await?.is_empty());
     Ok(())
 }
 
 #[tokio::test]
 async fn an_invalid_schedule_stalls_with_a_clear_message() -> Result<()> {
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-invalid").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("bad", spec("file:///nonexistent", "61 * * * *")),
-    )
-    .await?;
+    let setup = Setup::start("cs-invalid", None).await?;
+    let ns = &setup.ns;
+    setup
+        .apply(codesource("bad", spec("file:///nonexistent", "61 * * * *")))
+        .await?;
     let stalled = eventually("Stalled", || async {
-        let st = status(&ns, "bad").await?;
+        let st = status(ns, "bad").await?;
         Ok(condition(&st, "Stalled").cloned())
     })
     .await?;
@@ -300,7 +334,7 @@ async fn an_invalid_schedule_stalls_with_a_clear_message() -> Result<()> {
             .contains("not a valid cron expression"),
         "{stalled}"
     );
-    assert!(worker_jobs(&ns, "bad").await?.is_empty());
+    assert!(worker_jobs(ns, "bad").await?.is_empty());
     Ok(())
 }
 
@@ -370,33 +404,24 @@ fn with_config(url: &str, config: &str) -> Value {
 
 #[tokio::test]
 async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-publish").await?;
-    let _node = node_running(&ns, "echo building; exit 0").await?;
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        config(
+    let setup = Setup::start("cs-publish", Some("echo building; exit 0")).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
+    setup
+        .apply(config(
             "prod",
             json!({"image": "registry.example/puppet-code@sha256:0000", "imagePullSecret": "pull"}),
-        ),
-    )
-    .await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", with_config(&repo.url(), "prod")),
-    )
-    .await?;
+        ))
+        .await?;
+    setup
+        .apply(codesource("prod", with_config(&repo.url(), "prod")))
+        .await?;
 
-    let job = completed_job(&ns, "prod").await?;
+    let job = completed_job(ns, "prod").await?;
     let digest = "registry.example/puppet-code@sha256:1111111111111111111111111111111111111111111111111111111111111111";
-    report_build(&ns, "prod", digest).await?;
+    report_build(ns, "prod", digest).await?;
 
     let st = eventually("ConfigUpdated", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "ConfigUpdated")
             .filter(|c| c["status"] == "True")
             .map(|_| st.clone()))
@@ -413,7 +438,7 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
         "{st}"
     );
     // The Config's code carries the digest; its pull secret (not ours) stays.
-    let code = config_code(&ns, "prod").await?;
+    let code = config_code(ns, "prod").await?;
     assert_eq!(code["image"], digest, "{code}");
     assert_eq!(code["imagePullSecret"], "pull");
     // Events: the build started, the artifact landed, the Config took it.
@@ -435,43 +460,32 @@ async fn a_successful_build_is_pinned_into_the_config_by_digest() -> Result<()> 
 
 #[tokio::test]
 async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-fail").await?;
-    let _node = node_running(
-        &ns,
-        "echo 'Puppetfile of production: module foo/bar not found on the Forge' >&2; exit 78",
+    let setup = Setup::start(
+        "cs-fail",
+        Some("echo 'Puppetfile of production: module foo/bar not found on the Forge' >&2; exit 78"),
     )
     .await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
     let old = "registry.example/puppet-code@sha256:0000";
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        config("prod", json!({"image": old})),
-    )
-    .await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", with_config(&repo.url(), "prod")),
-    )
-    .await?;
+    setup.apply(config("prod", json!({"image": old}))).await?;
+    setup
+        .apply(codesource("prod", with_config(&repo.url(), "prod")))
+        .await?;
 
     let failed = eventually("BuildFailed", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "BuildFailed").cloned())
     })
     .await?;
     let message = failed["message"].as_str().unwrap_or_default();
     assert!(message.contains("module foo/bar not found"), "{message}");
     // The permanent-failure exit code failed the Job at once: one pod, no retries.
-    let jobs = worker_jobs(&ns, "prod").await?;
+    let jobs = worker_jobs(ns, "prod").await?;
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].status.as_ref().and_then(|s| s.failed), Some(1));
-    let code = config_code(&ns, "prod").await?;
+    let code = config_code(ns, "prod").await?;
     assert_eq!(code["image"], old, "{code}");
-    let st = status(&ns, "prod").await?;
+    let st = status(ns, "prod").await?;
     assert_eq!(
         condition(&st, "Ready").map(|c| c["reason"].clone()),
         Some(json!("BuildFailed"))
@@ -494,31 +508,22 @@ async fn a_failed_build_keeps_the_old_image_and_says_why() -> Result<()> {
 
 #[tokio::test]
 async fn a_partial_build_is_published_reported_once_and_retried_after_the_backoff() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-partial").await?;
-    let _node = node_running(&ns, "exit 0").await?;
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        config(
+    let setup = Setup::start("cs-partial", Some("exit 0")).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
+    setup
+        .apply(config(
             "prod",
             json!({"image": "registry.example/puppet-code@sha256:0000"}),
-        ),
-    )
-    .await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", with_config(&repo.url(), "prod")),
-    )
-    .await?;
-    let first = completed_job(&ns, "prod").await?;
+        ))
+        .await?;
+    setup
+        .apply(codesource("prod", with_config(&repo.url(), "prod")))
+        .await?;
+    let first = completed_job(ns, "prod").await?;
 
     // The worker's report of a partial build: published, one environment failed.
     let digest = "registry.example/puppet-code@sha256:2222222222222222222222222222222222222222222222222222222222222222";
-    let st = status(&ns, "prod").await?;
+    let st = status(ns, "prod").await?;
     let codesources: Api<CodeSource> = ns.api();
     codesources
         .patch_status(
@@ -536,7 +541,7 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
 
     // The good environments advance: the digest is in the Config; Ready says what failed.
     let ready = eventually("Ready=False PartialBuild", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "Ready")
             .filter(|c| c["reason"] == "PartialBuild")
             .cloned())
@@ -552,11 +557,11 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
         assert!(message.contains(part), "{message} lacks {part}");
     }
     eventually("the digest in the Config", || async {
-        let code = config_code(&ns, "prod").await?;
+        let code = config_code(ns, "prod").await?;
         Ok((code["image"] == digest).then_some(()))
     })
     .await?;
-    let st = status(&ns, "prod").await?;
+    let st = status(ns, "prod").await?;
     assert_eq!(
         condition(&st, "ConfigUpdated").map(|c| c["status"].clone()),
         Some(json!("True"))
@@ -597,7 +602,7 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
             .unwrap_or_default()
             .contains("feature_x")
     );
-    assert_eq!(worker_jobs(&ns, "prod").await?.len(), 1);
+    assert_eq!(worker_jobs(ns, "prod").await?.len(), 1);
 
     // Time passes (backdated): the launch is older than the backoff and a scheduled
     // time is due. The next reconcile retries, under a new Job name, same inputs.
@@ -611,7 +616,7 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
         )
         .await?;
     let retry = eventually("the retry Job", || async {
-        Ok(worker_jobs(&ns, "prod")
+        Ok(worker_jobs(ns, "prod")
             .await?
             .into_iter()
             .find(|j| j.name_any() != first.name_any()))
@@ -622,22 +627,22 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
         first.labels().get(labels::INPUTS)
     );
     eventually("the retry recorded as the last launch", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok((st["lastLaunch"]["jobName"] == retry.name_any().as_str()).then_some(()))
     })
     .await?;
 
     // The retry builds everything: Ready.
     eventually("the retry to complete", || async {
-        Ok(worker_jobs(&ns, "prod").await?.into_iter().find(|j| {
+        Ok(worker_jobs(ns, "prod").await?.into_iter().find(|j| {
             j.name_any() == retry.name_any()
                 && j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0
         }))
     })
     .await?;
-    report_build(&ns, "prod", digest).await?;
+    report_build(ns, "prod", digest).await?;
     eventually("Ready=True after the retry", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "Ready")
             .filter(|c| c["status"] == "True")
             .map(|_| ()))
@@ -648,72 +653,59 @@ async fn a_partial_build_is_published_reported_once_and_retried_after_the_backof
 
 #[tokio::test]
 async fn a_restarted_controller_does_not_launch_a_running_build_again() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-restart").await?;
     // No node: the Job stays active, like a build in progress.
-    let controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "@hourly")),
-    )
-    .await?;
+    let mut setup = Setup::start("cs-restart", None).await?;
+    let url = setup.repo.url();
+    setup
+        .apply(codesource("prod", spec(&url, "@hourly")))
+        .await?;
     let first = eventually("the first Job", || async {
-        Ok(worker_jobs(&ns, "prod").await?.into_iter().next())
+        Ok(worker_jobs(&setup.ns, "prod").await?.into_iter().next())
     })
     .await?;
-    drop(controller);
+    setup.controller = None;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    setup.restart_controller();
+    let (repo, ns) = (&setup.repo, &setup.ns);
 
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
     // A new commit and a spec change while the build runs: still one Job at a time.
     repo.commit("second");
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "@daily")),
-    )
-    .await?;
+    setup
+        .apply(codesource("prod", spec(&repo.url(), "@daily")))
+        .await?;
     eventually("the new controller to look", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok((st["observedGeneration"] == 2).then_some(()))
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let jobs = worker_jobs(&ns, "prod").await?;
+    let jobs = worker_jobs(ns, "prod").await?;
     assert_eq!(
         jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>(),
         vec![first.name_any()]
     );
-    let st = status(&ns, "prod").await?;
+    let st = status(ns, "prod").await?;
     assert_eq!(st["activeJob"], first.name_any().as_str());
     Ok(())
 }
 
 #[tokio::test]
 async fn a_new_requested_at_builds_again_once() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-manual").await?;
-    let _node = node_running(&ns, "exit 0").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&repo.url(), "@hourly")),
-    )
-    .await?;
+    let setup = Setup::start("cs-manual", Some("exit 0")).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
+    setup
+        .apply(codesource("prod", spec(&repo.url(), "@hourly")))
+        .await?;
     let first = eventually("the first Job to complete", || async {
-        Ok(worker_jobs(&ns, "prod")
+        Ok(worker_jobs(ns, "prod")
             .await?
             .into_iter()
             .find(|j| j.status.as_ref().and_then(|s| s.succeeded).unwrap_or(0) > 0))
     })
     .await?;
-    report_build(&ns, "prod", "registry.example/puppet-code@sha256:1111").await?;
+    report_build(ns, "prod", "registry.example/puppet-code@sha256:1111").await?;
     eventually("Ready", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "Ready")
             .filter(|c| c["status"] == "True")
             .map(|_| ()))
@@ -730,14 +722,14 @@ async fn a_new_requested_at_builds_again_once() -> Result<()> {
         )
         .await?;
     let second = eventually("a second Job", || async {
-        Ok(worker_jobs(&ns, "prod")
+        Ok(worker_jobs(ns, "prod")
             .await?
             .into_iter()
             .find(|j| j.name_any() != first.name_any()))
     })
     .await?;
     let st = eventually("lastHandledRequestedAt", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok((st["lastHandledRequestedAt"] == "2026-11-23T10:00:00Z").then_some(st))
     })
     .await?;
@@ -749,7 +741,7 @@ async fn a_new_requested_at_builds_again_once() -> Result<()> {
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        worker_jobs(&ns, "prod").await?.len(),
+        worker_jobs(ns, "prod").await?.len(),
         2,
         "the request is handled once"
     );
@@ -758,22 +750,16 @@ async fn a_new_requested_at_builds_again_once() -> Result<()> {
 
 #[tokio::test]
 async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-noconfig").await?;
-    let _node = node_running(&ns, "exit 0").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", with_config(&repo.url(), "later")),
-    )
-    .await?;
-    completed_job(&ns, "prod").await?;
+    let setup = Setup::start("cs-noconfig", Some("exit 0")).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
+    setup
+        .apply(codesource("prod", with_config(&repo.url(), "later")))
+        .await?;
+    completed_job(ns, "prod").await?;
     let digest = "registry.example/puppet-code@sha256:2222";
-    report_build(&ns, "prod", digest).await?;
+    report_build(ns, "prod", digest).await?;
     let missing = eventually("ConfigUpdated=False", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "ConfigUpdated")
             .filter(|c| c["status"] == "False")
             .cloned())
@@ -782,43 +768,36 @@ async fn a_missing_config_is_reported_and_filled_once_it_exists() -> Result<()> 
     assert_eq!(missing["reason"], "ConfigNotFound");
 
     // The Config appears: the retry (with backoff) fills it.
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        config(
+    setup
+        .apply(config(
             "later",
             json!({"image": "registry.example/puppet-code@sha256:0000"}),
-        ),
-    )
-    .await?;
+        ))
+        .await?;
     eventually("ConfigUpdated=True", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "ConfigUpdated")
             .filter(|c| c["status"] == "True")
             .map(|_| ()))
     })
     .await?;
-    assert_eq!(config_code(&ns, "later").await?["image"], digest);
+    assert_eq!(config_code(ns, "later").await?["image"], digest);
     Ok(())
 }
 
 #[tokio::test]
 async fn an_unreachable_repository_is_reported_as_fetch_failed() -> Result<()> {
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-unreachable").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
+    let setup = Setup::start("cs-unreachable", None).await?;
+    let ns = &setup.ns;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let url = format!("git://127.0.0.1:{port}/control.git");
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", spec(&url, "@hourly")),
-    )
-    .await?;
+    setup
+        .apply(codesource("prod", spec(&url, "@hourly")))
+        .await?;
     let failed = eventually("FetchFailed", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "FetchFailed").cloned())
     })
     .await?;
@@ -830,12 +809,12 @@ async fn an_unreachable_repository_is_reported_as_fetch_failed() -> Result<()> {
             .contains(&url),
         "{failed}"
     );
-    let st = status(&ns, "prod").await?;
+    let st = status(ns, "prod").await?;
     assert_eq!(
         condition(&st, "Ready").map(|c| c["status"].clone()),
         Some(json!("False"))
     );
-    assert!(worker_jobs(&ns, "prod").await?.is_empty());
+    assert!(worker_jobs(ns, "prod").await?.is_empty());
     let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
     eventually("a GitOperationFailed Event", || async {
         Ok(events
@@ -862,22 +841,14 @@ async fn the_list_shape_of_config_code_is_detected_and_becomes_one_whole_tree_en
     let scratch = Scratch::new();
     let ns = TestNamespace::new_in(&control_plane, "cs-list").await?;
     let _node = node_running(&ns, "exit 0").await?;
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        config(
-            "prod",
-            json!([{"image": "registry.example/puppet-code@sha256:0000", "imagePullPolicy": "Always", "imagePullSecret": "pull"}]),
-        ),
-    )
+    let apply = |object| harness::apply::apply(ns.client(), Some(ns.name()), object);
+    apply(config(
+        "prod",
+        json!([{"image": "registry.example/puppet-code@sha256:0000", "imagePullPolicy": "Always", "imagePullSecret": "pull"}]),
+    ))
     .await?;
     let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        codesource("prod", with_config(&repo.url(), "prod")),
-    )
-    .await?;
+    apply(codesource("prod", with_config(&repo.url(), "prod"))).await?;
     completed_job(&ns, "prod").await?;
     let digest = "registry.example/puppet-code@sha256:3333";
     report_build(&ns, "prod", digest).await?;
@@ -900,18 +871,16 @@ async fn the_list_shape_of_config_code_is_detected_and_becomes_one_whole_tree_en
 
 #[tokio::test]
 async fn missing_secrets_are_named_and_the_build_follows_once_they_exist() -> Result<()> {
-    let repo = ControlRepo::new();
-    let scratch = Scratch::new();
-    let ns = TestNamespace::new("cs-secrets").await?;
-    let _controller = start_controller(ns.client(), ns.name(), scratch.dir.path());
+    let setup = Setup::start("cs-secrets", None).await?;
+    let (repo, ns) = (&setup.repo, &setup.ns);
     let mut s = spec(&repo.url(), "@hourly");
     s["git"]["secretRef"] = json!({"name": "git-auth"});
     s["output"]["pushSecretRef"] = json!({"name": "regcred"});
-    harness::apply::apply(ns.client(), Some(ns.name()), codesource("prod", s)).await?;
+    setup.apply(codesource("prod", s)).await?;
 
     // The git Secret is missing: the head check says so.
     let fetch = eventually("FetchFailed", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "FetchFailed").cloned())
     })
     .await?;
@@ -925,15 +894,14 @@ async fn missing_secrets_are_named_and_the_build_follows_once_they_exist() -> Re
     );
 
     // With the git Secret, the push Secret is missing: no Job, Ready says why.
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-auth"},
+    setup
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "git-auth"},
                "stringData": {"username": "u", "password": "p"}}),
-    )
-    .await?;
+        )
+        .await?;
     let ready = eventually("Ready=False naming regcred", || async {
-        let st = status(&ns, "prod").await?;
+        let st = status(ns, "prod").await?;
         Ok(condition(&st, "Ready")
             .filter(|c| {
                 c["message"]
@@ -945,19 +913,18 @@ async fn missing_secrets_are_named_and_the_build_follows_once_they_exist() -> Re
     })
     .await?;
     assert_eq!(ready["reason"], "SecretNotFound");
-    assert!(worker_jobs(&ns, "prod").await?.is_empty());
+    assert!(worker_jobs(ns, "prod").await?.is_empty());
 
     // With both, the build is launched on the next retry.
-    harness::apply::apply(
-        ns.client(),
-        Some(ns.name()),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
+    setup
+        .apply(
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "regcred"},
                "type": "kubernetes.io/dockerconfigjson",
                "stringData": {".dockerconfigjson": "{\"auths\": {}}"}}),
-    )
-    .await?;
+        )
+        .await?;
     eventually("a Job", || async {
-        Ok(worker_jobs(&ns, "prod").await?.into_iter().next())
+        Ok(worker_jobs(ns, "prod").await?.into_iter().next())
     })
     .await?;
     Ok(())

@@ -5,7 +5,8 @@
 //! `Stalled` and not retried) or transient (retried with backoff). Messages never carry
 //! credentials: git URLs are shown without user info, Secret data never appears.
 
-use crate::codesource::heads::HeadError;
+use super::heads::HeadError;
+use crate::retry::ReconcileError;
 
 /// Why a CodeSource reconcile failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +48,10 @@ pub enum Error {
     Unnamed,
 }
 
-impl Error {
-    /// Stable, low-cardinality label for metrics and the Event reason.
-    pub fn reason(&self) -> &'static str {
+impl ReconcileError for Error {
+    fn reason(&self) -> &'static str {
         match self {
-            Self::Kube { .. } => "KubeApiError",
+            Self::Kube { .. } => openvox_crds::names::reasons::KUBE_API_ERROR,
             Self::InvalidSpec(_) => openvox_crds::names::reasons::INVALID_SPEC,
             Self::Secret { .. } => openvox_crds::names::reasons::SECRET_NOT_FOUND,
             Self::ClaimNotFound(_) => openvox_crds::names::reasons::CLAIM_NOT_FOUND,
@@ -62,9 +62,9 @@ impl Error {
         }
     }
 
-    /// Whether retrying without a spec change is pointless. Permanent errors stall the
-    /// object until its generation changes; everything else is retried with backoff.
-    pub fn is_permanent(&self) -> bool {
+    /// Permanent errors stall the object until its generation changes; everything else
+    /// is retried with backoff.
+    fn is_permanent(&self) -> bool {
         matches!(self, Self::InvalidSpec(_) | Self::Unnamed)
     }
 }
@@ -72,16 +72,6 @@ impl Error {
 /// Maps a `kube::Error` to [`Error::Kube`] with a description of the action.
 pub fn kube(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Kube { action, source }
-}
-
-/// Whether a `kube::Error` is the API server's 404.
-pub fn is_not_found(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 404)
-}
-
-/// Whether a `kube::Error` is the API server's 409 AlreadyExists/Conflict.
-pub fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 #[cfg(test)]
