@@ -44,6 +44,12 @@ const HOOK_SECRET: &str = "hook-secret-for-the-rbac-test";
 /// are needed anyway: (verb, group, resource, reason).
 const NEEDED_BUT_NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
     (
+        "get",
+        "",
+        "configmaps",
+        "spec.modules.codeConfig: the openvox-code CodeConfig's ConfigMap, read by name; the cycle's CodeSource uses a Puppetfile",
+    ),
+    (
         "create",
         "",
         "serviceaccounts",
@@ -389,6 +395,12 @@ fn controller_rows() -> Vec<Row> {
             "delete Servers",
         ),
         (r("patch deployments.apps"), false, "change a Deployment"),
+        (
+            r("get configmaps"),
+            true,
+            "the openvox-code CodeConfig, by name",
+        ),
+        (r("list configmaps"), false, "enumerate ConfigMaps"),
         (r("list secrets"), false, "enumerate Secrets"),
         (r("watch secrets"), false, "watch Secrets"),
         (r("create secrets"), false, "write Secrets"),

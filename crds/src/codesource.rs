@@ -194,7 +194,7 @@ pub enum InvalidBranches {
     Error,
 }
 
-/// Puppetfile resolution.
+/// How each branch's modules are described and resolved.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ModulesSpec {
@@ -203,14 +203,41 @@ pub struct ModulesSpec {
     #[serde(default = "default_forge_url")]
     #[schemars(length(min = 1, max = 2048))]
     pub forge_url: String,
+
+    /// Describe modules in openvox-code's YAML instead of a Puppetfile: the
+    /// `CodeConfig` (`openvox-code.yaml`, with its `includes`) in a ConfigMap. Each
+    /// branch's modules come from the module files its source names (`modulefiles`),
+    /// pinned by the branch's `openvox-code.lock` when there is one; the source's
+    /// `branchSelector` narrows `git.branches`; `overrides.gitmirrors` apply to every
+    /// git URL the controller and the worker contact. Unset: each branch's Puppetfile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_config: Option<CodeConfigRef>,
 }
 
 impl Default for ModulesSpec {
     fn default() -> Self {
         Self {
             forge_url: default_forge_url(),
+            code_config: None,
         }
     }
+}
+
+/// Where the openvox-code `CodeConfig` is.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeConfigRef {
+    /// ConfigMap in the CodeSource's namespace holding the CodeConfig and the files it
+    /// includes, one key per file.
+    pub config_map_ref: LocalObjectReference,
+    /// Key of the main file in the ConfigMap.
+    #[serde(default = "default_code_config_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_code_config_key() -> String {
+    "openvox-code.yaml".into()
 }
 
 fn default_forge_url() -> String {

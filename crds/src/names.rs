@@ -168,6 +168,9 @@ pub mod reasons {
     pub const TLSROUTE_CREATED: &str = "TLSRouteCreated";
     /// A Pool's TLSRoute was removed (Event).
     pub const TLSROUTE_DELETED: &str = "TLSRouteDeleted";
+    /// The openvox-code CodeConfig named by `spec.modules.codeConfig` is missing or
+    /// cannot be read (CodeSource).
+    pub const CODE_CONFIG_INVALID: &str = "CodeConfigInvalid";
     /// A reconcile failed on an API request (metrics label, Event reason).
     pub const KUBE_API_ERROR: &str = "KubeApiError";
 }

@@ -29,7 +29,7 @@ pub use credentials::{Credentials, CredentialsError, HttpAuth, Secret, SshAuth};
 pub use decoded::{ChainStats, DecodedBlobs};
 pub use fetch::{FetchWant, FetchedRepo};
 pub use glob::{branch_matches, branch_selected};
-pub use remote::{GitAccess, Head, Remote, RemoteRef, list_heads, list_refs};
+pub use remote::{GitAccess, Head, REMOTE_HEAD, Remote, RemoteRef, list_heads, list_refs};
 pub use url::{RepoUrl, Transport, UrlError, mask_text, mask_url, strip_user_info};
 
 /// A git operation that failed. Every text is masked and redacted (the secret values,

@@ -54,10 +54,11 @@ pub fn list_heads(
         .list_heads()
 }
 
-/// The refs of `url` under `prefixes` (such as `refs/heads/` and `refs/tags/`), listed
-/// within `timeout` with the credentials that apply to `url` when `credentials` belong
-/// to the repository `origin` (https credentials only for its host, as in a build's
-/// module fetches). No object is fetched.
+/// The refs of `url` under `prefixes` (such as `refs/heads/` and `refs/tags/`) and its
+/// `HEAD` (see [`Remote::list_refs`]), listed within `timeout` with the credentials
+/// that apply to `url` when `credentials` belong to the repository `origin` (https
+/// credentials only for its host, as in a build's module fetches). No object is
+/// fetched.
 pub fn list_refs(
     url: &str,
     origin: &str,
@@ -300,10 +301,18 @@ impl Remote {
     }
 
     /// Lists the refs whose names start with one of `prefixes` (each ending in `/`, such
-    /// as `refs/heads/` or `refs/tags/`). No object is fetched.
+    /// as `refs/heads/` or `refs/tags/`), and `HEAD` when the remote has one (an unborn
+    /// or dangling `HEAD` is left out). No object is fetched.
+    ///
+    /// `HEAD` is the remote's default branch, which a module that names no ref follows.
+    /// It is always listed, so every caller (the worker resolving modules, the controller
+    /// checking them) sees the same refs; with protocol v2 that is one more `ref-prefix`
+    /// line, and protocol v1 servers advertise it anyway.
     pub fn list_refs(&self, prefixes: &[&str]) -> Result<Vec<RemoteRef>, GitError> {
         let mut this = self.clone();
-        let specs: Vec<String> = prefixes.iter().map(|p| format!("+{p}*:{p}*")).collect();
+        let mut specs: Vec<String> = prefixes.iter().map(|p| format!("+{p}*:{p}*")).collect();
+        // A refspec without a destination: asks the server for `HEAD`, maps it nowhere.
+        specs.push(REMOTE_HEAD.to_owned());
         let url = self.display_url();
         let dir = ScratchDir::new(&self.temp_root)?;
         let thread_dir = dir.clone();
@@ -329,7 +338,7 @@ impl Remote {
                 let (name, target, peeled) = r.unpack();
                 let name = name.to_string();
                 let Some(target) = target else { continue };
-                if !prefixes_match(&name, &specs) {
+                if name != REMOTE_HEAD && !prefixes_match(&name, &specs) {
                     continue;
                 }
                 refs.push(RemoteRef {
@@ -624,8 +633,12 @@ impl ScratchDir {
     }
 }
 
+/// The remote's symbolic ref to its default branch.
+pub const REMOTE_HEAD: &str = "HEAD";
+
+/// Whether `name` lies under one of the glob `specs` (`+<prefix>*:<prefix>*`).
 fn prefixes_match(name: &str, specs: &[String]) -> bool {
-    specs.iter().any(|spec| {
+    specs.iter().filter(|spec| spec.contains('*')).any(|spec| {
         let prefix = spec
             .trim_start_matches('+')
             .split('*')

@@ -5,10 +5,14 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
+use std::sync::Arc;
+
 use crate::branches::{BranchSelection, InvalidBranches};
+use crate::codeconfig::CodeConfigModules;
 use crate::environments::SourceOptions;
 use crate::git::{Credentials, CredentialsError};
 use crate::limits::{Limits, parse_bytes};
+use crate::progress::line;
 use crate::status::{CodeSourceRef, StatusClient, StatusError, job_name_from_hostname};
 use crate::validate::puppet::PuppetValidation;
 
@@ -109,6 +113,11 @@ pub struct SourceArgs {
     /// Time limit of the Puppet validation of one build.
     #[arg(long, default_value = "10m", value_parser = openvox_crds::duration::parse)]
     pub validate_timeout: Duration,
+    /// openvox-code configuration (`openvox-code.yaml`, kind CodeConfig); its includes
+    /// are read from the same directory. Each branch's modules then come from the module
+    /// files its source names (and `openvox-code.lock`), not from its Puppetfile.
+    #[arg(long, value_name = "PATH")]
+    pub code_config: Option<PathBuf>,
 }
 
 impl SourceArgs {
@@ -133,6 +142,15 @@ impl SourceArgs {
         }
         let selection = BranchSelection::new(self.branches.clone(), self.excludes.clone())
             .map_err(|e| CliError::Usage(e.to_string()))?;
+        let code_config = match &self.code_config {
+            Some(path) => {
+                let loaded =
+                    CodeConfigModules::load(path, &self.url).map_err(CliError::CodeConfig)?;
+                log_loaded(&loaded);
+                Some(Arc::new(loaded))
+            }
+            None => None,
+        };
         if !(self.forge_url.starts_with("https://") || self.forge_url.starts_with("http://")) {
             return Err(CliError::Usage(format!(
                 "--forge-url {:?} must be an http(s) URL",
@@ -154,7 +172,47 @@ impl SourceArgs {
                 dir,
                 timeout: self.validate_timeout,
             }),
+            code_config,
         })
+    }
+}
+
+/// One line for the loaded configuration, and a warning per key that has no effect in
+/// the worker (the file is shared with the openvox-code tool, which uses them).
+fn log_loaded(loaded: &CodeConfigModules) {
+    let source = loaded.source();
+    let patterns: Vec<String> = source
+        .modulefiles
+        .iter()
+        .map(|s| s.pattern.to_string())
+        .collect();
+    tracing::info!(
+        "{}",
+        line(
+            "config",
+            &loaded.files.join(" + "),
+            &format!(
+                "source {}, module files {}",
+                source.url,
+                if patterns.is_empty() {
+                    "none".to_owned()
+                } else {
+                    patterns.join(", ")
+                }
+            ),
+            Duration::ZERO
+        )
+    );
+    for ignored in &loaded.ignored {
+        tracing::warn!(
+            "{}",
+            line(
+                "config",
+                &ignored.file,
+                &format!("{} has no effect here: {}", ignored.key, ignored.reason),
+                Duration::ZERO
+            )
+        );
     }
 }
 
@@ -277,6 +335,9 @@ pub enum CliError {
     Credentials(#[from] CredentialsError),
     #[error("{0}")]
     Usage(String),
+    /// `--code-config` cannot be loaded, or has no source for `--url`.
+    #[error("{0}")]
+    CodeConfig(String),
 }
 
 #[cfg(test)]
@@ -353,6 +414,73 @@ mod tests {
         assert_eq!(
             args.report.termination_log,
             PathBuf::from("/dev/termination-log")
+        );
+    }
+
+    #[test]
+    fn code_config_is_a_flag_of_both_commands_and_loaded_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("openvox-code.yaml");
+        std::fs::write(
+            &path,
+            "sources:\n  - url: git://127.0.0.1/control.git\n    modulefiles:\n      modules.yaml: required\n",
+        )
+        .unwrap();
+        let path_arg = path.to_str().unwrap();
+        let common = ["--url", "git://127.0.0.1/control.git", "--branch", "p"];
+        let sync = [
+            &["openvox-code-worker", "sync", "--dir", "d"][..],
+            &common[..],
+        ]
+        .concat();
+        let build = [
+            &["openvox-code-worker", "build", "--oci-layout", "l"][..],
+            &common[..],
+        ]
+        .concat();
+        for args in [sync, build] {
+            let with = [&args[..], &["--code-config", path_arg][..]].concat();
+            let source = match Cli::try_parse_from(&with).unwrap().command {
+                Command::Sync(a) => a.source,
+                Command::Build(a) => a.source,
+            };
+            assert_eq!(source.code_config.as_deref(), Some(path.as_path()));
+            let options = source.to_source_options().unwrap();
+            let loaded = options.code_config.expect("loaded");
+            assert_eq!(loaded.main_file, "openvox-code.yaml");
+            assert_eq!(loaded.source().modulefiles.len(), 1);
+            let without = match Cli::try_parse_from(&args).unwrap().command {
+                Command::Sync(a) => a.source,
+                Command::Build(a) => a.source,
+            };
+            assert!(without.to_source_options().unwrap().code_config.is_none());
+        }
+
+        std::fs::write(&path, "sources:\n  - url: x\n    modulefile: {}\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "openvox-code-worker",
+            "sync",
+            "--dir",
+            "d",
+            "--url",
+            "git://127.0.0.1/control.git",
+            "--branch",
+            "p",
+            "--code-config",
+            path_arg,
+        ])
+        .unwrap();
+        let Command::Sync(args) = cli.command else {
+            panic!("sync expected");
+        };
+        let e = args.source.to_source_options().unwrap_err();
+        assert!(matches!(e, CliError::CodeConfig(_)), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "--code-config {path_arg}: openvox-code.yaml:3:5: "
+            )) && text.contains("unknown field `modulefile`"),
+            "{text}"
         );
     }
 

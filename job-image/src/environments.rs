@@ -1,11 +1,12 @@
 //! From a control repository to Puppet environments: list the heads, pick the branches,
-//! fetch them shallow in one go, parse each branch's Puppetfile, resolve its modules
-//! (shared across environments), and assemble each environment's tree.
+//! fetch them shallow in one go, read each branch's modules (its Puppetfile, or with
+//! `--code-config` its openvox-code module files, see [`crate::codeconfig`]), resolve
+//! them (shared across environments), and assemble each environment's tree.
 //!
 //! The result is, per environment, an [`EnvironmentTree`] and its [`EnvironmentInputs`]
 //! (branch, commit, modules with versions and checksums). A branch whose name is refused,
-//! whose Puppetfile is malformed, whose module fails or whose tree is unsafe fails alone;
-//! the other environments are still built.
+//! whose Puppetfile or module files are malformed, whose module fails or whose tree is
+//! unsafe fails alone; the other environments are still built.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,6 +18,8 @@ use openvox_crds::codesource::ModuleRecord;
 use crate::branches::{
     BranchError, BranchSelection, EnvironmentPlan, InvalidBranches, plan_environments,
 };
+use crate::codeconfig::CodeConfigModules;
+use crate::codeconfig::branch::read_branch_modules;
 use crate::decode::decode_ahead;
 use crate::forge::{ForgeClient, ForgeError};
 use crate::git::fetch::Depth;
@@ -56,6 +59,9 @@ pub struct SourceOptions {
     pub work_dir: PathBuf,
     /// Puppet's parser in the validator container, when `spec.validate` asks for it.
     pub puppet: Option<PuppetValidation>,
+    /// `--code-config`: each branch's modules come from openvox-code's module files
+    /// under this configuration instead of its Puppetfile.
+    pub code_config: Option<Arc<CodeConfigModules>>,
 }
 
 /// An error that stops the whole build (as opposed to one environment).
@@ -308,13 +314,22 @@ pub async fn build_environments_reusing(
         let resolver = resolver.clone();
         let control = control.clone();
         let limits = options.limits;
+        let code_config = options.code_config.clone();
         tasks.spawn(async move {
             let step = Step::start("env", &plan.name);
-            let result = build_one(&plan, &want, &control, &resolver, limits).await;
+            let result = build_one(
+                &plan,
+                &want,
+                &control,
+                &resolver,
+                code_config.as_ref(),
+                limits,
+            )
+            .await;
             let result = match result {
-                Ok((env, pins)) => {
+                Ok((env, pins, described)) => {
                     step.done(format!(
-                        "{} files, {}, {} module{}, {}",
+                        "{} files, {}, {} module{} {described}, {}",
                         count(env.stats.files),
                         Bytes(env.stats.bytes),
                         env.inputs.modules.len(),
@@ -407,7 +422,11 @@ async fn split_unchanged(
         let record = recorded.get(&plan.name)?;
         let head = heads.get(plan.branch.as_str())?;
         let step = Step::start("check", &plan.name);
-        let checks = match decide(record, &plan.branch, head, &options.forge_url) {
+        let digest = options
+            .code_config
+            .as_deref()
+            .map(CodeConfigModules::digest);
+        let checks = match decide(record, &plan.branch, head, &options.forge_url, digest) {
             Decision::Unchanged(checks) => checks,
             Decision::Fetch(reason) => {
                 step.done(format!("{reason}; fetching"));
@@ -495,23 +514,57 @@ fn read_puppetfile(
     parse_puppetfile(text).map(Some).map_err(|e| e.to_string())
 }
 
+/// A branch's modules, and what described them in words for the log: `from
+/// Puppetfile`, `(no Puppetfile)` or `from openvox-code.yaml + modules/base.yaml`.
+fn read_modules(
+    control: &FetchedRepo,
+    tree: gix::ObjectId,
+    plan: &EnvironmentPlan,
+    code_config: Option<&CodeConfigModules>,
+    limits: Limits,
+) -> Result<(Option<Puppetfile>, String), String> {
+    let Some(config) = code_config else {
+        let puppetfile = read_puppetfile(control, tree, limits)?;
+        let described = match &puppetfile {
+            Some(_) => "from Puppetfile",
+            None => "(no Puppetfile)",
+        };
+        return Ok((puppetfile, described.to_owned()));
+    };
+    let modules = read_branch_modules(config, control, tree, &plan.branch)?;
+    for stale in &modules.stale_locks {
+        tracing::warn!(
+            "{}",
+            crate::progress::line("lock", &plan.name, stale, Duration::ZERO)
+        );
+    }
+    let described = format!("from {}", modules.description(&config.main_file));
+    Ok((Some(modules.puppetfile), described))
+}
+
 async fn build_one(
     plan: &EnvironmentPlan,
     want: &FetchWant,
     control: &Arc<FetchedRepo>,
     resolver: &Resolver,
+    code_config: Option<&Arc<CodeConfigModules>>,
     limits: Limits,
-) -> Result<(Environment, Option<Pins>), String> {
+) -> Result<(Environment, Option<Pins>, String), String> {
     let commit = control
         .commit_of(want)
         .ok_or_else(|| format!("branch {} was not fetched", plan.branch))?;
     let tree_id = control.tree_of(commit).map_err(|e| e.to_string())?;
-    let puppetfile = {
+    let (puppetfile, described) = {
         let control = control.clone();
-        tokio::task::spawn_blocking(move || read_puppetfile(&control, tree_id, limits))
-            .await
-            .map_err(|e| e.to_string())??
+        let plan = plan.clone();
+        let code_config = code_config.cloned();
+        tokio::task::spawn_blocking(move || {
+            read_modules(&control, tree_id, &plan, code_config.as_deref(), limits)
+        })
+        .await
+        .map_err(|e| e.to_string())??
     };
+    let digest = code_config.map(|c| c.digest().to_owned());
     let (decls, forge_line): (Vec<ModuleDecl>, Option<String>) = match puppetfile {
         Some(p) => (p.modules, p.forge),
         None => (Vec::new(), None),
@@ -542,12 +595,14 @@ async fn build_one(
         branch: plan.branch.clone(),
         commit: commit.to_string(),
         modules: modules.iter().map(|(_, m)| m.record.clone()).collect(),
+        code_config: digest.clone(),
     };
     let declared: Vec<(&ModuleDecl, &ModuleRecord)> =
         modules.iter().map(|(d, m)| (d, &m.record)).collect();
     let pins = Pins::new(
         forge_line.as_deref(),
         &resolver.forge_base(forge_line.as_deref()),
+        digest.as_deref(),
         &declared,
     );
     let control = control.clone();
@@ -562,6 +617,7 @@ async fn build_one(
             stats,
         },
         pins,
+        described,
     ))
 }
 
@@ -612,9 +668,8 @@ fn assemble(
     for (decl, module) in modules {
         let what = format!("module {}", decl.name);
         let exclude: &[&str] = if decl.exclude_spec { &["spec"] } else { &[] };
-        let located = |e: crate::tree::TreeError| {
-            format!("module {} (Puppetfile line {}): {e}", decl.name, decl.line)
-        };
+        let located =
+            |e: crate::tree::TreeError| format!("module {} ({}): {e}", decl.name, decl.location());
         tree.replace_with_directory(&decl.path, &what)
             .map_err(located)?;
         match &module.content {
@@ -644,8 +699,11 @@ fn check_module_paths(decls: &[ModuleDecl]) -> Result<(), String> {
         let (inner, b) = pair[1];
         if inner.starts_with(outer) && inner.as_bytes().get(outer.len()) == Some(&b'/') {
             return Err(format!(
-                "module {} (Puppetfile line {}) at {inner:?} lies inside module {} (line {}) at {outer:?}",
-                b.name, b.line, a.name, a.line
+                "module {} ({}) at {inner:?} lies inside module {} ({}) at {outer:?}",
+                b.name,
+                b.location(),
+                a.name,
+                a.short_location()
             ));
         }
     }
@@ -700,6 +758,7 @@ mod tests {
             name: "production".into(),
             branch: "production".into(),
             commit: "a".repeat(40),
+            code_config: None,
             modules: vec![ModuleRecord {
                 name: "stdlib".into(),
                 source: "puppetlabs-stdlib".into(),

@@ -22,6 +22,12 @@ pub struct EnvironmentInputs {
     pub commit: String,
     /// Modules in install-path order.
     pub modules: Vec<ModuleRecord>,
+    /// Digest of what the CodeConfig contributed to the modules' declarations (which
+    /// module files, which mirrors), when modules come from openvox-code's module files:
+    /// with the commit it fixes every declaration, including install paths the module
+    /// records do not show. Left out for a Puppetfile, so those digests stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code_config: Option<String>,
 }
 
 impl EnvironmentInputs {

@@ -2,7 +2,8 @@
 //!
 //! Pipeline: [`git`] lists the remote heads and fetches the wanted branches shallow;
 //! [`branches`] picks and names them; [`puppetfile`] parses each branch's Puppetfile and
-//! resolves its modules (git or [`forge`]); [`tree`] assembles each environment's
+//! resolves its modules (git or [`forge`]), or [`codeconfig`] reads them from
+//! openvox-code's module files instead; [`tree`] assembles each environment's
 //! deterministic file tree within [`limits`]; [`environments`] runs all that per branch;
 //! [`unchanged`] tells from the heads and the [`pins`] recorded on the previous image's
 //! layers which environments need no fetch at all;
@@ -11,6 +12,7 @@
 
 pub mod branches;
 pub mod cli;
+pub mod codeconfig;
 pub mod decode;
 pub mod environments;
 pub mod forge;

@@ -5,7 +5,10 @@
 //!
 //! The record holds the Puppetfile's declarations as parsed (a commit id of the control
 //! repository fixes them) and the resolved [`ModuleRecord`]s, which are part of the
-//! layer's reuse key: a record that does not reproduce the key is not trusted.
+//! layer's reuse key: a record that does not reproduce the key is not trusted. Modules
+//! described by openvox-code's module files are recorded the same way; their
+//! declarations also depend on the CodeConfig, whose digest is recorded too
+//! ([`Pins::code_config`]).
 
 use openvox_crds::codesource::{FloatingForge, FloatingGit, FloatingModule, ModuleRecord};
 use serde::{Deserialize, Serialize};
@@ -28,6 +31,12 @@ pub struct Pins {
     /// Forge base URL the Forge modules came from (only when there are some).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forge: Option<String>,
+    /// Digest of what the CodeConfig contributed to the declarations (see
+    /// [`crate::codeconfig::CodeConfigModules::digest`]); `None` for a Puppetfile. The
+    /// control repository's commit does not fix those declarations alone, so an
+    /// environment recorded with another digest is fetched again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_config: Option<String>,
     /// Modules in install-path order (the order of the environment's inputs).
     pub modules: Vec<Pin>,
 }
@@ -64,6 +73,8 @@ pub enum Want {
     Commit(String),
     Branch(String),
     ControlBranch,
+    Head,
+    FollowBranch(Option<String>),
 }
 
 impl From<&GitWant> for Want {
@@ -74,6 +85,8 @@ impl From<&GitWant> for Want {
             GitWant::Commit(c) => Want::Commit(c.clone()),
             GitWant::Branch(b) => Want::Branch(b.clone()),
             GitWant::ControlBranch => Want::ControlBranch,
+            GitWant::Head => Want::Head,
+            GitWant::FollowBranch(f) => Want::FollowBranch(f.clone()),
         }
     }
 }
@@ -86,6 +99,8 @@ impl From<&Want> for GitWant {
             Want::Commit(c) => GitWant::Commit(c.clone()),
             Want::Branch(b) => GitWant::Branch(b.clone()),
             Want::ControlBranch => GitWant::ControlBranch,
+            Want::Head => GitWant::Head,
+            Want::FollowBranch(f) => GitWant::FollowBranch(f.clone()),
         }
     }
 }
@@ -93,12 +108,13 @@ impl From<&Want> for GitWant {
 impl Pins {
     /// The record of `modules` (declaration and resolution, in install-path order) of a
     /// Puppetfile with `forge` line `puppetfile_forge`, whose Forge modules come from
-    /// `forge_base`. `None` when a URL in it carries credentials: annotations are
-    /// readable by everyone who can pull the image, so such an environment is simply
-    /// always fetched.
+    /// `forge_base`, or of module files under a CodeConfig of digest `code_config`.
+    /// `None` when a URL in it carries credentials: annotations are readable by everyone
+    /// who can pull the image, so such an environment is simply always fetched.
     pub fn new(
         puppetfile_forge: Option<&str>,
         forge_base: &str,
+        code_config: Option<&str>,
         modules: &[(&ModuleDecl, &ModuleRecord)],
     ) -> Option<Self> {
         let mut any_forge = false;
@@ -129,6 +145,7 @@ impl Pins {
             format: PINS_FORMAT,
             puppetfile_forge: puppetfile_forge.map(str::to_owned),
             forge: any_forge.then(|| forge_base.to_owned()),
+            code_config: code_config.map(str::to_owned),
             modules,
         };
         let text = pins.to_annotation();
@@ -231,7 +248,7 @@ mod tests {
     fn pins(forge_line: Option<&str>, puppetfile: &str) -> Option<Pins> {
         let modules = modules(puppetfile);
         let refs: Vec<(&ModuleDecl, &ModuleRecord)> = modules.iter().map(|(d, r)| (d, r)).collect();
-        Pins::new(forge_line, "https://forge.example", &refs)
+        Pins::new(forge_line, "https://forge.example", None, &refs)
     }
 
     #[test]
@@ -291,6 +308,62 @@ mod tests {
         assert_eq!(x.url, "https://git.example/x.git");
         assert_eq!(x.refs, ["refs/heads/production", "refs/heads/main"]);
         assert_eq!(floating[2].git.as_ref().unwrap().refs, ["refs/tags/v1"]);
+    }
+
+    #[test]
+    fn openvox_code_wants_round_trip_and_float() {
+        let module = |name: &str, want: Want| Pin {
+            declared: Declared::Git {
+                url: format!("git://git.example/{name}.git"),
+                want,
+                default_branch: None,
+            },
+            resolved: ModuleRecord {
+                name: name.into(),
+                source: format!("git://git.example/{name}.git"),
+                version: "c".repeat(40),
+                checksum: None,
+            },
+        };
+        let pins = Pins {
+            format: PINS_FORMAT,
+            puppetfile_forge: None,
+            forge: None,
+            code_config: Some("d".repeat(64)),
+            modules: vec![
+                module("head", Want::Head),
+                module("follow", Want::FollowBranch(Some("main".into()))),
+                module("follow_head", Want::FollowBranch(None)),
+                module("follow_commit", Want::FollowBranch(Some("abc1234".into()))),
+            ],
+        };
+        let text = pins.to_annotation();
+        assert!(
+            text.contains(r#""want":"head""#) && text.contains(r#""follow_branch":null"#),
+            "{text}"
+        );
+        assert_eq!(Pins::from_annotation(&text).unwrap(), pins);
+        let refs: Vec<(String, Vec<String>)> = pins
+            .floating("production")
+            .into_iter()
+            .map(|f| (f.name, f.git.unwrap().refs))
+            .collect();
+        let strings = |r: &[&str]| r.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            refs,
+            [
+                ("head".to_owned(), strings(&["HEAD"])),
+                (
+                    "follow".to_owned(),
+                    strings(&["refs/heads/production", "refs/heads/main", "refs/tags/main"])
+                ),
+                (
+                    "follow_head".to_owned(),
+                    strings(&["refs/heads/production", "HEAD"])
+                ),
+            ],
+            "a commit fallback does not float"
+        );
     }
 
     #[test]

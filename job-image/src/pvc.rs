@@ -404,6 +404,7 @@ mod tests {
                 name: name.into(),
                 branch: name.into(),
                 commit: commit.to_string().repeat(40),
+                code_config: None,
                 modules: vec![],
             },
             tree,

@@ -281,6 +281,7 @@ mod tests {
                 name: name.into(),
                 branch: name.into(),
                 commit: "a".repeat(40),
+                code_config: None,
                 modules: vec![ModuleRecord {
                     name: "stdlib".into(),
                     source: "puppetlabs-stdlib".into(),

@@ -2,8 +2,9 @@
 //! branch is fetched: the branch head (from the listing) must be the commit its layer
 //! was built from, and every module must still resolve to what the layer recorded.
 //!
-//! A commit of the control repository fixes the Puppetfile, so only the modules can
-//! move. Exact Forge versions (Forge releases are immutable) and full commit ids are
+//! A commit of the control repository fixes the Puppetfile (or the module files and
+//! lockfile, with `--code-config`; the CodeConfig's part is compared by digest), so
+//! only the modules can move. Exact Forge versions (Forge releases are immutable) and full commit ids are
 //! fixed; everything else is checked again: branches, `:control_branch`, tags (tags
 //! can be moved) and `:ref` against a listing of the module repository, `:latest` with
 //! one Forge lookup. These are cheap (no object is fetched) and shared across
@@ -73,6 +74,7 @@ impl RecordedEnvironment {
             name: layer.environment.clone(),
             branch: branch.to_owned(),
             commit: commit.to_owned(),
+            code_config: pins.code_config.clone(),
             modules: pins.records(),
         };
         if inputs_key(&inputs, commit_time) != layer.inputs_key {
@@ -119,12 +121,14 @@ pub enum Decision {
 }
 
 /// Decides for an environment whose branch `branch` has head `head` now, with the
-/// Forge configured at `configured_forge`.
+/// Forge configured at `configured_forge` and modules described by the Puppetfile
+/// (`code_config` `None`) or by module files under a CodeConfig of that digest.
 pub fn decide(
     recorded: &RecordedEnvironment,
     branch: &str,
     head: &str,
     configured_forge: &str,
+    code_config: Option<&str>,
 ) -> Decision {
     let inputs = &recorded.inputs;
     if inputs.branch != branch {
@@ -134,6 +138,16 @@ pub fn decide(
         return Decision::Fetch(format!("new commit {}", &head[..head.len().min(12)]));
     }
     let pins = &recorded.pins;
+    // The commit fixes the Puppetfile and the module files, not the CodeConfig that
+    // says which module files to read and which mirrors to use.
+    if pins.code_config.as_deref() != code_config {
+        let reason = match (&pins.code_config, code_config) {
+            (None, _) => "modules were described by the Puppetfile before",
+            (_, None) => "modules were described by a CodeConfig before",
+            _ => "the CodeConfig changed",
+        };
+        return Decision::Fetch(reason.into());
+    }
     let base = forge_base(pins.puppetfile_forge.as_deref(), configured_forge);
     if let Some(recorded_base) = &pins.forge
         && *recorded_base != base
@@ -284,12 +298,14 @@ mod tests {
             format: crate::pins::PINS_FORMAT,
             puppetfile_forge: None,
             forge: any_forge.then(|| FORGE.to_owned()),
+            code_config: None,
             modules,
         };
         RecordedEnvironment {
             inputs: EnvironmentInputs {
                 name: "production".into(),
                 branch: "production".into(),
+                code_config: pins.code_config.clone(),
                 commit: C1.into(),
                 modules: pins.records(),
             },
@@ -310,11 +326,14 @@ mod tests {
     fn a_new_commit_or_another_branch_is_fetched() {
         let r = recorded(vec![forge_pin("stdlib", false)]);
         assert!(
-            matches!(decide(&r, "production", C2, FORGE), Decision::Fetch(m) if m.contains("new commit"))
+            matches!(decide(&r, "production", C2, FORGE, None), Decision::Fetch(m) if m.contains("new commit"))
         );
-        assert!(matches!(decide(&r, "other", C1, FORGE), Decision::Fetch(_)));
+        assert!(matches!(
+            decide(&r, "other", C1, FORGE, None),
+            Decision::Fetch(_)
+        ));
         assert_eq!(
-            decide(&r, "production", &C1.to_uppercase(), FORGE),
+            decide(&r, "production", &C1.to_uppercase(), FORGE, None),
             Decision::Unchanged(Vec::new())
         );
     }
@@ -326,13 +345,13 @@ mod tests {
             git_pin("site", Want::Commit(C2.into()), C2),
         ]);
         assert_eq!(
-            decide(&r, "production", C1, FORGE),
+            decide(&r, "production", C1, FORGE, None),
             Decision::Unchanged(Vec::new())
         );
         // A record that contradicts its own pin is not trusted.
         let r = recorded(vec![git_pin("site", Want::Commit(C2.into()), C1)]);
         assert!(matches!(
-            decide(&r, "production", C1, FORGE),
+            decide(&r, "production", C1, FORGE, None),
             Decision::Fetch(_)
         ));
     }
@@ -341,12 +360,12 @@ mod tests {
     fn a_changed_forge_url_fetches_environments_with_forge_modules_only() {
         let with_forge = recorded(vec![forge_pin("stdlib", false)]);
         assert!(matches!(
-            decide(&with_forge, "production", C1, "https://mirror.example"),
+            decide(&with_forge, "production", C1, "https://mirror.example", None),
             Decision::Fetch(m) if m.contains("Forge URL")
         ));
         let git_only = recorded(vec![git_pin("site", Want::Commit(C2.into()), C2)]);
         assert_eq!(
-            decide(&git_only, "production", C1, "https://mirror.example"),
+            decide(&git_only, "production", C1, "https://mirror.example", None),
             Decision::Unchanged(Vec::new())
         );
     }
@@ -361,7 +380,7 @@ mod tests {
             git_pin("e", Want::Commit("2222222".into()), C2),
             forge_pin("f", true),
         ]);
-        let Decision::Unchanged(checks) = decide(&r, "production", C1, FORGE) else {
+        let Decision::Unchanged(checks) = decide(&r, "production", C1, FORGE, None) else {
             panic!("unchanged with checks expected");
         };
         assert_eq!(checks.len(), 6);
@@ -371,6 +390,32 @@ mod tests {
         assert!(
             matches!(&checks[5], Check::ForgeCurrent { base, slug, .. } if base == FORGE && slug == "puppetlabs-f")
         );
+    }
+
+    #[test]
+    fn a_changed_module_description_is_fetched() {
+        let mut r = recorded(vec![git_pin("a", Want::Head, C2)]);
+        let cases: [(Option<&str>, Option<&str>, Option<&str>); 5] = [
+            (None, None, None),
+            (Some("d1"), Some("d1"), None),
+            (Some("d1"), Some("d2"), Some("the CodeConfig changed")),
+            (None, Some("d1"), Some("described by the Puppetfile before")),
+            (Some("d1"), None, Some("described by a CodeConfig before")),
+        ];
+        for (recorded_digest, now, fetch) in cases {
+            r.pins.code_config = recorded_digest.map(str::to_owned);
+            let decision = decide(&r, "production", C1, FORGE, now);
+            match fetch {
+                None => assert!(
+                    matches!(&decision, Decision::Unchanged(checks) if checks.len() == 1),
+                    "{recorded_digest:?} {now:?}: {decision:?}"
+                ),
+                Some(words) => assert!(
+                    matches!(&decision, Decision::Fetch(m) if m.contains(words)),
+                    "{recorded_digest:?} {now:?}: {decision:?}"
+                ),
+            }
+        }
     }
 
     fn git_check(want: GitWant, default_branch: Option<&str>, commit: &str) -> Check {
@@ -416,6 +461,30 @@ mod tests {
         assert!(holds(GitWant::Commit("1111111".into()), None, C1));
         assert!(holds(GitWant::Ref("3333333".into()), None, &"3".repeat(40)));
         assert!(!holds(GitWant::Ref("3333333".into()), None, C1));
+        // openvox-code's wants: HEAD as listed; the control branch, else the fallback.
+        let with_head = [refs.clone(), vec![listed("HEAD", C2)]].concat();
+        let holds_head = |want: GitWant, commit: &str| {
+            git_check_holds(&git_check(want, None, commit), &with_head)
+        };
+        assert!(holds_head(GitWant::Head, C2));
+        assert!(!holds_head(GitWant::Head, C1), "HEAD moved");
+        assert!(!holds(GitWant::Head, None, C2), "no HEAD listed");
+        assert!(holds_head(GitWant::FollowBranch(None), C1), "production");
+        assert!(!holds_head(GitWant::FollowBranch(None), C2));
+        let elsewhere = |want: GitWant, commit: &str| {
+            let mut check = git_check(want, None, commit);
+            if let Check::Git { control_branch, .. } = &mut check {
+                *control_branch = "staging".into();
+            }
+            git_check_holds(&check, &with_head)
+        };
+        assert!(elsewhere(GitWant::FollowBranch(None), C2), "HEAD");
+        assert!(
+            elsewhere(GitWant::FollowBranch(Some("v1".into())), C2),
+            "tag"
+        );
+        assert!(!elsewhere(GitWant::FollowBranch(Some("v1".into())), C1));
+        assert!(!elsewhere(GitWant::FollowBranch(Some("gone".into())), C2));
         // A branch named like a commit id wins over the id, as in the resolver.
         let shadowed = vec![listed("refs/heads/2222222", C1)];
         assert!(!git_check_holds(

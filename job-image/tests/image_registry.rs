@@ -69,6 +69,7 @@ fn environment(
             name: name.to_owned(),
             branch: name.to_owned(),
             commit: commit.to_string().repeat(40),
+            code_config: None,
             modules: Vec::new(),
         },
         tree,
@@ -757,7 +758,7 @@ async fn unchanged_environments_take_their_layer_unbuilt_with_the_same_digest() 
     let registry = TestRegistry::start(Default::default());
     let client = connect(&registry, "puppet/code", &plain_options()).await;
     let with_pins = |mut env: ImageEnvironment| {
-        env.pins = Pins::new(None, "https://forge.example", &[]);
+        env.pins = Pins::new(None, "https://forge.example", None, &[]);
         env
     };
     let first = push(

@@ -15,6 +15,7 @@ use openvox_crds::codesource::BuildRecord;
 use openvox_crds::{CodeSource, CodeSourceStatus};
 use openvox_git::Credentials;
 
+use super::code_config::{CodeConfigFacts, control_url};
 use super::error::{Error, kube};
 use super::floating::{self, Found};
 use super::heads::{HeadError, HeadRequest, instant_of, shared_listing_since, wanted_heads};
@@ -37,6 +38,7 @@ pub async fn check(
     ctx: &Context,
     cs: &CodeSource,
     ns: &str,
+    code_config: Option<&CodeConfigFacts>,
     git_timeout: Duration,
     triggers: &Triggers,
     old: &CodeSourceStatus,
@@ -58,7 +60,7 @@ pub async fn check(
         Some(since) => instant_of(since, now, now_instant),
         None => Instant::now(),
     };
-    let (heads, auth) = match check_heads(ctx, cs, ns, git_timeout, not_before).await {
+    let (heads, auth) = match check_heads(ctx, cs, ns, code_config, git_timeout, not_before).await {
         Ok(found) => found,
         Err(e) => {
             return Checked {
@@ -74,7 +76,9 @@ pub async fn check(
     }
     // The floating modules of the last build, looked at in the same check.
     let found = match &old.last_build {
-        Some(build) => check_floating(ctx, cs, build, &auth, git_timeout, not_before).await,
+        Some(build) => {
+            check_floating(ctx, cs, code_config, build, &auth, git_timeout, not_before).await
+        }
         None => Found::default(),
     };
     let moved = (!found.moved.is_empty()).then(|| found.describe_moved());
@@ -91,6 +95,7 @@ async fn check_heads(
     ctx: &Context,
     cs: &CodeSource,
     ns: &str,
+    code_config: Option<&CodeConfigFacts>,
     timeout: Duration,
     not_before: Instant,
 ) -> Result<(BTreeMap<String, String>, Credentials), Error> {
@@ -102,7 +107,7 @@ async fn check_heads(
         },
     };
     let request = HeadRequest {
-        url: cs.spec.git.url.clone(),
+        url: control_url(cs, code_config),
         auth: auth.clone(),
         timeout,
         module_of: None,
@@ -117,7 +122,10 @@ async fn check_heads(
             return Err(e.into());
         }
     };
-    let wanted = wanted_heads(&all, &cs.spec.git.branches, &cs.spec.git.exclude_branches);
+    let mut wanted = wanted_heads(&all, &cs.spec.git.branches, &cs.spec.git.exclude_branches);
+    if let Some(code_config) = code_config {
+        wanted.retain(|branch, _| code_config.selector.selects(branch));
+    }
     Ok((wanted, auth))
 }
 
@@ -153,6 +161,7 @@ async fn read_git_secret(ctx: &Context, ns: &str, name: &str) -> Result<Credenti
 async fn check_floating(
     ctx: &Context,
     cs: &CodeSource,
+    code_config: Option<&CodeConfigFacts>,
     build: &BuildRecord,
     auth: &Credentials,
     timeout: Duration,
@@ -167,7 +176,7 @@ async fn check_floating(
             url: url.clone(),
             auth: auth.clone(),
             timeout,
-            module_of: Some(cs.spec.git.url.clone()),
+            module_of: Some(control_url(cs, code_config)),
         };
         let listed = ctx.heads.heads(request, not_before).await;
         (url.clone(), listed.map_err(|e| e.to_string()))

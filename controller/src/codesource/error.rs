@@ -43,6 +43,10 @@ pub enum Error {
     /// The installed Config CRD has neither shape of `spec.code` we know.
     #[error("cannot tell the shape of Config.spec.code: {0}")]
     ConfigShape(String),
+    /// The openvox-code CodeConfig (`spec.modules.codeConfig`) is missing or invalid:
+    /// which ConfigMap, and file, line and key.
+    #[error("openvox-code CodeConfig: {0}")]
+    CodeConfig(String),
     /// The object lacks a name or namespace (never for objects read from the API).
     #[error("object has no name or namespace")]
     Unnamed,
@@ -58,6 +62,7 @@ impl ReconcileError for Error {
             Self::HeadCheck(_) => openvox_crds::names::reasons::GIT_OPERATION_FAILED,
             Self::ConfigNotFound(_) => openvox_crds::names::reasons::CONFIG_NOT_FOUND,
             Self::ConfigShape(_) => "ConfigShapeUnknown",
+            Self::CodeConfig(_) => openvox_crds::names::reasons::CODE_CONFIG_INVALID,
             Self::Unnamed => "Unnamed",
         }
     }
@@ -96,6 +101,7 @@ mod tests {
             Error::ClaimNotFound("code".into()),
             Error::HeadCheck(HeadError::Timeout(1)),
             Error::ConfigNotFound("c".into()),
+            Error::CodeConfig("c".into()),
             Error::Unnamed,
         ] {
             let reason = e.reason();

@@ -14,7 +14,7 @@ use k8s_openapi::api::batch::v1::{
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
+    Capabilities, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar, KeyToPath,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
     ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
@@ -62,7 +62,22 @@ pub struct LaunchParams<'a> {
     /// The Puppet validator's image when `spec.validate` is set: its `image`, or the
     /// server image of the Config (resolved by the caller).
     pub validator_image: Option<&'a str>,
+    /// With `spec.modules.codeConfig`: what the controller took from it.
+    pub code_config: Option<WorkerCodeConfig<'a>>,
 }
+
+/// What the worker is told when modules come from an openvox-code CodeConfig.
+#[derive(Clone, Debug)]
+pub struct WorkerCodeConfig<'a> {
+    /// Where to fetch the control repository (its mirror, if the config names one).
+    pub url: &'a str,
+    /// The branches the head check selected (`git.branches` narrowed by the source's
+    /// `branchSelector`), passed by name: the worker builds exactly these.
+    pub branches: Vec<&'a str>,
+}
+
+/// Where the CodeConfig's ConfigMap is mounted in the worker container.
+pub const CODE_CONFIG_DIR: &str = "/etc/openvox-code/code-config";
 
 /// Labels on the worker Job, its pod, ServiceAccount, Role and RoleBinding.
 pub fn worker_labels(codesource: &str) -> BTreeMap<String, String> {
@@ -87,9 +102,22 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
     let spec = &cs.spec;
     let image = spec.output.image.as_ref().filter(|i| !i.is_empty());
     let command = if image.is_some() { "build" } else { "sync" };
-    let mut args: Vec<String> = vec![command.into(), "--url".into(), spec.git.url.clone()];
-    for branch in &spec.git.branches {
-        args.extend(["--branch".into(), branch.clone()]);
+    let (url, branches): (&str, Vec<&str>) = match &params.code_config {
+        Some(code_config) => (code_config.url, code_config.branches.clone()),
+        None => (
+            &spec.git.url,
+            spec.git.branches.iter().map(String::as_str).collect(),
+        ),
+    };
+    let mut args: Vec<String> = vec![command.into(), "--url".into(), url.into()];
+    for branch in branches {
+        args.extend(["--branch".into(), branch.into()]);
+    }
+    if let Some(code_config) = &spec.modules.code_config {
+        args.extend([
+            "--code-config".into(),
+            format!("{CODE_CONFIG_DIR}/{}", code_config.key),
+        ]);
     }
     for branch in &spec.git.exclude_branches {
         args.extend(["--exclude".into(), branch.clone()]);
@@ -255,6 +283,23 @@ pub fn desired_job(cs: &CodeSource, params: &LaunchParams<'_>) -> Job {
         env.push(EnvVar {
             name: "DOCKER_CONFIG".into(),
             value: Some(REGISTRY_SECRET_DIR.into()),
+            ..Default::default()
+        });
+    }
+    if let Some(code_config) = &spec.modules.code_config {
+        volumes.push(Volume {
+            name: "code-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: code_config.config_map_ref.name.clone(),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(VolumeMount {
+            name: "code-config".into(),
+            mount_path: CODE_CONFIG_DIR.into(),
+            read_only: Some(true),
             ..Default::default()
         });
     }
@@ -443,8 +488,71 @@ mod tests {
                 previous_image: Some("registry.example/puppet-code@sha256:0000"),
                 defaults: &WorkerDefaults::default(),
                 validator_image: cs.spec.validate.as_ref().map(|_| "openvox-server:8"),
+                code_config: None,
             },
         )
+    }
+
+    #[test]
+    fn a_code_config_is_mounted_and_the_worker_builds_the_selected_branches_from_the_mirror() {
+        let cs = codesource(serde_json::json!({"modules": {"codeConfig": {
+            "configMapRef": {"name": "openvox-code"}}}}));
+        let job = desired_job(
+            &cs,
+            &LaunchParams {
+                job_name: "production-0123abcd",
+                inputs_hash: "0123abcd",
+                worker_image: "worker:1",
+                previous_image: None,
+                defaults: &WorkerDefaults::default(),
+                validator_image: None,
+                code_config: Some(WorkerCodeConfig {
+                    url: "git://mirror.example/control.git",
+                    branches: vec!["production", "feature_x"],
+                }),
+            },
+        );
+        let args = container(&job).args.clone().unwrap();
+        let after = |flag: &str| -> Vec<&str> {
+            args.windows(2)
+                .filter(|w| w[0] == flag)
+                .map(|w| w[1].as_str())
+                .collect()
+        };
+        assert_eq!(after("--url"), ["git://mirror.example/control.git"]);
+        assert_eq!(after("--branch"), ["production", "feature_x"]);
+        assert_eq!(
+            after("--code-config"),
+            ["/etc/openvox-code/code-config/openvox-code.yaml"]
+        );
+        let volume = pod(&job)
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == "code-config")
+            .unwrap();
+        assert_eq!(volume.config_map.as_ref().unwrap().name, "openvox-code");
+        let mount = container(&job)
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "code-config")
+            .unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (CODE_CONFIG_DIR, Some(true))
+        );
+        // Without one: neither the flag nor the volume.
+        let plain = build(&codesource(serde_json::json!({})));
+        assert!(
+            !container(&plain)
+                .args
+                .clone()
+                .unwrap()
+                .contains(&"--code-config".to_string())
+        );
     }
 
     fn pod(job: &Job) -> &PodSpec {
@@ -807,6 +915,7 @@ mod tests {
                 previous_image: None,
                 defaults: &defaults,
                 validator_image: None,
+                code_config: None,
             },
         );
         assert_eq!(pod(&job).node_selector.as_ref().unwrap()["pool"], "fast");

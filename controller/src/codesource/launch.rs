@@ -18,10 +18,11 @@ use openvox_crds::operator::Config;
 use openvox_crds::{CodeSource, CodeSourceStatus};
 use tracing::info;
 
+use super::code_config::{CodeConfigFacts, control_url};
 use super::config::{CodeTarget, code_target};
 use super::decide::{Decision, LaunchReason};
 use super::error::{Error, kube};
-use super::job::{LaunchParams, desired_job};
+use super::job::{LaunchParams, WorkerCodeConfig, desired_job};
 use super::names::job_name;
 use super::notices::{launch_why, old_message};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
@@ -55,6 +56,7 @@ pub async fn act(
     cs: &CodeSource,
     ns: &str,
     decision: &Decision,
+    code_config: Option<&CodeConfigFacts>,
     jobs: &[Job],
     moved: Option<&str>,
     old: &CodeSourceStatus,
@@ -69,7 +71,9 @@ pub async fn act(
             reason,
         } => {
             let job = job_name(&cs.name_any(), name_seed);
-            match create_job(ctx, cs, ns, &job, inputs_hash).await {
+            // The branches the check selected: with a CodeConfig, the worker builds these.
+            let branches: Vec<String> = status.heads.keys().cloned().collect();
+            match create_job(ctx, cs, ns, &job, inputs_hash, code_config, &branches).await {
                 Ok(()) => {}
                 Err(e @ (Error::Secret { .. } | Error::ClaimNotFound(_))) => {
                     found.blocked = Some(e);
@@ -163,6 +167,8 @@ async fn create_job(
     ns: &str,
     job: &str,
     inputs_hash: &str,
+    code_config: Option<&CodeConfigFacts>,
+    branches: &[String],
 ) -> Result<(), Error> {
     // A missing push Secret would leave the pod waiting for its volume until the
     // deadline; say so now instead.
@@ -237,6 +243,7 @@ async fn create_job(
         .filter(|i| !i.is_empty())
         .unwrap_or_else(|| ctx.worker_image.clone());
     let validator_image = validator_image(ctx, cs, ns).await?;
+    let control_url = &control_url(cs, code_config);
     let desired = desired_job(
         cs,
         &LaunchParams {
@@ -246,6 +253,10 @@ async fn create_job(
             previous_image,
             defaults: &ctx.worker_defaults,
             validator_image: validator_image.as_deref(),
+            code_config: code_config.map(|_| WorkerCodeConfig {
+                url: control_url,
+                branches: branches.iter().map(String::as_str).collect(),
+            }),
         },
     );
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), ns);

@@ -1,6 +1,7 @@
 //! The CodeSource controller: schedules, head checks, worker Jobs, digest into Config.
 
 pub mod check;
+pub mod code_config;
 pub mod config;
 pub mod controller;
 pub mod decide;

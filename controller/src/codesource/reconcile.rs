@@ -27,7 +27,8 @@ use openvox_crds::CodeSource;
 use openvox_crds::names::{CONTROLLER_MANAGER, reasons};
 use openvox_crds::operator::Server;
 
-use super::check::check;
+use super::check::{Checked, check};
+use super::code_config::{self, spec_hash_with};
 use super::config::ShapeKind;
 use super::decide::{Decision, Facts, decide, spec_hash};
 use super::error::Error;
@@ -149,21 +150,36 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
     let triggers = triggers(cs, &old, valid.schedule.tick(last_tick, now));
     schedule_into(&mut status, triggers.tick, cs.spec.suspend);
 
-    let checked = check(
-        ctx,
-        cs,
-        &ns,
-        valid.git_timeout,
-        &triggers,
-        &old,
-        &mut status,
-        (now, now_instant),
-    )
-    .await;
+    // The CodeConfig, when modules come from one. One that cannot be read stops the
+    // check like an unreachable repository: nothing is built from a guess.
+    let (code_config, checked) = match code_config::read(ctx, cs, &ns).await {
+        Ok(code_config) => {
+            let checked = check(
+                ctx,
+                cs,
+                &ns,
+                code_config.as_ref(),
+                valid.git_timeout,
+                &triggers,
+                &old,
+                &mut status,
+                (now, now_instant),
+            )
+            .await;
+            (code_config, checked)
+        }
+        Err(e) => (
+            None,
+            Checked {
+                failed: Some(e),
+                moved: None,
+            },
+        ),
+    };
     let heads =
         (status.last_check_time.is_some() && checked.failed.is_none()).then_some(&status.heads);
 
-    let spec_hash = spec_hash(&cs.spec);
+    let spec_hash = spec_hash_with(spec_hash(&cs.spec), code_config.as_ref());
     let last_build = old.last_build.as_ref();
     let decision = decide(&Facts {
         suspended: cs.spec.suspend,
@@ -185,6 +201,7 @@ async fn reconcile_inner(cs: &CodeSource, ctx: &Context) -> Result<Action, Error
         cs,
         &ns,
         &decision,
+        code_config.as_ref(),
         &jobs,
         moved,
         &old,

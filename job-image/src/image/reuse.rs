@@ -152,6 +152,7 @@ mod tests {
             name: "production".into(),
             branch: "production".into(),
             commit: commit.repeat(40),
+            code_config: None,
             modules: vec![ModuleRecord {
                 name: "stdlib".into(),
                 source: "puppetlabs-stdlib".into(),

@@ -17,11 +17,14 @@ pub struct Puppetfile {
     pub modules: Vec<ModuleDecl>,
 }
 
-/// One `mod` line.
+/// One `mod` line, or one module of openvox-code's module files ([`crate::codeconfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleDecl {
-    /// Line of the `mod` keyword (1-based).
+    /// Line of the `mod` keyword (1-based); 0 for a module from a module file.
     pub line: usize,
+    /// The module file that declared the module (`None`: the Puppetfile at `line`), so
+    /// errors send the reader to the file to fix.
+    pub file: Option<String>,
     /// Directory name of the module (`apache` for `puppetlabs-apache`).
     pub name: String,
     /// Where it comes from and at which version.
@@ -31,6 +34,26 @@ pub struct ModuleDecl {
     pub path: String,
     /// Drop the module's top-level `spec/` directory (r10k's `exclude_spec`, default true).
     pub exclude_spec: bool,
+}
+
+impl ModuleDecl {
+    /// Where the module was declared, for messages: `Puppetfile line 3` or the module
+    /// file's path.
+    pub fn location(&self) -> String {
+        match &self.file {
+            Some(file) => file.clone(),
+            None => format!("Puppetfile line {}", self.line),
+        }
+    }
+
+    /// [`ModuleDecl::location`] after another module's location in the same message:
+    /// `line 3` or the module file's path.
+    pub fn short_location(&self) -> String {
+        match &self.file {
+            Some(file) => file.clone(),
+            None => format!("line {}", self.line),
+        }
+    }
 }
 
 /// Where a module comes from.
@@ -73,6 +96,13 @@ pub enum GitWant {
     Branch(String),
     /// `:branch => :control_branch`: the branch of the control repository being built.
     ControlBranch,
+    /// The remote's `HEAD` (its default branch): an openvox-code module without `ref`.
+    Head,
+    /// openvox-code's `follow_branch`: the branch named like the control branch when
+    /// the repository has one, else the module's `ref` (a branch, tag or commit id, as
+    /// [`GitWant::Ref`]), else the remote's `HEAD`. Unlike `:default_branch`, the
+    /// fallback need not be a branch.
+    FollowBranch(Option<String>),
 }
 
 impl std::fmt::Display for GitWant {
@@ -83,6 +113,11 @@ impl std::fmt::Display for GitWant {
             GitWant::Commit(c) => write!(f, "commit {c}"),
             GitWant::Branch(b) => write!(f, "branch {b:?}"),
             GitWant::ControlBranch => f.write_str("the control branch"),
+            GitWant::Head => f.write_str("the remote's HEAD"),
+            GitWant::FollowBranch(Some(r)) => write!(f, "the control branch, else ref {r:?}"),
+            GitWant::FollowBranch(None) => {
+                f.write_str("the control branch, else the remote's HEAD")
+            }
         }
     }
 }

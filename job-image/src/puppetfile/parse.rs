@@ -779,6 +779,7 @@ fn module_decl(args: Args, line: usize, moduledir: &str) -> Result<ModuleDecl, P
         }
     };
     Ok(ModuleDecl {
+        file: None,
         line,
         name: name.to_owned(),
         source,

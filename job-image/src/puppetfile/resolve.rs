@@ -17,16 +17,17 @@ use super::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
 use crate::decode::decode_ahead;
 use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
 use crate::git::fetch::Depth;
-use crate::git::{FetchWant, FetchedRepo, GitAccess, RemoteRef};
+use crate::git::{FetchWant, FetchedRepo, GitAccess, REMOTE_HEAD, RemoteRef};
 use crate::limits::{Bytes, Limits};
 use crate::progress::Step;
 
-/// A module that could not be resolved, with its Puppetfile line.
+/// A module that could not be resolved, with where it was declared.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("module {name} (Puppetfile line {line}): {message}")]
+#[error("module {name} ({location}): {message}")]
 pub struct ModuleError {
     pub name: String,
-    pub line: usize,
+    /// `Puppetfile line 3`, or the module file (see [`ModuleDecl::location`]).
+    pub location: String,
     pub message: String,
 }
 
@@ -157,7 +158,7 @@ impl Resolver {
     ) -> Result<ResolvedModule, ModuleError> {
         let fail = |message: String| ModuleError {
             name: decl.name.clone(),
-            line: decl.line,
+            location: decl.location(),
             message,
         };
         match &decl.source {
@@ -253,7 +254,7 @@ impl Resolver {
         forge_base(puppetfile_forge, &self.configured_forge)
     }
 
-    /// Branches and tags of `url` (no object fetched), listed once per build.
+    /// Branches, tags and `HEAD` of `url` (no object fetched), listed once per build.
     pub async fn list(&self, url: &str) -> Result<Arc<Vec<RemoteRef>>, String> {
         self.listings
             .get(&url.to_owned(), async {
@@ -410,9 +411,9 @@ pub enum Picked<'a> {
 
 /// The refs [`pick_ref`] would pick from for `want`, in its order: the first that a
 /// listing has is the one it picks. `None` when `want` names a commit (a full
-/// `:commit`, or a `:ref` that looks like a commit id): that does not float. The
-/// controller checks floating modules with this list (`status.lastBuild`) without
-/// knowing r10k's rules.
+/// `:commit`, or a `:ref` that looks like a commit id, also as a `follow_branch`
+/// fallback): that does not float. The controller checks floating modules with this
+/// list (`status.lastBuild`) without knowing r10k's or openvox-code's rules.
 pub fn candidate_refs(
     want: &GitWant,
     default_branch: Option<&str>,
@@ -436,12 +437,33 @@ pub fn candidate_refs(
             Some(refs)
         }
         GitWant::Commit(_) => None,
+        GitWant::Head => Some(vec![REMOTE_HEAD.to_owned()]),
+        GitWant::FollowBranch(fallback) => {
+            let mut refs = vec![heads(control_branch)];
+            refs.extend(candidate_refs(
+                &follow_branch_fallback(fallback),
+                None,
+                control_branch,
+            )?);
+            Some(refs)
+        }
     }
 }
 
-/// Picks from `refs` (branches and tags of `url`) what `want` designates, r10k's way:
-/// `:branch` and `:control_branch` fall back to the default branch; `:ref` is a branch,
-/// else a tag, else a commit id, else the default branch. A full `:commit` id is
+/// What a `follow_branch` module wants when the repository has no branch named like
+/// the control branch: its `ref`, else the remote's `HEAD`.
+fn follow_branch_fallback(fallback: &Option<String>) -> GitWant {
+    match fallback {
+        Some(reference) => GitWant::Ref(reference.clone()),
+        None => GitWant::Head,
+    }
+}
+
+/// Picks from `refs` (branches, tags and `HEAD` of `url`) what `want` designates,
+/// r10k's way: `:branch` and `:control_branch` fall back to the default branch; `:ref`
+/// is a branch, else a tag, else a commit id, else the default branch. openvox-code's
+/// wants: [`GitWant::Head`] is the listed `HEAD`; [`GitWant::FollowBranch`] is the
+/// control branch, else its fallback picked the same way. A full `:commit` id is
 /// fetched directly and never comes here. Pure, so the resolver and the unchanged
 /// check (`crate::unchanged`) cannot disagree on what a declaration means.
 pub fn pick_ref<'a>(
@@ -485,6 +507,19 @@ pub fn pick_ref<'a>(
             }
         }
         GitWant::Commit(prefix) => Ok(Picked::Commit(prefix.to_ascii_lowercase())),
+        GitWant::Head => find(REMOTE_HEAD).map(Picked::Ref).ok_or_else(|| {
+            format!("{url}: the repository has no HEAD to follow (the module names no ref)")
+        }),
+        GitWant::FollowBranch(fallback) => match find(&format!("refs/heads/{control_branch}")) {
+            Some(found) => Ok(Picked::Ref(found)),
+            None => pick_ref(
+                refs,
+                url,
+                &follow_branch_fallback(fallback),
+                None,
+                control_branch,
+            ),
+        },
     }
 }
 
@@ -513,6 +548,7 @@ mod tests {
             "refs/tags/develop",
             "refs/tags/v1",
             "refs/heads/feature",
+            "HEAD",
         ];
         let wants = [
             GitWant::Branch("develop".into()),
@@ -523,6 +559,11 @@ mod tests {
             GitWant::Ref("develop".into()),
             GitWant::Ref("nothing".into()),
             GitWant::Ref("refs/tags/v1".into()),
+            GitWant::Head,
+            GitWant::FollowBranch(None),
+            GitWant::FollowBranch(Some("develop".into())),
+            GitWant::FollowBranch(Some("v1".into())),
+            GitWant::FollowBranch(Some("nothing".into())),
         ];
         // Every subset of the refs, every want, with and without a default branch.
         for mask in 0u32..(1 << names.len()) {
@@ -558,6 +599,16 @@ mod tests {
         assert_eq!(
             candidate_refs(&GitWant::Ref("abc1234".into()), None, "p"),
             None
+        );
+        assert_eq!(
+            candidate_refs(&GitWant::FollowBranch(Some("abc1234".into())), None, "p"),
+            None,
+            "a commit fallback does not float"
+        );
+        assert_eq!(
+            candidate_refs(&GitWant::FollowBranch(None), Some("main"), "p").unwrap(),
+            ["refs/heads/p", "HEAD"],
+            "follow_branch ignores :default_branch"
         );
     }
 
