@@ -8,7 +8,7 @@ use serde_yaml::Value;
 
 use crate::checks::de_with;
 use crate::glob::{Glob, deserialize_path_glob};
-use crate::mirrors::Overrides;
+use crate::mirrors::{Overrides, mirror};
 use crate::module::Module;
 use crate::modulefile::{ModuleFileSpec, deserialize_modulefiles};
 use crate::selector::BranchSelector;
@@ -28,6 +28,37 @@ pub struct CodeConfig {
     /// Environments declared by name, built from any branch, tag or commit.
     pub environments: BTreeMap<String, StaticEnvironment>,
     pub overrides: Overrides,
+}
+
+impl CodeConfig {
+    /// The index of the source for the control repository at `control_url`: the first
+    /// whose `url` is `control_url` as written or after mirroring (either side may be
+    /// the mirror: the controller holds the original URL, the worker may be given the
+    /// mirror's); else the only source there is. The controller and the worker pick
+    /// the source with this one rule, so they always agree on it.
+    pub fn source_for(&self, control_url: &str) -> Result<usize, NoSource> {
+        let mirrored = mirror(control_url, &self.overrides);
+        let found = self.sources.iter().position(|s| {
+            let source = mirror(&s.url, &self.overrides);
+            s.url == control_url || source == control_url || source == mirrored
+        });
+        match (found, self.sources.len()) {
+            (Some(index), _) => Ok(index),
+            (None, 1) => Ok(0),
+            (None, 0) => Err(NoSource::Empty),
+            (None, n) => Err(NoSource::Ambiguous(n)),
+        }
+    }
+}
+
+/// Why no source applies to a control repository (the caller words it, with the URL
+/// as it may show it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoSource {
+    /// `sources` is empty.
+    Empty,
+    /// None of this many sources has the URL.
+    Ambiguous(usize),
 }
 
 /// A control repository whose selected branches become environments.

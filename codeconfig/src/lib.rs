@@ -63,7 +63,7 @@ mod modulefile;
 mod resolve;
 mod selector;
 
-pub use config::{CODE_CONFIG_KIND, CodeConfig, IgnoredKey, Source, StaticEnvironment};
+pub use config::{CODE_CONFIG_KIND, CodeConfig, IgnoredKey, NoSource, Source, StaticEnvironment};
 pub use envelope::{API_VERSION, MAX_FILE_BYTES};
 pub use environments::{
     Origin, PlannedEnvironment, UnknownModuleSet, environment_modules, plan_environments,

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use openvox_codeconfig::{BranchSelector, Overrides, load_code_config, mirror};
+use openvox_codeconfig::{
+    BranchSelector, CodeConfig, NoSource, Overrides, load_code_config, mirror,
+};
 use openvox_crds::CodeSource;
 use openvox_crds::codesource::CodeConfigRef;
 use sha2::{Digest as _, Sha256};
@@ -86,7 +88,7 @@ pub fn interpret(
 ) -> Result<CodeConfigFacts, String> {
     let loaded = load_code_config(data, &reference.key).map_err(|e| e.to_string())?;
     let config = loaded.config;
-    let source = source_of(&config.sources, &config.overrides, control_url)?;
+    let source = source_of(&config, control_url)?;
     Ok(CodeConfigFacts {
         hash: data_hash(data),
         selector: source.branch_selector.clone(),
@@ -94,22 +96,15 @@ pub fn interpret(
     })
 }
 
-/// The source of `control_url`: the one naming it (as written or after mirroring),
-/// else the only one.
+/// The source of `control_url` (`CodeConfig::source_for`, the rule the worker uses too).
 fn source_of<'a>(
-    sources: &'a [openvox_codeconfig::Source],
-    overrides: &Overrides,
+    config: &'a CodeConfig,
     control_url: &str,
 ) -> Result<&'a openvox_codeconfig::Source, String> {
-    let mirrored = mirror(control_url, overrides);
-    let named = sources
-        .iter()
-        .find(|s| s.url == control_url || mirror(&s.url, overrides) == mirrored);
-    match (named, sources) {
-        (Some(source), _) => Ok(source),
-        (None, [only]) => Ok(only),
-        (None, []) => Err("spec.sources is empty".into()),
-        (None, _) => Err(format!(
+    match config.source_for(control_url) {
+        Ok(index) => Ok(&config.sources[index]),
+        Err(NoSource::Empty) => Err("spec.sources is empty".into()),
+        Err(NoSource::Ambiguous(_)) => Err(format!(
             "no entry of spec.sources has the url of git.url ({})",
             openvox_git::mask_url(control_url)
         )),

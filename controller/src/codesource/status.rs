@@ -324,13 +324,6 @@ mod tests {
     fn healthy() -> Observed {
         Observed {
             invalid_spec: None,
-            suspended: false,
-            fetch_failed: None,
-            launch_blocked: None,
-            no_matching_branches: false,
-            building: None,
-            build_failed: None,
-            partial_build: None,
             up_to_date: true,
             last_image: Some("r@sha256:1".into()),
             config: ConfigState::Updated {
@@ -338,6 +331,7 @@ mod tests {
                 image: "r@sha256:1".into(),
             },
             rolled_out: None,
+            ..Observed::invalid(String::new())
         }
     }
 

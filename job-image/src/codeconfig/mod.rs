@@ -20,7 +20,9 @@ pub mod mapping;
 
 use std::path::Path;
 
-use openvox_codeconfig::{CodeConfig, IgnoredKey, LoadedConfig, Source, load_code_config, mirror};
+use openvox_codeconfig::{
+    CodeConfig, IgnoredKey, LoadedConfig, NoSource, Source, load_code_config,
+};
 use sha2::{Digest, Sha256};
 
 use crate::forge::hex;
@@ -91,22 +93,15 @@ impl CodeConfigModules {
     }
 }
 
-/// The source for the control repository at `control_url`: the first whose `url` is
-/// `control_url`, as written or after its mirror (the worker may be given the mirror's
-/// URL); else the only source there is. Anything else is ambiguous, so an error.
+/// The source for the control repository at `control_url` (the crate's
+/// `CodeConfig::source_for`, the rule the controller uses too), or why there is none.
 pub fn choose_source(config: &CodeConfig, control_url: &str) -> Result<usize, String> {
-    let found = config
-        .sources
-        .iter()
-        .position(|s| s.url == control_url || mirror(&s.url, &config.overrides) == control_url);
-    match (found, config.sources.len()) {
-        (Some(index), _) => Ok(index),
-        (None, 1) => Ok(0),
-        (None, 0) => Err("sources: the configuration has no source".to_owned()),
-        (None, n) => Err(format!(
+    config.source_for(control_url).map_err(|e| match e {
+        NoSource::Empty => "sources: the configuration has no source".to_owned(),
+        NoSource::Ambiguous(n) => format!(
             "sources: none of the {n} sources has url {control_url:?} (before or after its mirror), so it is unclear which one's modulefiles apply"
-        )),
-    }
+        ),
+    })
 }
 
 /// What a branch's modules depend on besides the branch's own files: the source's
