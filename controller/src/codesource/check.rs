@@ -16,11 +16,11 @@ use openvox_crds::{CodeSource, CodeSourceStatus};
 use openvox_git::Credentials;
 
 use super::code_config::{CodeConfigFacts, control_url};
+use super::context::{Context, key};
 use super::error::{Error, kube};
 use super::floating::{self, Found};
 use super::heads::{HeadError, HeadRequest, instant_of, shared_listing_since, wanted_heads};
 use super::observe::{Triggers, never_reconciled};
-use super::reconcile::{Context, key};
 
 /// What the check found besides what it wrote into the status.
 #[derive(Debug, Default)]

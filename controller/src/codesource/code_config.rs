@@ -16,8 +16,8 @@ use openvox_crds::CodeSource;
 use openvox_crds::codesource::CodeConfigRef;
 use sha2::{Digest as _, Sha256};
 
+use super::context::Context;
 use super::error::{Error, kube};
-use super::reconcile::Context;
 
 /// What the controller takes from a CodeConfig.
 #[derive(Clone, Debug)]

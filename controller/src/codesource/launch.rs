@@ -20,13 +20,13 @@ use tracing::info;
 
 use super::code_config::{CodeConfigFacts, control_url};
 use super::config::{CodeTarget, code_target};
+use super::context::{Context, apply_params, key};
 use super::decide::{Decision, LaunchReason};
 use super::error::{Error, kube};
 use super::job::{LaunchParams, WorkerCodeConfig, desired_job};
 use super::names::job_name;
 use super::notices::{launch_why, old_message};
 use super::rbac::{desired_role, desired_role_binding, desired_service_account};
-use super::reconcile::{Context, apply_params, key};
 use super::report::write_status;
 use crate::client::is_conflict;
 

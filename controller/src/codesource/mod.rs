@@ -3,6 +3,7 @@
 pub mod check;
 pub mod code_config;
 pub mod config;
+pub mod context;
 pub mod controller;
 pub mod decide;
 pub mod error;

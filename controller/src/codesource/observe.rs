@@ -9,9 +9,9 @@ use kube::ResourceExt;
 use openvox_crds::names::{annotations, conditions as types, labels};
 use openvox_crds::{CodeSource, CodeSourceStatus};
 
+use super::context::Context;
 use super::decide::{JobState, JobSummary};
 use super::names::codesource_label;
-use super::reconcile::Context;
 use super::schedule::Tick;
 use crate::conditions::is_true;
 

@@ -19,9 +19,9 @@ use tracing::info;
 use super::config::{
     CONFIG_CRD, CodeTarget, ShapeKind, carries, code_patch, code_target, shape_from_crd,
 };
+use super::context::{Context, apply_params, key};
 use super::decide::{JobState, JobSummary};
 use super::error::{Error, kube};
-use super::reconcile::{Context, apply_params, key};
 use super::status::ConfigState;
 use crate::conditions::is_true;
 

@@ -13,29 +13,21 @@
 //! 8. report (`report`): conditions, one status write, Events and metrics of the
 //!    transitions, finished Jobs pruned.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use k8s_openapi::api::batch::v1::Job;
-use kube::api::PatchParams;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
-use kube::{Client, ResourceExt};
 use openvox_crds::CodeSource;
-use openvox_crds::names::{CONTROLLER_MANAGER, reasons};
-use openvox_crds::operator::Server;
+use openvox_crds::names::reasons;
 
 use super::check::{Checked, check};
 use super::code_config::{self, spec_hash_with};
-use super::config::ShapeKind;
 use super::decide::{Decision, Facts, decide, spec_hash};
 use super::error::Error;
-use super::forge::ForgeReleases;
-use super::heads::{HeadCache, redact_url};
+use super::heads::redact_url;
 use super::launch::act;
-use super::memory::Memory;
 use super::notices::Happened;
 use super::observe::{owned_jobs, schedule_into, summarize, triggers};
 use super::publish::publish;
@@ -43,55 +35,13 @@ use super::report::{prune_history, report};
 use super::servers::roll_out;
 use super::status::{Observed, partial_message};
 use super::validate::validate;
-use super::worker_defaults::WorkerDefaults;
-use crate::metrics::Metrics;
-use crate::own_writes::OwnWrites;
-use crate::retry::{Failures, ReconcileError};
+use crate::retry::ReconcileError;
 
 /// Metrics label of this controller.
 pub const CONTROLLER: &str = "codesource";
 
-/// What the CodeSource reconciler shares across reconciles.
-pub struct Context {
-    /// API client.
-    pub client: Client,
-    /// Event recorder.
-    pub recorder: Recorder,
-    /// Default worker image.
-    pub worker_image: String,
-    /// Defaults of every worker pod that `spec.job` may override.
-    pub worker_defaults: WorkerDefaults,
-    /// Deduplicating head checks (control and module repositories).
-    pub heads: HeadCache,
-    /// Deduplicating Forge lookups (current releases of floating Forge modules).
-    pub forge: ForgeReleases,
-    /// Metrics.
-    pub metrics: Metrics,
-    /// Shape of `Config.spec.code` and when it was read.
-    pub config_shape: Mutex<Option<(Instant, ShapeKind)>>,
-    /// Consecutive transient failures per CodeSource, for backoff.
-    pub failures: Failures,
-    /// Versions our status writes returned, which must not trigger a reconcile.
-    pub own_writes: OwnWrites,
-    /// openvox-operator's Servers (watch cache), for the rollout.
-    pub servers: Store<Server>,
-    /// The worker Jobs (watch cache).
-    pub jobs: Store<Job>,
-    /// What is remembered between reconciles without being written (see `memory`).
-    pub memory: Memory,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("codesource::Context")
-            .finish_non_exhaustive()
-    }
-}
-
-/// Server-side apply as the controller, taking over fields others set.
-pub fn apply_params() -> PatchParams {
-    PatchParams::apply(CONTROLLER_MANAGER).force()
-}
+// What the phases share lives in `context`, which imports none of them.
+pub use super::context::{Context, key};
 
 /// Reconciles one CodeSource.
 pub async fn reconcile(cs: Arc<CodeSource>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -102,11 +52,6 @@ pub async fn reconcile(cs: Arc<CodeSource>, ctx: Arc<Context>) -> Result<Action,
         ctx.failures.succeeded(&key(&cs));
     }
     result
-}
-
-/// `namespace/name` of a CodeSource: the key of everything kept per CodeSource.
-pub fn key(cs: &CodeSource) -> String {
-    format!("{}/{}", cs.namespace().unwrap_or_default(), cs.name_any())
 }
 
 /// Transient errors back off exponentially per CodeSource (5 s doubling to 5 min);

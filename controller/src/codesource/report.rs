@@ -10,11 +10,11 @@ use kube::{Resource, ResourceExt};
 use openvox_crds::{CodeSource, CodeSourceStatus};
 use serde_json::json;
 
+use super::context::{Context, apply_params, key};
 use super::decide::JobState;
 use super::error::{Error, kube};
 use super::notices::{Happened, Notice, notices};
 use super::observe::summarize;
-use super::reconcile::{Context, apply_params, key};
 use super::status::{Observed, codesource_conditions, must_write};
 use crate::client::is_not_found;
 use crate::conditions::merge_conditions_at;

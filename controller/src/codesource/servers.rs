@@ -19,8 +19,8 @@ use openvox_crds::operator::{Config, Server};
 use tracing::info;
 
 use super::config::CodeTarget;
+use super::context::Context;
 use super::error::{Error, kube};
-use super::reconcile::Context;
 use super::rollout::{
     just_completed, missing_puppet_hint, nudge_patch, rolled_out, rollout_status, server_rollout,
     servers_of, servers_to_nudge,
