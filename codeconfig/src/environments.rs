@@ -66,6 +66,50 @@ pub fn plan_environments(
         .collect()
 }
 
+/// What a static environment's `ref` names in the control repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RefKind {
+    /// A branch (`refs/heads/<ref>`): the environment follows it.
+    Branch,
+    /// A tag (`refs/tags/<ref>`, annotated tags peeled to their commit).
+    Tag,
+    /// A full commit id, which no listing shows and which never moves.
+    Commit,
+}
+
+impl RefKind {
+    /// The full ref name of `reference` of this kind; `None` for a commit id.
+    pub fn full_name(self, reference: &str) -> Option<String> {
+        match self {
+            RefKind::Branch => Some(format!("refs/heads/{reference}")),
+            RefKind::Tag => Some(format!("refs/tags/{reference}")),
+            RefKind::Commit => None,
+        }
+    }
+}
+
+/// Finds a static environment's `ref` in the control repository: a branch of that
+/// name, else a tag of that name, else a full commit id (40 hex digits, taken as it
+/// is: a listing cannot show it, the fetch finds out whether it exists). `commit_of`
+/// answers a full ref name (`refs/heads/x`, `refs/tags/x`) from a listing of the
+/// repository. The controller (to notice a moved ref) and the worker (to fetch it) use
+/// this one rule, so they always mean the same commit.
+///
+/// Abbreviated commit ids are not found: resolving one takes the repository's history,
+/// which neither side fetches.
+pub fn find_static_ref(
+    reference: &str,
+    commit_of: impl Fn(&str) -> Option<String>,
+) -> Option<(RefKind, String)> {
+    for kind in [RefKind::Branch, RefKind::Tag] {
+        if let Some(commit) = kind.full_name(reference).and_then(|name| commit_of(&name)) {
+            return Some((kind, commit));
+        }
+    }
+    let full_id = reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit());
+    full_id.then(|| (RefKind::Commit, reference.to_ascii_lowercase()))
+}
+
 /// A static environment names a moduleset that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown moduleset `{0}`")]

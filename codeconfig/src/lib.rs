@@ -45,6 +45,8 @@
 //!
 //! Which environments exist is [`plan_environments`]: a static environment wins over a
 //! discovered branch of the same name, and an earlier source over a later one. What a
+//! static environment's `ref` is (a branch, then a tag, then a full commit id) is
+//! [`find_static_ref`]. What a
 //! module fetches is [`resolve_want`]: a lockfile entry, then `follow_branch`, then
 //! `ref`, then the remote's HEAD. Where it fetches from is [`mirror`].
 
@@ -66,7 +68,8 @@ mod selector;
 pub use config::{CODE_CONFIG_KIND, CodeConfig, IgnoredKey, NoSource, Source, StaticEnvironment};
 pub use envelope::{API_VERSION, MAX_FILE_BYTES};
 pub use environments::{
-    Origin, PlannedEnvironment, UnknownModuleSet, environment_modules, plan_environments,
+    Origin, PlannedEnvironment, RefKind, UnknownModuleSet, environment_modules, find_static_ref,
+    plan_environments,
 };
 pub use error::{Error, ErrorKind};
 pub use glob::{Glob, GlobError};

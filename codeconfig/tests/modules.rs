@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use openvox_codeconfig::{
-    ErrorKind, Glob, Module, ModuleFile, ModuleFileSpec, Origin, StaticEnvironment,
-    environment_modules, plan_environments, select_module_files,
+    ErrorKind, Glob, Module, ModuleFile, ModuleFileSpec, Origin, RefKind, StaticEnvironment,
+    environment_modules, find_static_ref, plan_environments, select_module_files,
 };
 
 fn module_file(text: &str) -> ModuleFile {
@@ -215,4 +215,40 @@ fn a_static_environment_wins_over_a_discovered_branch() {
     );
     assert_eq!(plan[1].shadowed, [branch(0, "production")]);
     assert_eq!(plan[2].shadowed, [branch(1, "staging")]);
+}
+
+#[test]
+fn a_static_ref_is_a_branch_then_a_tag_then_a_full_commit_id() {
+    let listing: BTreeMap<&str, &str> = [
+        ("refs/heads/release", "b1"),
+        ("refs/tags/release", "t1"),
+        ("refs/tags/v1.0", "t2"),
+        ("refs/heads/main", "m1"),
+    ]
+    .into();
+    let find = |reference: &str| {
+        find_static_ref(reference, |name| listing.get(name).map(|c| c.to_string()))
+    };
+    let commit = "0123456789abcdef0123456789ABCDEF01234567";
+    let cases: [(&str, Option<(RefKind, &str)>); 6] = [
+        ("release", Some((RefKind::Branch, "b1"))),
+        ("v1.0", Some((RefKind::Tag, "t2"))),
+        ("main", Some((RefKind::Branch, "m1"))),
+        (
+            commit,
+            Some((RefKind::Commit, &commit.to_ascii_lowercase())),
+        ),
+        ("0123456", None),
+        ("nothing", None),
+    ];
+    for (reference, want) in cases {
+        let got = find(reference);
+        let got = got.as_ref().map(|(k, c)| (*k, c.as_str()));
+        assert_eq!(got, want, "{reference}");
+    }
+    assert_eq!(
+        RefKind::Tag.full_name("v1.0").as_deref(),
+        Some("refs/tags/v1.0")
+    );
+    assert_eq!(RefKind::Commit.full_name(commit), None);
 }

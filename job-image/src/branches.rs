@@ -12,7 +12,10 @@
 
 use std::collections::BTreeMap;
 
+pub use openvox_codeconfig::RefKind;
 pub use openvox_crds::codesource::InvalidBranches;
+
+use crate::git::FetchWant;
 
 /// Why a branch did not become an environment.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +90,14 @@ impl BranchSelection {
         wanted
     }
 
+    /// Selects no branch: a CodeConfig's static environments are all there is to build.
+    pub fn nothing() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+        }
+    }
+
     /// The include patterns, as given.
     pub fn include(&self) -> &[String] {
         &self.include
@@ -143,13 +154,48 @@ pub fn environment_name(branch: &str, policy: InvalidBranches) -> Result<String,
     }
 }
 
-/// One branch and the environment it becomes.
+/// One branch (or static environment) and the environment it becomes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EnvironmentPlan {
     /// Environment name (directory name).
     pub name: String,
-    /// Branch short name.
+    /// Branch short name; for a static environment, its `ref` as written.
     pub branch: String,
+    /// `Some` for a static environment of the CodeConfig (`environments`): what its
+    /// `ref` is in the control repository.
+    pub declared: Option<RefKind>,
+}
+
+impl EnvironmentPlan {
+    /// A discovered branch's plan.
+    pub fn branch(name: String, branch: String) -> Self {
+        Self {
+            name,
+            branch,
+            declared: None,
+        }
+    }
+
+    /// The name `:control_branch` and `follow_branch` modules follow: the branch, or
+    /// for a static environment its name (openvox-code's "the branch named like the
+    /// environment").
+    pub fn follows(&self) -> &str {
+        match self.declared {
+            None => &self.branch,
+            Some(_) => &self.name,
+        }
+    }
+
+    /// What to fetch for this environment, whose ref was found at `commit`.
+    pub fn fetch_want(&self, commit: gix::ObjectId) -> FetchWant {
+        match self.declared {
+            None => FetchWant::Ref(format!("refs/heads/{}", self.branch)),
+            Some(kind) => match kind.full_name(&self.branch) {
+                Some(name) => FetchWant::Ref(name),
+                None => FetchWant::Commit(commit),
+            },
+        }
+    }
 }
 
 /// A branch that was selected but does not become an environment.
@@ -160,6 +206,28 @@ pub struct RefusedBranch {
     /// neither written nor purged in this run (the previous one stays).
     pub environment: Option<String>,
     pub reason: BranchError,
+}
+
+/// Lets the static environments named `statics` win over the discovered ones of the
+/// same names (openvox-code's rule: a static environment was declared on purpose,
+/// discovery takes whatever branches exist): removes those from `plans` and `refused`
+/// (a collision between branches no longer matters when neither is built). Returns the
+/// branches that lost, for the log.
+pub fn make_room_for_statics(
+    plans: &mut Vec<EnvironmentPlan>,
+    refused: &mut Vec<RefusedBranch>,
+    statics: &std::collections::BTreeSet<&str>,
+) -> Vec<EnvironmentPlan> {
+    let (lost, kept): (Vec<_>, Vec<_>) = std::mem::take(plans)
+        .into_iter()
+        .partition(|p| statics.contains(p.name.as_str()));
+    *plans = kept;
+    refused.retain(|r| {
+        r.environment
+            .as_deref()
+            .is_none_or(|name| !statics.contains(name))
+    });
+    lost
 }
 
 /// Environments for the selected `branches`, in name order, and the refused branches.
@@ -184,10 +252,7 @@ pub fn plan_environments(
         group.sort();
         group.dedup();
         if let [branch] = group.as_slice() {
-            plans.push(EnvironmentPlan {
-                name,
-                branch: branch.clone(),
-            });
+            plans.push(EnvironmentPlan::branch(name, branch.clone()));
             continue;
         }
         for branch in &group {
@@ -319,10 +384,10 @@ mod tests {
         let (plans, refused) = plan_environments(&branches, InvalidBranches::Correct);
         assert_eq!(
             plans,
-            vec![EnvironmentPlan {
-                name: "production".into(),
-                branch: "production".into()
-            }]
+            vec![EnvironmentPlan::branch(
+                "production".into(),
+                "production".into()
+            )]
         );
         assert_eq!(refused.len(), 3);
         for r in &refused {
@@ -346,6 +411,53 @@ mod tests {
         assert_eq!(plans[0].branch, "feature_a");
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].branch, "feature/a");
+    }
+
+    #[test]
+    fn static_environments_take_the_place_of_branches_of_their_names() {
+        let branches: Vec<String> = ["production", "feature/a", "feature-a", "staging"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (mut plans, mut refused) = plan_environments(&branches, InvalidBranches::Correct);
+        assert_eq!(refused.len(), 2, "feature/a and feature-a collide");
+        let statics = ["production", "feature_a", "pinned"].into();
+        let lost = make_room_for_statics(&mut plans, &mut refused, &statics);
+        let lost: Vec<&str> = lost.iter().map(|p| p.branch.as_str()).collect();
+        assert_eq!(lost, ["production"]);
+        let kept: Vec<&str> = plans.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(kept, ["staging"]);
+        assert!(refused.is_empty(), "{refused:?}");
+        assert!(!BranchSelection::nothing().matches("production"));
+    }
+
+    #[test]
+    fn a_static_environment_fetches_its_ref_and_follows_its_name() {
+        let commit = gix::ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567").unwrap();
+        let plan = |declared| EnvironmentPlan {
+            name: "pinned".into(),
+            branch: "v1.0".into(),
+            declared,
+        };
+        let cases = [
+            (None, FetchWant::Ref("refs/heads/v1.0".into()), "v1.0"),
+            (
+                Some(RefKind::Branch),
+                FetchWant::Ref("refs/heads/v1.0".into()),
+                "pinned",
+            ),
+            (
+                Some(RefKind::Tag),
+                FetchWant::Ref("refs/tags/v1.0".into()),
+                "pinned",
+            ),
+            (Some(RefKind::Commit), FetchWant::Commit(commit), "pinned"),
+        ];
+        for (declared, want, follows) in cases {
+            let plan = plan(declared);
+            assert_eq!(plan.fetch_want(commit), want, "{declared:?}");
+            assert_eq!(plan.follows(), follows, "{declared:?}");
+        }
     }
 
     #[test]

@@ -64,8 +64,13 @@ pub struct SourceArgs {
     /// Control repository: https://, http://, ssh://, user@host:path, git:// or file://.
     #[arg(long, env = "OPENVOX_CODE_URL")]
     pub url: String,
-    /// Branch to deploy: an exact name or a glob (`feature_*`). Repeat for more.
-    #[arg(long = "branch", required = true, value_name = "NAME_OR_GLOB")]
+    /// Branch to deploy: an exact name or a glob (`feature_*`). Repeat for more. Only
+    /// with `--code-config` may there be none: its static environments are then built.
+    #[arg(
+        long = "branch",
+        required_unless_present = "code_config",
+        value_name = "NAME_OR_GLOB"
+    )]
     pub branches: Vec<String>,
     /// Glob of branches to leave out. Repeat for more.
     #[arg(long = "exclude", value_name = "GLOB")]
@@ -140,8 +145,12 @@ impl SourceArgs {
         if let Some(n) = self.scratch_size {
             limits = limits.with_scratch(n);
         }
-        let selection = BranchSelection::new(self.branches.clone(), self.excludes.clone())
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let selection = if self.branches.is_empty() && self.code_config.is_some() {
+            BranchSelection::nothing()
+        } else {
+            BranchSelection::new(self.branches.clone(), self.excludes.clone())
+                .map_err(|e| CliError::Usage(e.to_string()))?
+        };
         let code_config = match &self.code_config {
             Some(path) => {
                 let loaded =

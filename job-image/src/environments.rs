@@ -16,10 +16,12 @@ use std::time::Duration;
 use openvox_crds::codesource::ModuleRecord;
 
 use crate::branches::{
-    BranchError, BranchSelection, EnvironmentPlan, InvalidBranches, plan_environments,
+    BranchError, BranchSelection, EnvironmentPlan, InvalidBranches, make_room_for_statics,
+    plan_environments,
 };
 use crate::codeconfig::CodeConfigModules;
-use crate::codeconfig::branch::read_branch_modules;
+use crate::codeconfig::branch::read_environment_modules;
+use crate::codeconfig::statics::find_statics;
 use crate::decode::decode_ahead;
 use crate::forge::{ForgeClient, ForgeError};
 use crate::git::fetch::Depth;
@@ -169,28 +171,44 @@ pub async fn build_environments_reusing(
     .with_full_history_allowed(options.allow_full_history);
     let origin = access.origin()?;
 
-    // 1. Heads.
+    // 1. Heads (and tags, when static environments may name them).
+    let statics = options
+        .code_config
+        .as_ref()
+        .filter(|c| !c.config.environments.is_empty());
     let step = Step::start("list", &url);
     let remote = origin.clone();
-    let heads = tokio::task::spawn_blocking(move || remote.list_heads())
+    let prefixes: &'static [&'static str] = match statics {
+        Some(_) => &["refs/heads/", "refs/tags/"],
+        None => &["refs/heads/"],
+    };
+    let listed = tokio::task::spawn_blocking(move || remote.list_refs(prefixes))
         .await
         .map_err(|e| BuildError::Local(format!("listing heads stopped: {e}")))?;
-    let heads = match heads {
-        Ok(h) => h,
+    let refs: BTreeMap<String, gix::ObjectId> = match listed {
+        Ok(refs) => refs.iter().map(|r| (r.name.clone(), r.commit())).collect(),
         Err(e) => {
             step.failed(&e);
             return Err(e.into());
         }
     };
-    let selected = options
-        .selection
-        .select(heads.iter().map(|h| h.branch.as_str()));
+    let heads: BTreeMap<&str, gix::ObjectId> = refs
+        .iter()
+        .filter_map(|(name, commit)| Some((name.strip_prefix("refs/heads/")?, *commit)))
+        .collect();
+    let selected = options.selection.select(heads.keys().copied());
+    let found_statics = statics.map(|c| find_statics(&c.config, &refs));
+    let static_count = found_statics.as_ref().map_or(0, Vec::len);
     step.done(format!(
-        "{} branches, {} selected",
+        "{} branches, {} selected{}",
         heads.len(),
-        selected.len()
+        selected.len(),
+        match static_count {
+            0 => String::new(),
+            n => format!(", {n} static environment{}", if n == 1 { "" } else { "s" }),
+        }
     ));
-    if selected.is_empty() {
+    if selected.is_empty() && static_count == 0 {
         return Err(BuildError::NoBranches {
             url: url.to_string(),
             patterns: options
@@ -204,17 +222,46 @@ pub async fn build_environments_reusing(
         });
     }
 
-    // 2. Names.
-    let (plans, refused) = plan_environments(&selected, options.invalid_branches);
-    let mut failed: Vec<EnvironmentFailure> = refused
+    // 2. Names; a static environment wins over a branch of its name.
+    let (mut plans, mut refused) = plan_environments(&selected, options.invalid_branches);
+    let mut commits: BTreeMap<String, gix::ObjectId> = plans
         .iter()
-        .map(|r| EnvironmentFailure {
-            name: r.environment.clone(),
-            branch: r.branch.clone(),
-            reason: r.reason.to_string(),
-            problem: None,
-        })
+        .filter_map(|p| Some((p.name.clone(), *heads.get(p.branch.as_str())?)))
         .collect();
+    let mut failed = Vec::new();
+    let found_statics = found_statics.unwrap_or_default();
+    let static_names: BTreeSet<&str> = statics
+        .map(|c| c.config.environments.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    for lost in make_room_for_statics(&mut plans, &mut refused, &static_names) {
+        let message = format!("static environment {} wins over this branch", lost.name);
+        tracing::info!(
+            "{}",
+            crate::progress::line("branch", &lost.branch, &message, Duration::ZERO)
+        );
+    }
+    for found in found_statics {
+        match found {
+            Ok(found) => {
+                commits.insert(found.plan.name.clone(), found.commit);
+                plans.push(found.plan);
+            }
+            // Named by the environment alone: the reason names its ref.
+            Err(missing) => failed.push(EnvironmentFailure {
+                name: Some(missing.name.clone()),
+                branch: missing.name,
+                reason: missing.reason,
+                problem: None,
+            }),
+        }
+    }
+    plans.sort();
+    failed.extend(refused.iter().map(|r| EnvironmentFailure {
+        name: r.environment.clone(),
+        branch: r.branch.clone(),
+        reason: r.reason.to_string(),
+        problem: None,
+    }));
     for f in &failed {
         tracing::warn!(
             "{}",
@@ -227,8 +274,9 @@ pub async fn build_environments_reusing(
         );
     }
     let mut selected_names: BTreeSet<String> = plans.iter().map(|p| p.name.clone()).collect();
-    selected_names.extend(refused.iter().filter_map(|r| r.environment.clone()));
+    selected_names.extend(failed.iter().filter_map(|f| f.name.clone()));
     if plans.is_empty() {
+        failed.sort_by(|a, b| a.branch.cmp(&b.branch));
         return Ok(Environments {
             built: Vec::new(),
             unchanged: Vec::new(),
@@ -257,11 +305,7 @@ pub async fn build_environments_reusing(
     ));
 
     // 4. Environments that did not change since the recorded build are not fetched.
-    let heads: BTreeMap<&str, String> = heads
-        .iter()
-        .map(|h| (h.branch.as_str(), h.commit.to_string()))
-        .collect();
-    let (unchanged, plans) = split_unchanged(plans, &heads, recorded, &resolver, options).await;
+    let (unchanged, plans) = split_unchanged(plans, &commits, recorded, &resolver, options).await;
     if plans.is_empty() {
         failed.sort_by(|a, b| a.branch.cmp(&b.branch));
         return Ok(Environments {
@@ -275,14 +319,21 @@ pub async fn build_environments_reusing(
         });
     }
 
-    // 5. One shallow fetch of all other wanted branches.
+    // 5. One shallow fetch of all other wanted branches (and static refs).
     let step = Step::start("fetch", &url);
     let wants: Vec<FetchWant> = plans
         .iter()
-        .map(|p| FetchWant::Ref(format!("refs/heads/{}", p.branch)))
+        .map(|p| p.fetch_want(commits[&p.name]))
         .collect();
     let remote = origin.clone();
-    let fetch_wants = wants.clone();
+    // A static environment may want what a branch environment wants too.
+    let fetch_wants: Vec<FetchWant> = wants
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let wanted_refs = fetch_wants.len();
     let fetched = tokio::task::spawn_blocking(move || remote.fetch(&fetch_wants, Depth::Shallow))
         .await
         .map_err(|e| BuildError::Local(format!("fetch stopped: {e}")))?;
@@ -294,8 +345,8 @@ pub async fn build_environments_reusing(
         }
     };
     step.done(format!(
-        "{} branches, {} received",
-        plans.len(),
+        "{wanted_refs} ref{}, {} received",
+        if wanted_refs == 1 { "" } else { "s" },
         Bytes(control.received_bytes())
     ));
     options
@@ -410,7 +461,7 @@ pub async fn build_environments_reusing(
 /// lookups only) and the plans to fetch and build.
 async fn split_unchanged(
     plans: Vec<EnvironmentPlan>,
-    heads: &BTreeMap<&str, String>,
+    commits: &BTreeMap<String, gix::ObjectId>,
     recorded: &BTreeMap<String, RecordedEnvironment>,
     resolver: &Resolver,
     options: &SourceOptions,
@@ -420,13 +471,17 @@ async fn split_unchanged(
     }
     let verdicts = futures_join_all(plans.iter().map(|plan| async move {
         let record = recorded.get(&plan.name)?;
-        let head = heads.get(plan.branch.as_str())?;
+        let head = commits.get(&plan.name)?.to_string();
         let step = Step::start("check", &plan.name);
-        let digest = options
-            .code_config
-            .as_deref()
-            .map(CodeConfigModules::digest);
-        let checks = match decide(record, &plan.branch, head, &options.forge_url, digest) {
+        let digest = options.code_config.as_ref().map(|c| c.digest_for(plan));
+        let checks = match decide(
+            record,
+            &plan.branch,
+            plan.follows(),
+            &head,
+            &options.forge_url,
+            digest.as_deref(),
+        ) {
             Decision::Unchanged(checks) => checks,
             Decision::Fetch(reason) => {
                 step.done(format!("{reason}; fetching"));
@@ -531,7 +586,7 @@ fn read_modules(
         };
         return Ok((puppetfile, described.to_owned()));
     };
-    let modules = read_branch_modules(config, control, tree, &plan.branch)?;
+    let modules = read_environment_modules(config, control, tree, plan)?;
     for stale in &modules.stale_locks {
         tracing::warn!(
             "{}",
@@ -552,7 +607,7 @@ async fn build_one(
 ) -> Result<(Environment, Option<Pins>, String), String> {
     let commit = control
         .commit_of(want)
-        .ok_or_else(|| format!("branch {} was not fetched", plan.branch))?;
+        .ok_or_else(|| format!("{want} was not fetched"))?;
     let tree_id = control.tree_of(commit).map_err(|e| e.to_string())?;
     let (puppetfile, described) = {
         let control = control.clone();
@@ -564,7 +619,7 @@ async fn build_one(
         .await
         .map_err(|e| e.to_string())??
     };
-    let digest = code_config.map(|c| c.digest().to_owned());
+    let digest = code_config.map(|c| c.digest_for(plan));
     let (decls, forge_line): (Vec<ModuleDecl>, Option<String>) = match puppetfile {
         Some(p) => (p.modules, p.forge),
         None => (Vec::new(), None),
@@ -574,7 +629,7 @@ async fn build_one(
     let resolutions = futures_join_all(
         decls
             .iter()
-            .map(|decl| resolver.resolve(decl, &plan.branch, forge_line.as_deref())),
+            .map(|decl| resolver.resolve(decl, plan.follows(), forge_line.as_deref())),
     )
     .await;
     let mut modules: Vec<(ModuleDecl, ResolvedModule)> = Vec::new();
@@ -593,6 +648,7 @@ async fn build_one(
     let inputs = EnvironmentInputs {
         name: plan.name.clone(),
         branch: plan.branch.clone(),
+        follows: plan.declared.map(|_| plan.name.clone()),
         commit: commit.to_string(),
         modules: modules.iter().map(|(_, m)| m.record.clone()).collect(),
         code_config: digest.clone(),
@@ -757,6 +813,7 @@ mod tests {
         let base = EnvironmentInputs {
             name: "production".into(),
             branch: "production".into(),
+            follows: None,
             commit: "a".repeat(40),
             code_config: None,
             modules: vec![ModuleRecord {

@@ -17,7 +17,13 @@ pub const FORMAT_VERSION: u32 = 1;
 pub struct EnvironmentInputs {
     /// Environment name.
     pub name: String,
+    /// The branch; for a CodeConfig's static environment, its `ref` as written.
     pub branch: String,
+    /// For a static environment, the name its `follow_branch` modules follow (its own
+    /// name; see [`crate::branches::EnvironmentPlan::follows`]). Not hashed: a static
+    /// environment's CodeConfig digest already says it is static, and its name is hashed.
+    #[serde(skip)]
+    pub follows: Option<String>,
     /// Commit of the branch.
     pub commit: String,
     /// Modules in install-path order.
@@ -31,6 +37,11 @@ pub struct EnvironmentInputs {
 }
 
 impl EnvironmentInputs {
+    /// The branch name `:control_branch` and `follow_branch` modules follow.
+    pub fn follows(&self) -> &str {
+        self.follows.as_deref().unwrap_or(&self.branch)
+    }
+
     /// `<branch>@sha1:<commit>`.
     pub fn revision(&self) -> String {
         format!("{}@sha1:{}", self.branch, self.commit)

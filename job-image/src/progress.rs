@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! list     https://git.example.com/control.git: 12 branches, 8 selected (0.21s)
-//! fetch    https://git.example.com/control.git: 8 branches, 41.2 MiB received (2.31s)
+//! fetch    https://git.example.com/control.git: 8 refs, 41.2 MiB received (2.31s)
 //! module   stdlib 9.6.0 from the Forge: 1.10 MiB (0.40s)
 //! env      production: 3,014 files, 40.1 MiB, 20 modules (0.52s)
 //! write    production -> .versions/production/1a2b3c4d5e6f-0f1e2d3c4b5a (0.33s)

@@ -403,6 +403,7 @@ mod tests {
             inputs: EnvironmentInputs {
                 name: name.into(),
                 branch: name.into(),
+                follows: None,
                 commit: commit.to_string().repeat(40),
                 code_config: None,
                 modules: vec![],

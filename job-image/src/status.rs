@@ -210,7 +210,7 @@ pub fn build_record(
                 floating: layer
                     .pins
                     .as_ref()
-                    .map(|p| p.floating(&inputs.branch))
+                    .map(|p| p.floating(inputs.follows()))
                     .unwrap_or_default(),
                 ..inputs.to_record(Some(layer.digest.clone()))
             },
@@ -280,6 +280,7 @@ mod tests {
             inputs: inputs.then(|| EnvironmentInputs {
                 name: name.into(),
                 branch: name.into(),
+                follows: None,
                 commit: "a".repeat(40),
                 code_config: None,
                 modules: vec![ModuleRecord {

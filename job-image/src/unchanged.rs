@@ -73,6 +73,7 @@ impl RecordedEnvironment {
         let inputs = EnvironmentInputs {
             name: layer.environment.clone(),
             branch: branch.to_owned(),
+            follows: None,
             commit: commit.to_owned(),
             code_config: pins.code_config.clone(),
             modules: pins.records(),
@@ -123,9 +124,13 @@ pub enum Decision {
 /// Decides for an environment whose branch `branch` has head `head` now, with the
 /// Forge configured at `configured_forge` and modules described by the Puppetfile
 /// (`code_config` `None`) or by module files under a CodeConfig of that digest.
+/// `follows` is the branch name `:control_branch` and `follow_branch` modules follow
+/// (`branch`, except for a CodeConfig's static environment: see
+/// [`crate::branches::EnvironmentPlan::follows`]).
 pub fn decide(
     recorded: &RecordedEnvironment,
     branch: &str,
+    follows: &str,
     head: &str,
     configured_forge: &str,
     code_config: Option<&str>,
@@ -189,7 +194,7 @@ pub fn decide(
                     url: url.clone(),
                     want,
                     default_branch: default_branch.clone(),
-                    control_branch: branch.to_owned(),
+                    control_branch: follows.to_owned(),
                     commit: resolved.version.clone(),
                 });
             }
@@ -305,6 +310,7 @@ mod tests {
             inputs: EnvironmentInputs {
                 name: "production".into(),
                 branch: "production".into(),
+                follows: None,
                 code_config: pins.code_config.clone(),
                 commit: C1.into(),
                 modules: pins.records(),
@@ -326,14 +332,21 @@ mod tests {
     fn a_new_commit_or_another_branch_is_fetched() {
         let r = recorded(vec![forge_pin("stdlib", false)]);
         assert!(
-            matches!(decide(&r, "production", C2, FORGE, None), Decision::Fetch(m) if m.contains("new commit"))
+            matches!(decide(&r, "production", "production", C2, FORGE, None), Decision::Fetch(m) if m.contains("new commit"))
         );
         assert!(matches!(
-            decide(&r, "other", C1, FORGE, None),
+            decide(&r, "other", "other", C1, FORGE, None),
             Decision::Fetch(_)
         ));
         assert_eq!(
-            decide(&r, "production", &C1.to_uppercase(), FORGE, None),
+            decide(
+                &r,
+                "production",
+                "production",
+                &C1.to_uppercase(),
+                FORGE,
+                None
+            ),
             Decision::Unchanged(Vec::new())
         );
     }
@@ -345,13 +358,13 @@ mod tests {
             git_pin("site", Want::Commit(C2.into()), C2),
         ]);
         assert_eq!(
-            decide(&r, "production", C1, FORGE, None),
+            decide(&r, "production", "production", C1, FORGE, None),
             Decision::Unchanged(Vec::new())
         );
         // A record that contradicts its own pin is not trusted.
         let r = recorded(vec![git_pin("site", Want::Commit(C2.into()), C1)]);
         assert!(matches!(
-            decide(&r, "production", C1, FORGE, None),
+            decide(&r, "production", "production", C1, FORGE, None),
             Decision::Fetch(_)
         ));
     }
@@ -360,12 +373,19 @@ mod tests {
     fn a_changed_forge_url_fetches_environments_with_forge_modules_only() {
         let with_forge = recorded(vec![forge_pin("stdlib", false)]);
         assert!(matches!(
-            decide(&with_forge, "production", C1, "https://mirror.example", None),
+            decide(&with_forge, "production", "production", C1, "https://mirror.example", None),
             Decision::Fetch(m) if m.contains("Forge URL")
         ));
         let git_only = recorded(vec![git_pin("site", Want::Commit(C2.into()), C2)]);
         assert_eq!(
-            decide(&git_only, "production", C1, "https://mirror.example", None),
+            decide(
+                &git_only,
+                "production",
+                "production",
+                C1,
+                "https://mirror.example",
+                None
+            ),
             Decision::Unchanged(Vec::new())
         );
     }
@@ -380,7 +400,8 @@ mod tests {
             git_pin("e", Want::Commit("2222222".into()), C2),
             forge_pin("f", true),
         ]);
-        let Decision::Unchanged(checks) = decide(&r, "production", C1, FORGE, None) else {
+        let Decision::Unchanged(checks) = decide(&r, "production", "production", C1, FORGE, None)
+        else {
             panic!("unchanged with checks expected");
         };
         assert_eq!(checks.len(), 6);
@@ -404,7 +425,7 @@ mod tests {
         ];
         for (recorded_digest, now, fetch) in cases {
             r.pins.code_config = recorded_digest.map(str::to_owned);
-            let decision = decide(&r, "production", C1, FORGE, now);
+            let decision = decide(&r, "production", "production", C1, FORGE, now);
             match fetch {
                 None => assert!(
                     matches!(&decision, Decision::Unchanged(checks) if checks.len() == 1),

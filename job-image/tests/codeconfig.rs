@@ -526,3 +526,233 @@ fn a_configuration_that_cannot_be_loaded_fails_at_start() {
     }
     assert!(!world.out.join("production").exists());
 }
+
+/// Static environments, added by an included file: one from a tag and one from a full
+/// commit id (neither reads the module files of its tree), one from a branch that takes
+/// the place of the discovered branch of its name, and one whose ref does not exist.
+fn statics_yaml(dead: &str, frozen: &str) -> String {
+    format!(
+        "modulesets:\n\
+         \x20 core:\n\
+         \x20   - name: stdlib\n      git: git://{dead}/stdlib.git\n      ref: main\n\
+         \x20   - name: firewall\n      git: git://{dead}/firewall.git\n      ref: main\n\
+         environments:\n\
+         \x20 pinned:\n    ref: release-1\n    modulesets: [core]\n    modules:\n\
+         \x20     - name: apache\n        git: git://{dead}/apache.git\n        ref: v1\n\
+         \x20 frozen:\n    ref: {frozen}\n    modulesets: [core]\n\
+         \x20 production:\n    ref: staging\n    modulesets: [core]\n\
+         \x20 missing:\n    ref: v9\n"
+    )
+}
+
+/// The branches of [`control_branches`], tag `release-1` on production, staging moved
+/// on after the commit `frozen` pins, and [`statics_yaml`] in the included file (whose
+/// path comes second).
+fn static_world() -> (World, String, Modules, PathBuf, PathBuf) {
+    let world = World::new();
+    let dead = dead_host();
+    let m = modules(&world);
+    control_branches(&world, &dead, &m);
+    world.control.tag("release-1", "production");
+    let frozen = world.control.head("staging").unwrap();
+    let config = config_dir(&world, &dead, MODULEFILES);
+    let include = config.with_file_name("mirrors.yaml");
+    let mut text = std::fs::read_to_string(&include).unwrap();
+    text.push_str(&statics_yaml(&dead, &frozen));
+    std::fs::write(&include, text).unwrap();
+    // A commit's files are its whole tree.
+    world.control.commit(
+        "staging",
+        "s2",
+        &[
+            ("manifests/site.pp", file("node default { # staging 2\n}\n")),
+            ("modulefiles/base.yaml", file(&base_yaml(&dead))),
+            ("modulefiles/team-web.yaml", file(&team_yaml(&dead))),
+        ],
+    );
+    (world, dead, m, config, include)
+}
+
+/// The moduleset `core` changes: firewall follows its HEAD (the same commit) instead
+/// of naming `main`.
+fn change_moduleset(include: &Path) {
+    let text = std::fs::read_to_string(include).unwrap();
+    let changed = text.replace("firewall.git\n      ref: main\n", "firewall.git\n");
+    assert_ne!(changed, text);
+    std::fs::write(include, changed).unwrap();
+}
+
+#[test]
+fn static_environments_come_from_tags_commits_and_branches_with_their_modulesets() {
+    let (world, dead, m, config, include) = static_world();
+
+    let run = sync(&world, &config);
+    assert_eq!(run.code, 0, "a partial sync succeeds:\n{}", run.stderr);
+    let reason = run.reason();
+    assert!(reason.contains("1 of 5 environments failed"), "{reason}");
+    assert!(
+        reason.contains("missing: environments.missing.ref \"v9\" is neither a branch nor a tag"),
+        "{reason}"
+    );
+    assert!(
+        run.stderr
+            .contains("static environment production wins over this branch"),
+        "{}",
+        run.stderr
+    );
+
+    let stdlib_new = (
+        "modules/stdlib/manifests/init.pp",
+        "class stdlib { # new\n}\n".to_owned(),
+    );
+    let firewall = (
+        "modules/firewall/manifests/init.pp",
+        "class firewall {}\n".to_owned(),
+    );
+    // pinned: production's tree at the tag, the moduleset and its own apache; the tree's
+    // module files are not read (a tag), its lockfile has no entry for `pinned`.
+    assert_eq!(
+        deployed(&world, "pinned"),
+        files(&[
+            ("manifests/site.pp", "node default {}\n".into()),
+            ("modulefiles/base.yaml", base_yaml(&dead)),
+            ("openvox-code.lock", lockfile(&dead, &m.stdlib_old)),
+            (
+                "modules/apache/manifests/init.pp",
+                "class apache { # v1\n}\n".into()
+            ),
+            firewall.clone(),
+            stdlib_new.clone(),
+        ])
+    );
+    // frozen: staging as it was at the pinned commit, and the moduleset.
+    assert_eq!(
+        deployed(&world, "frozen"),
+        files(&[
+            ("manifests/site.pp", "node default { # staging\n}\n".into()),
+            ("modulefiles/base.yaml", base_yaml(&dead)),
+            ("modulefiles/team-web.yaml", team_yaml(&dead)),
+            firewall.clone(),
+            stdlib_new.clone(),
+        ])
+    );
+    // production: staging's tip and module files over the moduleset (the team file
+    // excludes firewall, whoever brought it in); profile follows the environment's
+    // name, so it is at profile's production branch.
+    let production = deployed(&world, "production");
+    assert_eq!(
+        production["manifests/site.pp"],
+        "node default { # staging 2\n}\n"
+    );
+    assert_eq!(
+        production["modules/profile/manifests/init.pp"],
+        "class profile { # production\n}\n"
+    );
+    assert_eq!(
+        production["site/httpd/manifests/init.pp"],
+        "class apache { # v1\n}\n"
+    );
+    assert!(!production.contains_key("modules/firewall/manifests/init.pp"));
+    assert!(!production.contains_key("openvox-code.lock"));
+    // The discovered staging is built as before.
+    assert_eq!(
+        deployed(&world, "staging")["modules/profile/manifests/init.pp"],
+        "class profile { # main\n}\n"
+    );
+    assert_eq!(world.record("pinned")["branch"], "release-1");
+
+    // Nothing changed: every built environment is kept; the missing one fails again.
+    let again = sync(&world, &config);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.stderr.matches("unchanged, kept").count(),
+        4,
+        "{}",
+        again.stderr
+    );
+
+    // The moduleset changes: the three static environments that name it are built
+    // again, the discovered staging is not.
+    change_moduleset(&include);
+    let changed = sync(&world, &config);
+    assert_eq!(changed.code, 0, "{}", changed.stderr);
+    for env in ["frozen", "pinned", "production"] {
+        let written = format!("write    {env}: ");
+        assert!(
+            changed.stderr.contains(&written)
+                && !changed.stderr.contains(&format!("{written}unchanged")),
+            "{env}: {}",
+            changed.stderr
+        );
+    }
+    assert!(
+        changed.stderr.contains("write    staging: unchanged, kept"),
+        "{}",
+        changed.stderr
+    );
+}
+
+#[test]
+fn incremental_image_builds_of_static_environments() {
+    let (world, _dead, _m, config, include) = static_world();
+    let layout = world.scratch.path("layout");
+    let build = || {
+        let run = worker(
+            &[
+                "build",
+                "--url",
+                &world.git_url("control.git"),
+                "--code-config",
+                config.to_str().unwrap(),
+                "--oci-layout",
+                layout.to_str().unwrap(),
+                "--timeout",
+                "30s",
+            ],
+            &world.tmp,
+        );
+        assert_eq!(run.code, 0, "partial builds publish:\n{}", run.stderr);
+        run
+    };
+    // No --branch: the static environments are all there is to build.
+    let first = build();
+    let digest = first.stdout.lines().last().unwrap().to_owned();
+    assert!(
+        first.stderr.contains("0 selected, 4 static environments"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        !first.stderr.contains("env      staging"),
+        "{}",
+        first.stderr
+    );
+
+    // Nothing moved: each is checked by listing only, nothing fetched, the same image.
+    let second = build();
+    assert_eq!(second.stdout.lines().last().unwrap(), digest);
+    for env in ["frozen", "pinned", "production"] {
+        assert!(
+            second
+                .stderr
+                .contains(&format!("check    {env}: unchanged at")),
+            "{env}: {}",
+            second.stderr
+        );
+    }
+    assert!(!second.stderr.contains("fetch    "), "{}", second.stderr);
+
+    // A moduleset edit rebuilds the environments that name it.
+    change_moduleset(&include);
+    let third = build();
+    for env in ["frozen", "pinned", "production"] {
+        assert!(
+            third
+                .stderr
+                .contains(&format!("check    {env}: the CodeConfig changed; fetching")),
+            "{env}: {}",
+            third.stderr
+        );
+    }
+    assert_ne!(third.stdout.lines().last().unwrap(), digest);
+}

@@ -647,7 +647,7 @@ fn unchanged_branches_are_not_fetched_and_moved_modules_are_rebuilt() {
     assert!(ok, "{stderr}");
     assert!(stderr.contains("check    plain: new commit"), "{stderr}");
     assert!(
-        stderr.contains("fetch    ") && stderr.contains(": 1 branches"),
+        stderr.contains("fetch    ") && stderr.contains(": 1 ref, "),
         "{stderr}"
     );
 }

@@ -68,6 +68,7 @@ fn environment(
         inputs: EnvironmentInputs {
             name: name.to_owned(),
             branch: name.to_owned(),
+            follows: None,
             commit: commit.to_string().repeat(40),
             code_config: None,
             modules: Vec::new(),

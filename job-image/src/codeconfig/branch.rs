@@ -1,6 +1,7 @@
-//! One branch's modules under a CodeConfig: the module files the source's
-//! `modulefiles` select from the branch's tree, combined by openvox-code's rule, pinned
-//! by the branch's `openvox-code.lock`, as the [`Puppetfile`] shape the build uses.
+//! One environment's modules under a CodeConfig: a static environment's modulesets and
+//! modules, then the module files the source's `modulefiles` select from the tree (for
+//! a branch), combined by openvox-code's rule, pinned by the tree's
+//! `openvox-code.lock`, as the [`Puppetfile`] shape the build uses.
 //!
 //! Every error is one line naming the file (and, for YAML mistakes, the line, column
 //! and key), and fails only this branch's environment.
@@ -12,6 +13,8 @@ use openvox_codeconfig::{
 
 use super::CodeConfigModules;
 use super::mapping::module_decls;
+use super::statics::reads_module_files;
+use crate::branches::EnvironmentPlan;
 use crate::git::{FetchedRepo, error_chain};
 use crate::limits::Bytes;
 use crate::puppetfile::Puppetfile;
@@ -43,50 +46,37 @@ impl BranchModules {
     }
 }
 
-/// Reads the modules of the environment of control branch `branch`, whose commit has
-/// the root tree `tree` in `control`.
-pub fn read_branch_modules(
+/// Reads the modules of the environment `plan`, whose commit has the root tree `tree`
+/// in `control`.
+pub fn read_environment_modules(
     config: &CodeConfigModules,
     control: &FetchedRepo,
     tree: gix::ObjectId,
-    branch: &str,
+    plan: &EnvironmentPlan,
 ) -> Result<BranchModules, String> {
     let repo = control.repo();
     let root = repo.find_tree(tree).map_err(|e| error_chain(&e))?;
-    let specs = &config.source().modulefiles;
-    let present = if specs.iter().all(|s| s.pattern.is_literal()) {
-        // Only exact paths: look each up instead of walking the whole tree.
-        let mut present = Vec::new();
-        for path in specs.iter().filter_map(|s| s.pattern.literal()) {
-            if lookup(&root, &path)?.is_some() {
-                present.push(path);
-            }
-        }
-        present
+    let files = if reads_module_files(plan.declared) {
+        read_module_files(config, &repo, &root, tree)?
     } else {
-        file_paths(&repo, tree)?
+        Vec::new()
     };
-    let chosen = select_module_files(specs, &present).map_err(|e| e.to_string())?;
-    let mut files: Vec<(String, ModuleFile)> = Vec::with_capacity(chosen.len());
-    for path in chosen {
-        let text = read_text(&repo, &root, &path)?
-            .ok_or_else(|| format!("{path}: not found in the branch"))?;
-        let parsed = ModuleFile::parse(&path, &text).map_err(|e| e.to_string())?;
-        files.push((path, parsed));
-    }
     let lockfile = match read_text(&repo, &root, LOCKFILE_NAME)? {
         Some(text) => Some(Lockfile::parse(LOCKFILE_NAME, &text).map_err(|e| e.to_string())?),
         None => None,
     };
     let parsed: Vec<ModuleFile> = files.iter().map(|(_, f)| f.clone()).collect();
-    // A discovered branch's modules come from its module files alone; modulesets only
-    // reach static environments, which the controller plans.
-    let modules =
-        environment_modules(&config.config.modulesets, None, &parsed).map_err(|e| e.to_string())?;
+    // Modulesets reach static environments only, as their declaration names them.
+    let declared = plan
+        .declared
+        .and_then(|_| config.config.environments.get(&plan.name));
+    let modules = environment_modules(&config.config.modulesets, declared, &parsed)
+        .map_err(|e| e.to_string())?;
     let decls = module_decls(
         &modules,
         &files,
-        branch,
+        &config.main_file,
+        plan.follows(),
         lockfile.as_ref(),
         &config.config.overrides,
     )?;
@@ -109,6 +99,38 @@ pub fn read_branch_modules(
         lockfile: lockfile.is_some(),
         stale_locks,
     })
+}
+
+/// The module files the source's `modulefiles` select in `root` (the tree `tree`),
+/// parsed, in the order they apply.
+fn read_module_files(
+    config: &CodeConfigModules,
+    repo: &gix::Repository,
+    root: &gix::Tree<'_>,
+    tree: gix::ObjectId,
+) -> Result<Vec<(String, ModuleFile)>, String> {
+    let specs = &config.source().modulefiles;
+    let present = if specs.iter().all(|s| s.pattern.is_literal()) {
+        // Only exact paths: look each up instead of walking the whole tree.
+        let mut present = Vec::new();
+        for path in specs.iter().filter_map(|s| s.pattern.literal()) {
+            if lookup(root, &path)?.is_some() {
+                present.push(path);
+            }
+        }
+        present
+    } else {
+        file_paths(repo, tree)?
+    };
+    let chosen = select_module_files(specs, &present).map_err(|e| e.to_string())?;
+    let mut files: Vec<(String, ModuleFile)> = Vec::with_capacity(chosen.len());
+    for path in chosen {
+        let text = read_text(repo, root, &path)?
+            .ok_or_else(|| format!("{path}: not found in the branch"))?;
+        let parsed = ModuleFile::parse(&path, &text).map_err(|e| e.to_string())?;
+        files.push((path, parsed));
+    }
+    Ok(files)
 }
 
 /// The entry at `path` (`/`-separated) below `root`, if there is one.

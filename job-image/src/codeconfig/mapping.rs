@@ -19,7 +19,8 @@
 //! keeps saying "follow the branch", so a branch created later is noticed.
 //!
 //! openvox-code names environments after branches unchanged, so the environment a
-//! lockfile entry and `follow_branch` refer to is the control repository's branch.
+//! lockfile entry and `follow_branch` refer to is the control repository's branch (for
+//! a static environment, its name).
 
 use openvox_codeconfig::{
     Lockfile, Module, ModuleFile, Overrides, Resolution, Want, mirror, resolve_want,
@@ -64,11 +65,14 @@ pub fn module_decl(
 /// The declarations of an environment's `modules` (from
 /// [`openvox_codeconfig::environment_modules`]), each named after the last of `files`
 /// (path and parsed file, in the order applied) that put it there, since later files
-/// override earlier ones. Two modules installed at one path are an error: one would
-/// silently replace the other.
+/// override earlier ones, or else after `config_file` (a static environment's modules
+/// and modulesets). Two modules installed at one path are an error: one would silently
+/// replace the other. `branch` is the name the lockfile and `follow_branch` know the
+/// environment by.
 pub fn module_decls(
     modules: &[Module],
     files: &[(String, ModuleFile)],
+    config_file: &str,
     branch: &str,
     lockfile: Option<&Lockfile>,
     overrides: &Overrides,
@@ -79,7 +83,7 @@ pub fn module_decls(
             .iter()
             .rev()
             .find(|(_, f)| f.modules.iter().any(|m| m.name == module.name))
-            .map_or("", |(path, _)| path.as_str());
+            .map_or(config_file, |(path, _)| path.as_str());
         let (decl, resolution) = module_decl(module, file, branch, lockfile, overrides);
         if let Some((other, _)) = decls.iter().find(|(d, _)| d.path == decl.path) {
             return Err(format!(
@@ -304,8 +308,15 @@ mod tests {
             &[files[0].1.clone(), files[1].1.clone()],
         )
         .unwrap();
-        let decls =
-            module_decls(&modules, &files, "production", None, &Overrides::default()).unwrap();
+        let decls = module_decls(
+            &modules,
+            &files,
+            "openvox-code.yaml",
+            "production",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap();
         let located: Vec<(String, String)> = decls
             .iter()
             .map(|(d, _)| (d.name.clone(), d.location()))
@@ -326,8 +337,15 @@ mod tests {
             "modules:\n  - name: a\n    git: https://g/a.git\n    install_as: x\n  - name: b\n    git: https://g/b.git\n    install_as: x\n",
         )];
         let modules = files[0].1.modules.clone();
-        let e =
-            module_decls(&modules, &files, "production", None, &Overrides::default()).unwrap_err();
+        let e = module_decls(
+            &modules,
+            &files,
+            "openvox-code.yaml",
+            "production",
+            None,
+            &Overrides::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             e,
             "modules \"a\" (modules.yaml) and \"b\" (modules.yaml) are both installed at \"modules/x\""

@@ -11,20 +11,24 @@
 //! the pipeline (resolution, trees, pins, digests) already works with. A mistake in a
 //! branch's files fails only that environment, as a bad Puppetfile does.
 //!
-//! Branches are still chosen by `--branch`/`--exclude`: static `environments` and a
-//! source's `branchSelector` are the controller's to plan, not the worker's.
+//! Branches are still chosen by `--branch`/`--exclude` (the controller narrows them by
+//! the source's `branchSelector`). Static `environments` are the configuration's own:
+//! the worker builds every one of them ([`statics`]), from its `ref` with its modulesets
+//! and modules, and each wins over a branch environment of the same name.
 
 pub mod branch;
 pub mod files;
 pub mod mapping;
+pub mod statics;
 
 use std::path::Path;
 
 use openvox_codeconfig::{
-    CodeConfig, IgnoredKey, LoadedConfig, NoSource, Source, load_code_config,
+    CodeConfig, IgnoredKey, LoadedConfig, Module, NoSource, Source, load_code_config,
 };
 use sha2::{Digest, Sha256};
 
+use crate::branches::EnvironmentPlan;
 use crate::forge::hex;
 use files::ConfigDir;
 
@@ -85,12 +89,37 @@ impl CodeConfigModules {
         &self.config.sources[self.source]
     }
 
-    /// Digest of everything the CodeConfig contributes to a branch's modules (see
-    /// [`config_digest`]), recorded with each environment so a changed configuration
-    /// is never mistaken for an unchanged environment.
-    pub fn digest(&self) -> &str {
-        &self.digest
+    /// Digest of everything the CodeConfig contributes to the modules of the
+    /// environment `plan` (see [`config_digest`]; for a static environment also its
+    /// declaration), recorded with each environment so a changed configuration is never
+    /// mistaken for an unchanged environment.
+    pub fn digest_for(&self, plan: &EnvironmentPlan) -> String {
+        let Some(kind) = plan.declared else {
+            return self.digest.clone();
+        };
+        let declared = self.config.environments.get(&plan.name);
+        let mut text = format!(
+            "{}\nstatic {} {kind:?} {}\n",
+            self.digest, plan.name, plan.branch
+        );
+        for set in declared.iter().flat_map(|d| &d.modulesets) {
+            text.push_str(&format!("moduleset {set}\n"));
+            let modules = self.config.modulesets.get(set).into_iter().flatten();
+            modules.for_each(|m| push_module(&mut text, m));
+        }
+        for module in declared.iter().flat_map(|d| &d.modules) {
+            push_module(&mut text, module);
+        }
+        hex(&Sha256::digest(text.as_bytes()))
     }
+}
+
+/// One module's declaration as one line of a digest's text.
+fn push_module(text: &mut String, m: &Module) {
+    text.push_str(&format!(
+        "module {:?} {:?} {:?} {} {:?} {:?}\n",
+        m.name, m.git, m.reference, m.follow_branch, m.target_dir, m.install_as
+    ));
 }
 
 /// The source for the control repository at `control_url` (the crate's
@@ -174,8 +203,10 @@ mod tests {
                 "https://github.com/acme/control.git",
             )
             .unwrap()
-            .digest()
-            .to_owned()
+            .digest_for(&EnvironmentPlan::branch(
+                "production".into(),
+                "production".into(),
+            ))
         };
         let base = digest(TWO);
         assert_eq!(base.len(), 64);
@@ -199,6 +230,49 @@ mod tests {
             format!("{TWO}  gitmirror: https://all.example.com\n"),
         ] {
             assert_ne!(digest(&changed), base, "{changed}");
+        }
+    }
+
+    #[test]
+    fn a_static_environment_digest_follows_its_declaration_and_modulesets() {
+        const STATICS: &str = "modulesets:\n  core: [{name: stdlib, git: https://g/stdlib.git}]\n  other: [{name: x, git: https://g/x.git}]\nenvironments:\n  pinned: {ref: v1, modulesets: [core]}\n  frozen: {ref: v2, modulesets: [other]}\n";
+        let plan = EnvironmentPlan {
+            name: "pinned".into(),
+            branch: "v1".into(),
+            declared: Some(openvox_codeconfig::RefKind::Tag),
+        };
+        let digest = |text: &str, plan: &EnvironmentPlan| {
+            let config = format!("{TWO}{text}");
+            CodeConfigModules::from_loaded(
+                "openvox-code.yaml",
+                loaded(&config),
+                "https://github.com/acme/control.git",
+            )
+            .unwrap()
+            .digest_for(plan)
+        };
+        let base = digest(STATICS, &plan);
+        let branch = EnvironmentPlan::branch("pinned".into(), "pinned".into());
+        assert_ne!(base, digest(STATICS, &branch), "static or not");
+        let tagged_as_branch = EnvironmentPlan {
+            declared: Some(openvox_codeconfig::RefKind::Branch),
+            ..plan.clone()
+        };
+        assert_ne!(base, digest(STATICS, &tagged_as_branch), "what the ref is");
+        let unrelated = STATICS.replace("https://g/x.git", "https://g/y.git");
+        assert_eq!(base, digest(&unrelated, &plan), "another environment's set");
+        for changed in [
+            STATICS.replace("stdlib.git}", "stdlib.git, ref: v9}"),
+            STATICS.replace(
+                "ref: v1, modulesets: [core]",
+                "ref: v1, modulesets: [core, other]",
+            ),
+            STATICS.replace(
+                "modulesets: [core]}",
+                "modulesets: [core], modules: [{name: y, git: https://g/y.git}]}",
+            ),
+        ] {
+            assert_ne!(base, digest(&changed, &plan), "{changed}");
         }
     }
 }

@@ -151,6 +151,7 @@ mod tests {
         EnvironmentInputs {
             name: "production".into(),
             branch: "production".into(),
+            follows: None,
             commit: commit.repeat(40),
             code_config: None,
             modules: vec![ModuleRecord {
