@@ -2,8 +2,9 @@
 //! `CodeConfig` in a ConfigMap instead of a Puppetfile. Nothing is faked but the
 //! kubelet: the controller binary lists the heads through the config's git mirror, the
 //! worker binary (`sync`, claim output) reads the branches' ModuleFiles and lockfile
-//! and fetches every module through the mirror. The trees in the claim are compared
-//! file for file with what openvox-code's rules say.
+//! and fetches every module through the mirror, and builds a static environment from a
+//! tag with a moduleset. The trees in the claim are compared with what openvox-code's
+//! rules say.
 //!
 //! The control repository and the modules nominally live on a loopback port nothing
 //! listens on; `overrides.gitmirrors` sends that host to the git daemon that serves
@@ -124,7 +125,7 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
     );
     let site = |branch: &str| file(&format!("node default {{ }} # {branch}\n"));
     let control = Bare::init(&repos.join("control.git"));
-    control.commit(
+    let production_commit = control.commit(
         "production",
         "production",
         &[
@@ -142,6 +143,8 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
             ("modules.d/override.yaml", file(&override_yaml)),
         ],
     );
+    // A static environment is built from this tag, with the moduleset `core`.
+    tag(&repos.join("control.git"), "rel-1", &production_commit);
     // Not selected by the config's branchSelector.
     control.commit(
         "scratch",
@@ -153,7 +156,10 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
         "apiVersion: openvox.voxpupuli.org/v1alpha1\nkind: CodeConfig\nspec:\n  sources:\n    \
          - url: '{origin}/control.git'\n      branchSelector:\n        matchPatterns: [production, 'stag*']\n      \
          modulefiles:\n        - {{name: modules.yaml, required: true}}\n        - {{name: 'modules.d/*.yaml', required: false}}\n  \
-         overrides:\n    gitmirrors:\n      '127.0.0.1:{closed}': 'git://127.0.0.1:{}'\n  cachedir: /var/cache/openvox-code\n",
+         overrides:\n    gitmirrors:\n      '127.0.0.1:{closed}': 'git://127.0.0.1:{}'\n  cachedir: /var/cache/openvox-code\n  \
+         modulesets:\n    core:\n      - {{name: motd, git: '{origin}/modules/motd.git', ref: main, follow_branch: true}}\n      \
+         - {{name: base, git: '{origin}/modules/base.git', ref: main}}\n  \
+         environments:\n    release:\n      ref: rel-1\n      modulesets: [core]\n",
         daemon.port
     );
 
@@ -204,11 +210,22 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
     let built: Vec<&str> = build.environments.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         built,
-        ["production", "staging"],
-        "the branchSelector's branches only; failed: {:?}",
+        ["production", "release", "staging"],
+        "the branchSelector's branches and the static environment; failed: {:?}",
         build.failed
     );
     assert!(build.failed.is_empty(), "{:?}", build.failed);
+    let heads = codesources
+        .get(NAME)
+        .await?
+        .status
+        .unwrap_or_default()
+        .heads;
+    assert_eq!(
+        heads.get("static:release"),
+        Some(&format!("rel-1@sha1:{production_commit}")),
+        "{heads:?}"
+    );
 
     let production = environment(&claim, "production").await?;
     let staging = environment(&claim, "staging").await?;
@@ -242,6 +259,21 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
     );
     assert_eq!(module_file(&staging, "extra"), None, "{staging:?}");
     assert!(!claim.join("scratch").exists());
+    // release: production's tree at the tag and the moduleset alone (a tag's module
+    // files are not read); motd has no `release` branch to follow, and production's
+    // lockfile has no entry for `release`, so base is at main's tip.
+    let release = environment(&claim, "release").await?;
+    let expected: BTreeMap<String, String> = [
+        ("manifests/site.pp", "node default { } # production\n"),
+        ("modules.yaml", modules_yaml.as_str()),
+        ("openvox-code.lock", lock.as_str()),
+        ("modules/motd/manifests/init.pp", "# motd main\n"),
+        ("modules/base/manifests/init.pp", "# base v2\n"),
+    ]
+    .into_iter()
+    .map(|(path, content)| (path.to_owned(), content.to_owned()))
+    .collect();
+    assert_eq!(release, expected);
 
     // A broken module file fails only its environment, naming file and line.
     control.commit(
@@ -284,8 +316,9 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
         failed[0].1.contains("modules.d/override.yaml:5") && failed[0].1.contains("gti"),
         "{failed:?}"
     );
-    // staging keeps what it had; production is untouched.
+    // staging keeps what it had; production and release are untouched.
     assert_eq!(environment(&claim, "staging").await?, staging);
     assert_eq!(environment(&claim, "production").await?, production);
+    assert_eq!(environment(&claim, "release").await?, release);
     Ok(())
 }

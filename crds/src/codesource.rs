@@ -405,7 +405,8 @@ pub struct CodeSourceStatus {
     pub last_check_time: Option<Time>,
 
     /// Heads of the wanted branches seen at the last check, by branch:
-    /// `<branch>@sha1:<commit>`.
+    /// `<branch>@sha1:<commit>`. With a CodeConfig, each static environment whose ref
+    /// was found adds `static:<name>`: `<ref>@sha1:<commit>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub heads: BTreeMap<String, String>,
 
@@ -525,7 +526,8 @@ pub struct LaunchRecord {
     /// Hash over everything that shapes the output (heads, output spec, modules spec);
     /// the Job is named after it.
     pub inputs_hash: String,
-    /// Heads the Job was launched for, by branch: `<branch>@sha1:<commit>`.
+    /// Heads the Job was launched for, by branch: `<branch>@sha1:<commit>` (and
+    /// `static:<name>` for a CodeConfig's static environments).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub heads: BTreeMap<String, String>,
     /// When the Job was created.
@@ -574,7 +576,8 @@ pub struct BuildRecord {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct FailedEnvironment {
-    /// Branch that failed.
+    /// Branch that failed (for a CodeConfig's static environment, its ref, or its name
+    /// when the ref was not found).
     pub branch: String,
     /// Environment name, when the branch name could be mapped to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -599,7 +602,8 @@ pub struct FailedEnvironment {
 pub struct EnvironmentRecord {
     /// Environment name (directory at the image root).
     pub name: String,
-    /// Branch it was built from.
+    /// Branch it was built from (for a CodeConfig's static environment, its ref: a
+    /// branch, tag or commit id).
     pub branch: String,
     /// Commit of the branch: `<branch>@sha1:<commit>`.
     pub revision: String,

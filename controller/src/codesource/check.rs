@@ -19,7 +19,9 @@ use super::code_config::{CodeConfigFacts, control_url};
 use super::context::{Context, key};
 use super::error::{Error, kube};
 use super::floating::{self, Found};
-use super::heads::{HeadError, HeadRequest, instant_of, shared_listing_since, wanted_heads};
+use super::heads::{
+    HeadError, HeadRequest, RemoteHeads, instant_of, shared_listing_since, wanted_heads,
+};
 use super::observe::{Triggers, never_reconciled};
 
 /// What the check found besides what it wrote into the status.
@@ -106,11 +108,15 @@ async fn check_heads(
             None => read_git_secret(ctx, ns, &secret_ref.name).await?,
         },
     };
+    let url = control_url(cs, code_config);
+    // Static environments may name tags: then every branch and tag is listed, by full
+    // name, as for a module repository (the credentials of the repository itself apply).
+    let statics = code_config.filter(|c| !c.statics.is_empty());
     let request = HeadRequest {
-        url: control_url(cs, code_config),
+        url: url.clone(),
         auth: auth.clone(),
         timeout,
-        module_of: None,
+        module_of: statics.map(|_| url.clone()),
     };
     let all = match ctx.heads.heads(request, not_before).await {
         Ok(all) => all,
@@ -122,9 +128,25 @@ async fn check_heads(
             return Err(e.into());
         }
     };
-    let mut wanted = wanted_heads(&all, &cs.spec.git.branches, &cs.spec.git.exclude_branches);
+    let branches: RemoteHeads = match statics {
+        None => (*all).clone(),
+        Some(_) => all
+            .iter()
+            .filter_map(|(name, commit)| {
+                Some((name.strip_prefix("refs/heads/")?.to_owned(), commit.clone()))
+            })
+            .collect(),
+    };
+    let mut wanted = wanted_heads(
+        &branches,
+        &cs.spec.git.branches,
+        &cs.spec.git.exclude_branches,
+    );
     if let Some(code_config) = code_config {
         wanted.retain(|branch, _| code_config.selector.selects(branch));
+    }
+    if let Some(statics) = statics {
+        statics.add_static_heads(&all, &mut wanted);
     }
     Ok((wanted, auth))
 }

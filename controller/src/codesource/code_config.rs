@@ -1,16 +1,18 @@
 //! A CodeSource's openvox-code `CodeConfig` (`spec.modules.codeConfig`): read from its
-//! ConfigMap, and what it means for this controller. The controller needs three things
+//! ConfigMap, and what it means for this controller. The controller needs four things
 //! from it: which branches the control repository's source selects (`branchSelector`
-//! narrows `git.branches`), where to list the repository (`overrides` mirrors), and a
+//! narrows `git.branches`), the refs its static environments name (so a moved branch
+//! or tag rebuilds them), where to list the repository (`overrides` mirrors), and a
 //! hash of the whole ConfigMap, which joins the inputs so an edit rebuilds. Modules
-//! themselves are the worker's business: it reads the same ConfigMap, mounted.
+//! themselves are the worker's business: it reads the same ConfigMap, mounted, and
+//! builds every static environment itself.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use openvox_codeconfig::{
-    BranchSelector, CodeConfig, NoSource, Overrides, load_code_config, mirror,
+    BranchSelector, CodeConfig, NoSource, Overrides, find_static_ref, load_code_config, mirror,
 };
 use openvox_crds::CodeSource;
 use openvox_crds::codesource::CodeConfigRef;
@@ -18,6 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::context::Context;
 use super::error::{Error, kube};
+use super::heads::{RemoteHeads, revision};
 
 /// What the controller takes from a CodeConfig.
 #[derive(Clone, Debug)]
@@ -28,6 +31,42 @@ pub struct CodeConfigFacts {
     pub selector: BranchSelector,
     /// The git mirrors.
     pub overrides: Overrides,
+    /// The static environments: name → `ref` (a branch, tag or commit id).
+    pub statics: BTreeMap<String, String>,
+}
+
+/// The prefix of a static environment's key in `status.heads`, beside the branches':
+/// `static:<name>` → `<ref>@sha1:<commit>`. A git ref name cannot hold `:`, so no
+/// branch ever has such a key.
+pub const STATIC_HEAD_PREFIX: &str = "static:";
+
+impl CodeConfigFacts {
+    /// Adds to `wanted` (the selected branches' heads) one entry per static environment
+    /// whose `ref` is found in `listed` (every branch and tag of the control repository
+    /// by full ref name), by the rule the worker fetches with. A `ref` not found adds
+    /// nothing: the worker fails that environment alone, and the ref appearing later
+    /// changes the heads.
+    pub fn add_static_heads(&self, listed: &RemoteHeads, wanted: &mut BTreeMap<String, String>) {
+        for (name, reference) in &self.statics {
+            if let Some((_, commit)) = find_static_ref(reference, |full| listed.get(full).cloned())
+            {
+                wanted.insert(
+                    format!("{STATIC_HEAD_PREFIX}{name}"),
+                    revision(reference, &commit),
+                );
+            }
+        }
+    }
+}
+
+/// The branch names among the keys of `heads` (`status.heads`), leaving out static
+/// environments: the worker is told these with `--branch`.
+pub fn branches_of(heads: &BTreeMap<String, String>) -> Vec<String> {
+    heads
+        .keys()
+        .filter(|k| !k.starts_with(STATIC_HEAD_PREFIX))
+        .cloned()
+        .collect()
 }
 
 impl CodeConfigFacts {
@@ -92,6 +131,11 @@ pub fn interpret(
     Ok(CodeConfigFacts {
         hash: data_hash(data),
         selector: source.branch_selector.clone(),
+        statics: config
+            .environments
+            .iter()
+            .map(|(name, env)| (name.clone(), env.reference.clone().unwrap_or_default()))
+            .collect(),
         overrides: config.overrides,
     })
 }
@@ -204,5 +248,34 @@ spec:
         edited.insert("more.yaml".into(), "x".into());
         let b = interpret(&edited, &reference(), "a").unwrap();
         assert_ne!(a.hash, b.hash);
+    }
+
+    #[test]
+    fn static_environments_join_the_heads_under_keys_no_branch_can_have() {
+        let text = "sources:\n  - url: https://git.example/a.git\nenvironments:\n  pinned: {ref: v1}\n  frozen: {ref: 0123456789abcdef0123456789abcdef01234567}\n  tracking: {ref: main}\n  missing: {ref: v9}\n";
+        let facts = interpret(&data(text), &reference(), "https://git.example/a.git").unwrap();
+        let listed: RemoteHeads = [
+            ("refs/heads/main", "m"),
+            ("refs/tags/v1", "t"),
+            ("refs/heads/production", "p"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        let mut wanted: BTreeMap<String, String> =
+            [("production".to_string(), "production@sha1:p".to_string())].into();
+        facts.add_static_heads(&listed, &mut wanted);
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let want: BTreeMap<String, String> = [
+            ("production", "production@sha1:p".to_string()),
+            ("static:frozen", format!("{commit}@sha1:{commit}")),
+            ("static:pinned", "v1@sha1:t".to_string()),
+            ("static:tracking", "main@sha1:m".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        assert_eq!(wanted, want);
+        assert_eq!(branches_of(&wanted), ["production"]);
     }
 }

@@ -94,7 +94,9 @@ pub struct HeadRequest {
     /// control repository `control`; its branches and tags are listed by full ref name
     /// (`refs/heads/main`, `refs/tags/v1`, annotated tags peeled), with the credentials
     /// that apply to it as in the worker's module fetches: https ones only on the
-    /// control repository's host.
+    /// control repository's host. A control repository whose tags are wanted too (a
+    /// CodeConfig's static environments) is listed this way as its own module
+    /// (`control` = `url`), so all of its credentials apply.
     pub module_of: Option<String>,
 }
 

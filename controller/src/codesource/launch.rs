@@ -18,7 +18,7 @@ use openvox_crds::operator::Config;
 use openvox_crds::{CodeSource, CodeSourceStatus};
 use tracing::info;
 
-use super::code_config::{CodeConfigFacts, control_url};
+use super::code_config::{CodeConfigFacts, branches_of, control_url};
 use super::config::{CodeTarget, code_target};
 use super::context::{Context, apply_params, key};
 use super::decide::{Decision, LaunchReason};
@@ -71,8 +71,9 @@ pub async fn act(
             reason,
         } => {
             let job = job_name(&cs.name_any(), name_seed);
-            // The branches the check selected: with a CodeConfig, the worker builds these.
-            let branches: Vec<String> = status.heads.keys().cloned().collect();
+            // The branches the check selected: with a CodeConfig, the worker builds these
+            // (and every static environment, which it reads from the CodeConfig).
+            let branches = branches_of(&status.heads);
             match create_job(ctx, cs, ns, &job, inputs_hash, code_config, &branches).await {
                 Ok(()) => {}
                 Err(e @ (Error::Secret { .. } | Error::ClaimNotFound(_))) => {
