@@ -259,6 +259,33 @@ async fn a_code_config_with_module_files_a_lockfile_and_a_mirror_deploys_what_it
     );
     assert_eq!(module_file(&staging, "extra"), None, "{staging:?}");
     assert!(!claim.join("scratch").exists());
+    // And nothing else: the control tree and those modules, file for file.
+    let paths = |files: &BTreeMap<String, String>| files.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        paths(&production),
+        [
+            "manifests/site.pp",
+            "modules.yaml",
+            "modules/base/manifests/init.pp",
+            "modules/extra/manifests/init.pp",
+            "modules/motd/manifests/init.pp",
+            "openvox-code.lock",
+        ]
+    );
+    assert_eq!(
+        production["manifests/site.pp"],
+        "node default { } # production\n"
+    );
+    assert_eq!(
+        paths(&staging),
+        [
+            "manifests/site.pp",
+            "modules.d/override.yaml",
+            "modules.yaml",
+            "modules/base/manifests/init.pp",
+            "modules/motd/manifests/init.pp",
+        ]
+    );
     // release: production's tree at the tag and the moduleset alone (a tag's module
     // files are not read); motd has no `release` branch to follow, and production's
     // lockfile has no entry for `release`, so base is at main's tip.
