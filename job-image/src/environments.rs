@@ -28,6 +28,7 @@ use crate::git::fetch::Depth;
 use crate::git::{Credentials, FetchWant, FetchedRepo, GitAccess, GitError, RepoUrl, error_chain};
 pub use crate::inputs::{EnvironmentInputs, FORMAT_VERSION};
 use crate::limits::{Bytes, Limits};
+use crate::module_reuse::PreviousModules;
 use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::puppetfile::resolve::{ModuleContent, ResolvedModule, Resolver};
@@ -139,16 +140,18 @@ pub struct Environments {
 
 /// Builds the environments described by `options`.
 pub async fn build_environments(options: &SourceOptions) -> Result<Environments, BuildError> {
-    build_environments_reusing(options, &BTreeMap::new()).await
+    build_environments_reusing(options, &BTreeMap::new(), None).await
 }
 
 /// Builds the environments described by `options`, except those `recorded` (by
 /// environment name) shows unchanged: their branch head is the recorded commit and
 /// their modules still resolve the same (see [`crate::unchanged`]). Those are neither
-/// fetched nor built, and come back in [`Environments::unchanged`].
+/// fetched nor built, and come back in [`Environments::unchanged`]. Git modules that
+/// `previous` holds are taken from its layers instead of being fetched.
 pub async fn build_environments_reusing(
     options: &SourceOptions,
     recorded: &BTreeMap<String, RecordedEnvironment>,
+    previous: Option<Arc<PreviousModules>>,
 ) -> Result<Environments, BuildError> {
     let url = RepoUrl::parse(&options.url).map_err(GitError::from)?;
     // Every temporary file of this build lives below `work`: dropping it removes them
@@ -296,13 +299,16 @@ pub async fn build_environments_reusing(
         options.limits,
         work.path(),
     )?;
-    let resolver = Arc::new(Resolver::new(
-        access,
-        forge,
-        &options.forge_url,
-        options.jobs,
-        options.limits,
-    ));
+    let resolver = Arc::new(
+        Resolver::new(
+            access,
+            forge,
+            &options.forge_url,
+            options.jobs,
+            options.limits,
+        )
+        .with_previous_modules(previous),
+    );
 
     // 4. Environments that did not change since the recorded build are not fetched.
     let (unchanged, plans) = split_unchanged(plans, &commits, recorded, &resolver, options).await;
@@ -738,6 +744,10 @@ fn assemble(
             }
             ModuleContent::Forge(unpacked) => {
                 tree.add_local_tree(&decl.path, &unpacked.dir, &unpacked.entries, exclude)
+                    .map_err(located)?;
+            }
+            ModuleContent::Reused(reused) => {
+                tree.add_local_tree(&decl.path, &reused.dir, &reused.entries, exclude)
                     .map_err(located)?;
             }
         }

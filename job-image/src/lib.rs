@@ -15,6 +15,7 @@ pub mod cli;
 pub mod codeconfig;
 pub mod decode;
 pub mod environments;
+pub mod flights;
 pub mod forge;
 /// Git (transports, credentials, URL masking), shared with the controller.
 pub use openvox_git as git;
@@ -22,6 +23,7 @@ pub mod image;
 pub mod inputs;
 pub mod limits;
 pub mod logging;
+pub mod module_reuse;
 pub mod pins;
 pub mod progress;
 pub mod puppetfile;

@@ -47,6 +47,15 @@ pub struct Pins {
 pub struct Pin {
     pub declared: Declared,
     pub resolved: ModuleRecord,
+    /// Where the module lies in the environment (`modules/stdlib`): with
+    /// `exclude_spec`, what lets the next build take a git module's files from this
+    /// layer instead of fetching them again (see [`crate::module_reuse`]). Absent in
+    /// records of older workers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Whether `spec/` was left out of the module.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_spec: Option<bool>,
 }
 
 /// A module as the Puppetfile declares it.
@@ -139,6 +148,8 @@ impl Pins {
                     },
                 },
                 resolved: (*resolved).clone(),
+                path: Some(decl.path.clone()),
+                exclude_spec: Some(decl.exclude_spec),
             })
             .collect();
         let pins = Self {
@@ -324,6 +335,8 @@ mod tests {
                 version: "c".repeat(40),
                 checksum: None,
             },
+            path: None,
+            exclude_spec: None,
         };
         let pins = Pins {
             format: PINS_FORMAT,

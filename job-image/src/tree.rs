@@ -83,11 +83,12 @@ pub enum TreeError {
     Write { path: PathBuf, message: String },
 }
 
-/// Unpacked files on disk (a Forge release), kept as long as a tree refers to them.
+/// Unpacked files on disk (a Forge release, a module taken from a previous layer), kept
+/// as long as a tree refers to them.
 #[derive(Debug)]
 pub struct LocalDir {
     path: PathBuf,
-    _temp: Option<tempfile::TempDir>,
+    _temp: Option<Arc<tempfile::TempDir>>,
 }
 
 impl LocalDir {
@@ -95,7 +96,16 @@ impl LocalDir {
     pub fn temporary(dir: tempfile::TempDir) -> Self {
         Self {
             path: dir.path().to_owned(),
-            _temp: Some(dir),
+            _temp: Some(Arc::new(dir)),
+        }
+    }
+
+    /// `path`, a directory below `temp`, which is removed when the last tree using any
+    /// directory below it is dropped.
+    pub fn inside(temp: Arc<tempfile::TempDir>, path: PathBuf) -> Self {
+        Self {
+            path,
+            _temp: Some(temp),
         }
     }
 

@@ -280,6 +280,8 @@ mod tests {
                 version: commit.into(),
                 checksum: None,
             },
+            path: None,
+            exclude_spec: None,
         }
     }
 
@@ -292,6 +294,8 @@ mod tests {
                 version: "9.6.0".into(),
                 checksum: Some("sha256:ab".into()),
             },
+            path: None,
+            exclude_spec: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::auth::{AuthError, DockerConfig};
 use super::builder::{
     ImageEnvironment, ImageError, ImageOptions, ImageRequest, Output, PublishedImage, build_image,
-    recorded_environments,
+    previous_modules, recorded_environments,
 };
 use super::layout::Layout;
 use super::push::{PushError, Registry, RegistryOptions, Repository, RetryPolicy, read_ca};
@@ -310,7 +310,16 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         None => BTreeMap::new(),
     };
 
-    let environments = build_environments_reusing(&source, &recorded).await?;
+    let reusable_modules = previous.as_ref().and_then(|previous| {
+        previous_modules(
+            previous,
+            &recorded,
+            &output,
+            &source.work_dir,
+            source.limits,
+        )
+    });
+    let environments = build_environments_reusing(&source, &recorded, reusable_modules).await?;
     let control = environments.control.clone();
     let mut image_environments = Vec::new();
     let mut failures = environments.failed.clone();

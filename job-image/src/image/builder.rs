@@ -8,9 +8,11 @@
 //! carried over.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use futures_util::future::BoxFuture;
 
 use bytes::Bytes;
 
@@ -23,7 +25,8 @@ use super::push::{BlobOutcome, BlobSource, PushError, Registry, Repository};
 use super::reuse::{PreviousImage, PreviousLayer, inputs_key};
 use super::{MAX_LAYERS, annotations, media_types};
 use crate::inputs::EnvironmentInputs;
-use crate::limits::Bytes as Size;
+use crate::limits::{Bytes as Size, Limits};
+use crate::module_reuse::{BlobFile, LayerBlobs, PreviousLayerModules, PreviousModules};
 use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::tree::{ContentReader, EnvironmentTree};
@@ -47,6 +50,61 @@ pub struct ImageEnvironment {
 pub enum Output {
     Registry(Arc<Registry>),
     Layout(Arc<Layout>),
+}
+
+impl LayerBlobs for Output {
+    fn open<'a>(
+        &'a self,
+        digest: &'a str,
+        size: u64,
+        dir: &'a Path,
+    ) -> BoxFuture<'a, Result<BlobFile, String>> {
+        Box::pin(async move {
+            match self {
+                Output::Layout(layout) => layout
+                    .blob_path(digest)
+                    .map(BlobFile::InPlace)
+                    .map_err(|e| e.to_string()),
+                Output::Registry(registry) => {
+                    let path = tempfile::Builder::new()
+                        .prefix("openvox-code-layer-")
+                        .tempfile_in(dir)
+                        .map_err(|e| e.to_string())?
+                        .into_temp_path();
+                    registry
+                        .download_blob(digest, size, &path)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(BlobFile::Downloaded(path))
+                }
+            }
+        })
+    }
+}
+
+/// The git modules the layers of `recorded` (environments of `previous` whose layers
+/// the output has) hold, to be taken from there instead of fetched; `None` when there
+/// are none.
+pub fn previous_modules(
+    previous: &PreviousImage,
+    recorded: &BTreeMap<String, RecordedEnvironment>,
+    output: &Output,
+    work_dir: &Path,
+    limits: Limits,
+) -> Option<Arc<PreviousModules>> {
+    let layers: Vec<PreviousLayerModules> = recorded
+        .iter()
+        .filter_map(|(name, env)| {
+            let layer = previous.layers.get(name)?;
+            Some(PreviousLayerModules {
+                environment: name.clone(),
+                digest: layer.descriptor.digest.clone(),
+                size: layer.descriptor.size,
+                pins: env.pins.clone(),
+            })
+        })
+        .collect();
+    PreviousModules::new(layers, Arc::new(output.clone()), work_dir, limits).map(Arc::new)
 }
 
 /// Settings of an image build.
@@ -324,7 +382,9 @@ pub async fn recorded_environments(
                 if available(output, layer, previous).await?.is_some() {
                     recorded.insert(name.clone(), env);
                 } else {
-                    tracing::debug!("{name}: previous layer gone from the output; fetched");
+                    tracing::warn!(
+                        "{name}: previous layer gone from the output; its modules are fetched again"
+                    );
                 }
             }
             Err(reason) => {

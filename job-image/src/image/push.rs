@@ -415,6 +415,32 @@ impl Registry {
         .await
     }
 
+    /// Downloads blob `digest` of `size` bytes into the file `path`, retrying transient
+    /// failures from the start. The caller checks the bytes against the digest.
+    pub async fn download_blob(
+        &self,
+        digest: &str,
+        size: u64,
+        path: &Path,
+    ) -> Result<(), PushError> {
+        let reference = self.repository.reference();
+        let descriptor = OciDescriptor {
+            media_type: media_types::LAYER_GZIP.to_owned(),
+            digest: digest.to_owned(),
+            size: i64::try_from(size).unwrap_or(i64::MAX),
+            ..OciDescriptor::default()
+        };
+        self.retry(&format!("download blob {digest}"), || async {
+            let mut out = tokio::fs::File::create(path).await?;
+            self.chunked
+                .pull_blob(&reference, &descriptor, &mut out)
+                .await?;
+            tokio::io::AsyncWriteExt::flush(&mut out).await?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Mounts blob `digest` from `source` (another repository of the same registry);
     /// false when the registry did not mount it (it may not have it there, or not
     /// allow mounts).

@@ -6,19 +6,19 @@
 //! wait for the first), with at most `jobs` network operations at a time. A failure is
 //! remembered the same way and reported to every environment that needs that module.
 
-use std::collections::HashMap;
-use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use openvox_crds::codesource::ModuleRecord;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::{ForgeVersion, GitWant, ModuleDecl, ModuleSource};
 use crate::decode::decode_ahead;
+use crate::flights::Flights;
 use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
 use crate::git::fetch::Depth;
 use crate::git::{FetchWant, FetchedRepo, GitAccess, REMOTE_HEAD, RemoteRef};
 use crate::limits::{Bytes, Limits};
+use crate::module_reuse::{ModuleKey, PreviousModules, ReusedModule};
 use crate::progress::Step;
 
 /// A module that could not be resolved, with where it was declared.
@@ -41,6 +41,9 @@ pub enum ModuleContent {
     },
     /// An unpacked Forge release.
     Forge(Arc<UnpackedRelease>),
+    /// A git module's files at the resolved commit, taken from a previous image's layer
+    /// (see [`crate::module_reuse`]).
+    Reused(Arc<ReusedModule>),
 }
 
 /// A module at a fixed version.
@@ -80,38 +83,6 @@ pub fn forge_base(puppetfile_forge: Option<&str>, configured: &str) -> String {
     }
 }
 
-type Shared<T> = Arc<OnceCell<Result<Arc<T>, String>>>;
-
-/// Single-flight cache: the first caller of a key computes, the others wait for it.
-#[derive(Debug)]
-struct Flights<K, T> {
-    cells: Mutex<HashMap<K, Shared<T>>>,
-}
-
-impl<K: Eq + Hash + Clone, T> Flights<K, T> {
-    fn new() -> Self {
-        Self {
-            cells: Mutex::new(HashMap::new()),
-        }
-    }
-
-    async fn get<F>(&self, key: &K, compute: F) -> Result<Arc<T>, String>
-    where
-        F: Future<Output = Result<T, String>>,
-    {
-        let cell = {
-            let mut cells = match self.cells.lock() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            cells.entry(key.clone()).or_default().clone()
-        };
-        cell.get_or_init(|| async { compute.await.map(Arc::new) })
-            .await
-            .clone()
-    }
-}
-
 /// Resolves modules for all environments of one build.
 #[derive(Debug)]
 pub struct Resolver {
@@ -125,6 +96,8 @@ pub struct Resolver {
     downloads: Flights<(String, String), UnpackedRelease>,
     /// Bounds the objects decoded ahead from shallow fetches.
     limits: Limits,
+    /// The git modules of the previous image, whose files need no fetch.
+    previous: Option<Arc<PreviousModules>>,
 }
 
 impl Resolver {
@@ -145,7 +118,15 @@ impl Resolver {
             releases: Flights::new(),
             downloads: Flights::new(),
             limits,
+            previous: None,
         }
+    }
+
+    /// Takes git modules the previous image holds from its layers (see
+    /// [`crate::module_reuse`]) instead of fetching them.
+    pub fn with_previous_modules(mut self, previous: Option<Arc<PreviousModules>>) -> Self {
+        self.previous = previous;
+        self
     }
 
     /// Resolves `decl` for the environment built from `control_branch`, with the
@@ -209,18 +190,31 @@ impl Resolver {
                 default_branch,
             } => {
                 let remote = self.git.remote(url).map_err(|e| fail(e.to_string()))?;
+                let record = |commit: String| ModuleRecord {
+                    name: decl.name.clone(),
+                    source: remote.display_url(),
+                    version: commit,
+                    checksum: None,
+                };
+                let wanted = (
+                    url.as_str(),
+                    want,
+                    default_branch.as_deref(),
+                    control_branch,
+                );
+                if let Some((commit, reused)) = self.reuse(wanted, decl.exclude_spec).await {
+                    return Ok(ResolvedModule {
+                        record: record(commit),
+                        content: ModuleContent::Reused(reused),
+                    });
+                }
                 let (repo, commit) = self
                     .resolve_git(url, want, default_branch.as_deref(), control_branch)
                     .await
                     .map_err(fail)?;
                 let tree = repo.tree_of(commit).map_err(|e| fail(e.to_string()))?;
                 Ok(ResolvedModule {
-                    record: ModuleRecord {
-                        name: decl.name.clone(),
-                        source: remote.display_url(),
-                        version: commit.to_string(),
-                        checksum: None,
-                    },
+                    record: record(commit.to_string()),
                     content: ModuleContent::Git { repo, tree },
                 })
             }
@@ -321,6 +315,35 @@ impl Resolver {
                 .map_err(|e| format!("decoding blobs stopped: {e}"))
             })
             .await
+    }
+
+    /// The commit `want` resolves to and the module's files from the previous image,
+    /// when it holds them (an abbreviated commit id is never looked up there: resolving
+    /// it may take the repository's history anyway).
+    async fn reuse(
+        &self,
+        (url, want, default_branch, control_branch): (&str, &GitWant, Option<&str>, &str),
+        exclude_spec: bool,
+    ) -> Option<(String, Arc<ReusedModule>)> {
+        let previous = self.previous.as_ref()?;
+        let commit = match want {
+            GitWant::Commit(id) if id.len() == 40 => id.to_ascii_lowercase(),
+            GitWant::Commit(_) => return None,
+            _ => {
+                let refs = self.list(url).await.ok()?;
+                match pick_ref(&refs, url, want, default_branch, control_branch).ok()? {
+                    Picked::Ref(found) => found.commit().to_string(),
+                    Picked::Commit(_) => return None,
+                }
+            }
+        };
+        let key = ModuleKey {
+            url: url.to_owned(),
+            commit,
+            exclude_spec,
+        };
+        let reused = previous.module(&key).await?;
+        Some((key.commit, reused))
     }
 
     async fn resolve_git(

@@ -1,0 +1,256 @@
+//! Git modules taken from the previous image instead of fetched: an incremental build
+//! that reuses them publishes the digest a cold build of the same inputs does; a module
+//! whose commit moved is fetched; a previous layer that is corrupt or gone is not used,
+//! and says so. Modules are served by `git daemon`, images go to OCI layouts and to a
+//! real registry on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::world::World;
+use common::{Run, worker};
+use harness::fixtures::registry::TestRegistry;
+use harness::fixtures::*;
+
+/// Three git modules, by tag, by branch and by commit, and a control branch naming them.
+fn setup(world: &World) -> Bare {
+    let stdlib = world.repo("stdlib.git");
+    stdlib.commit(
+        "main",
+        "stdlib",
+        &[
+            ("manifests/init.pp", file("class stdlib {}\n")),
+            (
+                "lib/facter/x.rb",
+                file("Facter.add(:x) { setcode { 1 } }\n"),
+            ),
+            ("spec/init_spec.rb", file("spec\n")),
+            ("bin/tool", Node::Exec(b"#!/bin/sh\necho tool\n".to_vec())),
+        ],
+    );
+    stdlib.tag("v1", "main");
+    let apache = world.repo("apache.git");
+    apache.commit(
+        "main",
+        "apache",
+        &[
+            ("manifests/init.pp", file("class apache {}\n")),
+            ("templates/vhost.erb", file("<VirtualHost>\n")),
+            ("files/link", Node::Link("../templates/vhost.erb".into())),
+        ],
+    );
+    let ntp = world.repo("ntp.git");
+    let pinned = ntp.commit(
+        "main",
+        "ntp",
+        &[("manifests/init.pp", file("class ntp {}\n"))],
+    );
+    let puppetfile = format!(
+        "mod 'stdlib', :git => '{}', :tag => 'v1'\n\
+         mod 'apache', :git => '{}', :branch => 'main'\n\
+         mod 'ntp', :git => '{}', :commit => '{pinned}'\n",
+        world.git_url("stdlib.git"),
+        world.git_url("apache.git"),
+        world.git_url("ntp.git"),
+    );
+    control_commit(world, "first", &puppetfile);
+    apache
+}
+
+/// A commit on the control branch `production` with this Puppetfile.
+fn control_commit(world: &World, site: &str, puppetfile: &str) {
+    world.control.commit(
+        "production",
+        site,
+        &[
+            (
+                "manifests/site.pp",
+                file(&format!("node default {{}} # {site}\n")),
+            ),
+            ("Puppetfile", file(puppetfile)),
+        ],
+    );
+}
+
+/// The current Puppetfile of `production`, read back from the bare repository.
+fn puppetfile(world: &World) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&world.control.path)
+        .args(["show", "production:Puppetfile"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn build_into(world: &World, layout: &Path) -> Run {
+    let run = worker(
+        &[
+            "build",
+            "--url",
+            &world.git_url("control.git"),
+            "--branch",
+            "production",
+            "--oci-layout",
+            layout.to_str().unwrap(),
+            "--timeout",
+            "30s",
+        ],
+        &world.tmp,
+    );
+    run.assert_ok();
+    run
+}
+
+/// The image digest a build printed (its last line ends with `@sha256:…`).
+fn digest(run: &Run) -> String {
+    let line = run.stdout.lines().last().unwrap();
+    line.rsplit_once('@').map_or(line, |(_, d)| d).to_owned()
+}
+
+/// The module fetch lines of a build's log (`module   <url> <ref>: … received`).
+fn fetched(run: &Run) -> Vec<String> {
+    run.stderr
+        .lines()
+        .filter(|l| l.contains("module   ") && l.contains("received"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn reused_modules_give_the_digest_of_a_cold_build_and_moved_ones_are_fetched() {
+    let world = World::new();
+    let apache = setup(&world);
+    let layout = world.scratch.path("incremental");
+    let first = build_into(&world, &layout);
+    assert_eq!(fetched(&first).len(), 3, "{}", first.stderr);
+
+    // The control branch moves, no module does: nothing is fetched but the branch.
+    control_commit(&world, "second", &puppetfile(&world));
+    let second = build_into(&world, &layout);
+    assert!(fetched(&second).is_empty(), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("reuse    layer of production: 3 modules, 6 files"),
+        "{}",
+        second.stderr
+    );
+    let cold = build_into(&world, &world.scratch.path("cold-2"));
+    assert_eq!(fetched(&cold).len(), 3, "{}", cold.stderr);
+    assert_eq!(digest(&second), digest(&cold), "reuse changes nothing");
+    assert_ne!(digest(&second), digest(&first));
+
+    // apache's branch moves: apache alone is fetched, the others are reused.
+    apache.commit(
+        "main",
+        "apache 2",
+        &[("manifests/init.pp", file("class apache { # 2\n}\n"))],
+    );
+    let third = build_into(&world, &layout);
+    let lines = fetched(&third);
+    assert_eq!(lines.len(), 1, "{}", third.stderr);
+    assert!(lines[0].contains("apache.git refs/heads/main"), "{lines:?}");
+    let cold = build_into(&world, &world.scratch.path("cold-3"));
+    assert_eq!(digest(&third), digest(&cold));
+}
+
+#[test]
+fn a_corrupt_or_missing_previous_layer_is_not_used() {
+    let world = World::new();
+    setup(&world);
+    let layout = world.scratch.path("layout");
+    build_into(&world, &layout);
+
+    // Same size, other bytes: the layer does not match its digest.
+    let layer = layer_blob(&layout);
+    let mut bytes = std::fs::read(&layer).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&layer, &bytes).unwrap();
+    control_commit(&world, "second", &puppetfile(&world));
+    let run = build_into(&world, &layout);
+    assert!(
+        run.stderr
+            .contains("reuse    layer of production: FAILED: sha256:")
+            && run.stderr.contains(" unusable: ")
+            && run.stderr.contains("fetching its modules instead"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fetched(&run).len(), 3, "{}", run.stderr);
+    let cold = build_into(&world, &world.scratch.path("cold"));
+    assert_eq!(digest(&run), digest(&cold));
+
+    // Gone: the environment is fetched with its modules, and the log says why.
+    std::fs::remove_file(layer_blob(&layout)).unwrap();
+    control_commit(&world, "third", &puppetfile(&world));
+    let run = build_into(&world, &layout);
+    assert!(
+        run.stderr
+            .contains("production: previous layer gone from the output; its modules are fetched"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fetched(&run).len(), 3, "{}", run.stderr);
+}
+
+#[test]
+fn modules_are_downloaded_from_the_registry_layer() {
+    let world = World::new();
+    setup(&world);
+    let registry = TestRegistry::start(Default::default());
+    let image = format!("{}/puppet/code", registry.host());
+    let build = || {
+        let run = worker(
+            &[
+                "build",
+                "--url",
+                &world.git_url("control.git"),
+                "--branch",
+                "production",
+                "--image",
+                &image,
+                "--tag",
+                "latest",
+                "--insecure",
+                "--timeout",
+                "30s",
+            ],
+            &world.tmp,
+        );
+        run.assert_ok();
+        run
+    };
+    build();
+    control_commit(&world, "second", &puppetfile(&world));
+    let second = build();
+    assert!(fetched(&second).is_empty(), "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("reuse    layer of production: 3 modules, 6 files"),
+        "{}",
+        second.stderr
+    );
+    let cold = build_into(&world, &world.scratch.path("cold"));
+    assert_eq!(digest(&second), digest(&cold));
+}
+
+/// The blob of the only layer of the image a layout holds.
+fn layer_blob(layout: &Path) -> std::path::PathBuf {
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let json = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    blob(manifest["layers"][0]["digest"].as_str().unwrap())
+}
