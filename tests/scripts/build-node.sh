@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the real node of the node test tier from the Go module proxy: kubelet (wrapper
-# module tests/node/kubelet, the same k8s.io/kubernetes version as the control plane in
-# tests/k8s) and containerd 2.x with its runc shim and ctr (wrapper module
-# tests/node/containerd). runc and the CNI plugins come from Debian (install_node_deps
+# Builds the real node of the node test tier from the Go module proxy: kubelet and
+# kube-scheduler (wrapper module tests/node/kubelet, the same k8s.io/kubernetes version
+# as the control plane in tests/k8s), containerd 2.x with its runc shim and ctr
+# (wrapper module tests/node/containerd), and the sandbox's pause binary (upstream
+# build/pause/linux/pause.c from the k8s.io/kubernetes module, built with gcc -static). runc and the CNI plugins come from Debian (install_node_deps
 # below, also run by install-deps.sh). Cached outside the checkout, keyed by both
 # versions and both wrappers' go.mod/go.sum; a second run with the same inputs returns
 # at once. Prints the bin directory as its last line.
@@ -18,7 +19,7 @@ containerd_module="$here/node/containerd"
 # Debian packages of the node: the OCI runtime, the CNI plugins (bridge, host-local,
 # loopback, portmap) and mmdebstrap for root filesystems of test images.
 install_node_deps() {
-  local -a packages=(runc containernetworking-plugins mmdebstrap iptables) missing=()
+  local -a packages=(runc containernetworking-plugins mmdebstrap iptables gcc libc6-dev) missing=()
   local p
   for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -49,7 +50,7 @@ key=$( (echo "$build_format"; cat "$kubelet_module/go.mod" "$kubelet_module/go.s
   sha256sum | cut -c1-12)
 cache="${OPENVOX_CODE_CACHE:-$HOME/.cache/openvox-code}"
 bin="$cache/node/$k8s_version-containerd-$containerd_version-$key/bin"
-binaries=(kubelet containerd containerd-shim-runc-v2 ctr)
+binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr pause)
 
 built() {
   local b
@@ -82,9 +83,15 @@ echo "building kubelet $k8s_version and containerd $containerd_version into $bin
   pkg=k8s.io/component-base/version
   stamp="-X $pkg.gitVersion=$k8s_version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
   stamp="$stamp -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  t0=$(date +%s)
-  go build -trimpath -ldflags="-s -w $stamp" -o "$bin.partial/kubelet" ./cmd/kubelet
-  echo "  built kubelet in $(( $(date +%s) - t0 ))s" >&2
+  for cmd in kubelet kube-scheduler; do
+    t0=$(date +%s)
+    go build -trimpath -ldflags="-s -w $stamp" -o "$bin.partial/$cmd" "./cmd/$cmd"
+    echo "  built $cmd in $(( $(date +%s) - t0 ))s" >&2
+  done
+  # The pause binary of the pod sandbox image, as build/pause/Makefile builds it.
+  src=$(go list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c
+  gcc -Os -Wall -Werror -static -DVERSION="$k8s_version-openvox-code" -o "$bin.partial/pause" "$src"
+  strip "$bin.partial/pause"
 
   cd "$containerd_module"
   pkg=github.com/containerd/containerd/v2
