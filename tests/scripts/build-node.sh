@@ -2,7 +2,8 @@
 # Builds the real node of the node test tier from the Go module proxy: kubelet and
 # kube-scheduler (wrapper module tests/node/kubelet, the same k8s.io/kubernetes version
 # as the control plane in tests/k8s), containerd 2.x with its runc shim and ctr
-# (wrapper module tests/node/containerd), and the sandbox's pause binary (upstream
+# (wrapper module tests/node/containerd), crictl (tests/node/crictl), and the sandbox's
+# pause binary (upstream
 # build/pause/linux/pause.c from the k8s.io/kubernetes module, built with gcc -static). runc and the CNI plugins come from Debian (install_node_deps
 # below, also run by install-deps.sh). Cached outside the checkout, keyed by both
 # versions and both wrappers' go.mod/go.sum; a second run with the same inputs returns
@@ -15,6 +16,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 kubelet_module="$here/node/kubelet"
 containerd_module="$here/node/containerd"
+crictl_module="$here/node/crictl"
 
 # Debian packages of the node: the OCI runtime, the CNI plugins (bridge, host-local,
 # loopback, portmap) and mmdebstrap for root filesystems of test images.
@@ -46,11 +48,12 @@ containerd_version=$(grep -E "^\s*github.com/containerd/containerd/v2 v" "$conta
 # Bump when the build flags below change, so cached binaries are rebuilt.
 build_format=1
 key=$( (echo "$build_format"; cat "$kubelet_module/go.mod" "$kubelet_module/go.sum" \
-  "$kubelet_module"/cmd/*/main.go "$containerd_module/go.mod" "$containerd_module/go.sum") |
+  "$kubelet_module"/cmd/*/main.go "$containerd_module/go.mod" "$containerd_module/go.sum" \
+  "$crictl_module/go.mod" "$crictl_module/go.sum") |
   sha256sum | cut -c1-12)
 cache="${OPENVOX_CODE_CACHE:-$HOME/.cache/openvox-code}"
 bin="$cache/node/$k8s_version-containerd-$containerd_version-$key/bin"
-binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr pause)
+binaries=(kubelet kube-scheduler containerd containerd-shim-runc-v2 ctr crictl pause)
 
 built() {
   local b
@@ -103,6 +106,13 @@ echo "building kubelet $k8s_version and containerd $containerd_version into $bin
     go build -trimpath -tags "$tags" -ldflags="-s -w $stamp" -o "$bin.partial/$cmd" "$pkg/cmd/$cmd"
     echo "  built $cmd in $(( $(date +%s) - t0 ))s" >&2
   done
+
+  cd "$crictl_module"
+  crictl_version=$(grep -E "^\s*sigs.k8s.io/cri-tools v" go.mod | awk "{print \$2}" | head -1)
+  t0=$(date +%s)
+  go build -trimpath -ldflags="-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
+    -o "$bin.partial/crictl" sigs.k8s.io/cri-tools/cmd/crictl
+  echo "  built crictl in $(( $(date +%s) - t0 ))s" >&2
 )
 rm -rf "$bin"
 mv "$bin.partial" "$bin"
