@@ -196,6 +196,10 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
     config_path = "$dir/containerd/certs.d"
 
 [plugins."io.containerd.cri.v1.runtime"]
+  # These machines withhold CAP_SYS_RESOURCE even from root, so no process may lower
+  # its oom_score_adj: runc fails every sandbox (-998) with "nsexec: failed to update
+  # /proc/self/oom_score_adj: Permission denied". Clamp to containerd's own score.
+  restrict_oom_score_adj = $restrict_oom
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["/usr/lib/cni"]
     conf_dir = "$dir/cni/net.d"
@@ -339,6 +343,9 @@ bring_up() {
   k8s_version=$("$bin/kubelet" --version | awk '{print $2}')
   pause_image="openvox-code.test/pause:$k8s_version"
   snapshotter=${OPENVOX_CODE_SNAPSHOTTER:-overlayfs}
+  # CAP_SYS_RESOURCE is bit 24 of the capability sets.
+  if (( (0x$(awk '/^CapEff/ {print $2}' /proc/self/status) >> 24) & 1 )); then restrict_oom=false
+  else restrict_oom=true; fi
 
   rm -rf "$dir/pids" "$dir/logs" "$dir/pki" "$dir/kubelet/config.yaml"
   mkdir -p "$dir/pids" "$dir/logs" "$dir/kubelet" "$dir/pod-logs"
