@@ -327,6 +327,10 @@ stop_all() {
   while read -r mnt; do
     [[ -n "$mnt" ]] && umount -l "$mnt" 2>/dev/null || true
   done < <(findmnt -rn -o TARGET | grep -F "$dir/" | sort -r)
+  # The pods' bridge and the kubelet's (now empty) cgroups.
+  ip link delete "$cni_bridge" 2>/dev/null || true
+  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods -depth -type d \
+    -exec rmdir {} + 2>/dev/null || true
 }
 
 bring_up() {

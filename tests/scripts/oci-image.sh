@@ -6,12 +6,14 @@
 # `ctr images import` with --archive.
 #
 #   oci-image.sh --name REF [--layer DIR]... [--entrypoint JSON] [--cmd JSON]
-#                [--archive FILE] LAYOUT
+#                [--user UID:GID] [--env NAME=VALUE]... [--archive FILE] LAYOUT
 #
 #   --name REF        full reference, e.g. 127.0.0.1:5000/busybox:1 (its tag is the
 #                     layout's ref name; io.containerd.image.name carries all of it)
 #   --layer DIR       a root filesystem or a directory of files (repeatable, bottom first)
 #   --entrypoint JSON, --cmd JSON   the config's Entrypoint / Cmd, as JSON arrays
+#   --user UID:GID    the config's User
+#   --env NAME=VALUE  an environment variable besides PATH (repeatable; no quotes)
 #   --archive FILE    also write the layout as one tar (for `ctr images import`)
 #
 # Prints the manifest digest (sha256:…) as its last line.
@@ -19,7 +21,8 @@ set -euo pipefail
 
 die() { echo "oci-image: $*" >&2; exit 1; }
 
-name="" entrypoint=null cmd=null archive="" layers=()
+name="" entrypoint=null cmd=null archive="" user="" layers=()
+env='"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"'
 while (($#)); do
   case $1 in
     --name) name=$2; shift ;;
@@ -27,6 +30,8 @@ while (($#)); do
     --entrypoint) entrypoint=$2; shift ;;
     --cmd) cmd=$2; shift ;;
     --archive) archive=$2; shift ;;
+    --user) user=$2; shift ;;
+    --env) [[ "$2" != *[\\\"]* ]] || die "--env $2: no quotes or backslashes"; env+=",\"$2\""; shift ;;
     -*) die "unknown option $1" ;;
     *) break ;;
   esac
@@ -64,8 +69,8 @@ for dir in "${layers[@]}"; do
   diff_ids+="${diff_ids:+,}\"$diff_id\""
 done
 
-printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"Cmd":%s,"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
-  "$entrypoint" "$cmd" "$diff_ids" >"$layout/config.json"
+printf '{"architecture":"amd64","os":"linux","config":{"User":"%s","Entrypoint":%s,"Cmd":%s,"Env":[%s]},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
+  "$user" "$entrypoint" "$cmd" "$env" "$diff_ids" >"$layout/config.json"
 read -r config_digest config_size < <(put "$layout/config.json")
 
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[%s]}' \
