@@ -9,6 +9,10 @@
 #                    the admin kubeconfig path of the control plane as the last line
 #   node.sh down     remove every pod sandbox (CRI), stop what `up` started (by PID),
 #                    unmount what is left under the state dir
+#   node.sh expose PORT...   let pods reach the host's 127.0.0.1:PORT at 10.88.0.1:PORT
+#                    (the bridge's address; a DNAT to loopback, for pods and for the host
+#                    alike, so one URL works from both), and let containerd pull from
+#                    10.88.0.1:PORT over plain HTTP. Nothing listens on 10.88.0.1 itself.
 #   node.sh env      print shell variables: CONTAINERD_ADDRESS, CTR, CRICTL, NODE_NAME…
 #
 # The control plane must run (cluster.sh up); its state dir is $OPENVOX_CODE_CLUSTER_DIR
@@ -30,7 +34,9 @@ dir="${OPENVOX_CODE_NODE_DIR:-$cache/node-state}"
 node_name="127.0.0.1"
 # Pods' addresses: a bridge on the host with no route out (no masquerading).
 pod_cidr="10.88.0.0/24"
+host_address="10.88.0.1"
 cni_bridge="ovc0"
+rule_comment="openvox-code-node"
 
 log() { echo "node: $*" >&2; }
 elapsed() {
@@ -327,10 +333,39 @@ stop_all() {
   while read -r mnt; do
     [[ -n "$mnt" ]] && umount -l "$mnt" 2>/dev/null || true
   done < <(findmnt -rn -o TARGET | grep -F "$dir/" | sort -r)
+  remove_rules
   # The pods' bridge and the kubelet's (now empty) cgroups.
   ip link delete "$cni_bridge" 2>/dev/null || true
   find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods -depth -type d \
     -exec rmdir {} + 2>/dev/null || true
+}
+
+# expose PORT...: DNAT 10.88.0.1:PORT to 127.0.0.1:PORT, from pods (arriving on the
+# bridge) and from the host itself; a registry configuration for containerd.
+expose() {
+  local port
+  for port in "$@"; do
+    [[ "$port" =~ ^[0-9]+$ ]] || die "expose: $port is not a port"
+    local -a match=(-d "$host_address/32" -p tcp --dport "$port" -m comment --comment "$rule_comment"
+      -j DNAT --to-destination "127.0.0.1:$port")
+    iptables -t nat -C PREROUTING -i "$cni_bridge" "${match[@]}" 2>/dev/null ||
+      iptables -t nat -A PREROUTING -i "$cni_bridge" "${match[@]}"
+    iptables -t nat -C OUTPUT "${match[@]}" 2>/dev/null || iptables -t nat -A OUTPUT "${match[@]}"
+    mkdir -p "$dir/containerd/certs.d/$host_address:$port"
+    printf 'server = "http://%s"\n[host."http://%s"]\n  capabilities = ["pull", "resolve"]\n' \
+      "$host_address:$port" "$host_address:$port" >"$dir/containerd/certs.d/$host_address:$port/hosts.toml"
+  done
+}
+
+remove_rules() {
+  local chain rule
+  for chain in PREROUTING OUTPUT; do
+    iptables -t nat -S "$chain" 2>/dev/null | grep -F -- "--comment $rule_comment" | sed 's/^-A /-D /' |
+      while read -r rule; do
+        # shellcheck disable=SC2086 # the rule as iptables -S printed it
+        iptables -t nat $rule || true
+      done || true # grep finds no rule
+  done
 }
 
 bring_up() {
@@ -357,6 +392,13 @@ bring_up() {
   make_pki
   write_kubeconfig "$dir/kubelet.kubeconfig" "system:node:$node_name" "$pki/kubelet-client.crt" "$pki/kubelet-client.key"
   write_kubeconfig "$dir/scheduler.kubeconfig" system:kube-scheduler "$pki/scheduler.crt" "$pki/scheduler.key"
+
+  # The pods' bridge exists before the first pod, so that route_localnet (the DNAT of
+  # `expose` to 127.0.0.1) can be set on it.
+  ip link add "$cni_bridge" type bridge 2>/dev/null || true
+  ip addr replace "$host_address/24" dev "$cni_bridge"
+  ip link set "$cni_bridge" up
+  sysctl -qw "net.ipv4.conf.$cni_bridge.route_localnet=1"
 
   write_containerd_config
   start containerd "$bin/containerd" --config "$dir/containerd/config.toml"
@@ -389,6 +431,7 @@ CONTAINERD_ADDRESS=$(containerd_address)
 CTR="$bin/ctr --address $(containerd_address) -n k8s.io"
 CRICTL="$bin/crictl --runtime-endpoint unix://$(containerd_address)"
 KUBELET=https://127.0.0.1:$kubelet_port
+HOST_ADDRESS=$host_address
 SNAPSHOTTER=$snapshotter
 PAUSE_IMAGE=$pause_image
 EOF
@@ -412,6 +455,10 @@ case $cmd in
     bin=$(bash "$here/build-node.sh" 2>/dev/null | tail -1) || bin=""
     stop_all
     log "stopped (state in $dir)"
+    ;;
+  expose)
+    shift
+    expose "$@"
     ;;
   env)
     cat "$dir/node.env"
