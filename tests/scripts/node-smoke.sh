@@ -12,7 +12,12 @@
 #   6. a pod mounts a two-layer data image as an image volume (read-only) at
 #      /etc/puppetlabs/code/environments;
 #   7. one layer changes; a second pod mounts the new image; the registry log says
-#      which blobs the node fetched, and how many bytes.
+#      which blobs the node fetched, and how many bytes;
+#   8. a pod reaches a service of the host (the registry on 127.0.0.1) through
+#      `node.sh expose` at 10.88.0.1, and the node pulls from that address too;
+#   9. when a worker binary is at hand (target/{release,debug}/openvox-code-worker or
+#      $OPENVOX_CODE_WORKER_BINARY), the worker image from node-images.sh runs under
+#      the restricted Pod Security Standard.
 #
 #   node-smoke.sh            run it; prints one "ok"/"FAIL" line per check, the
 #                            timings and byte counts, and "N passed, N failed" last
@@ -177,6 +182,47 @@ echo "pull of code:2 (one layer changed):"; fetched "$mark" | sed 's/^/  /'
 total=$(fetched "$mark" | awk '{s += $3} END {print s + 0}')
 ! fetched "$mark" | grep -q "${unchanged#sha256:}"
 check $? "unchanged layer not fetched again; $total bytes fetched in all"
+
+# 8. host services from pods
+bash "$here/node.sh" expose "$port"
+host=$(sed -n 's/^HOST_ADDRESS=//p' "$work/node/node.env")
+k run reach --restart=Never --image="$host:$port/busybox:1" --command -- \
+  /bin/busybox sh -c "/bin/busybox wget -q -O- http://$host:$port/v2/_catalog" >/dev/null
+rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/reach --timeout=60s >/dev/null || rc=$?
+out=$(k logs reach 2>&1) || true
+[[ $rc == 0 && "$out" == *busybox* ]]; check $? "pod pulled from and reached the host's 127.0.0.1:$port at $host:$port ($out)"
+
+# 9. the worker image
+repo=$(cd "$here/../.." && pwd)
+worker=${OPENVOX_CODE_WORKER_BINARY:-}
+for candidate in "$repo/target/release/openvox-code-worker" "$repo/target/debug/openvox-code-worker"; do
+  [[ -z "$worker" && -x "$candidate" ]] && worker=$candidate
+done
+if [[ -n "$worker" ]]; then
+  t0=$EPOCHREALTIME
+  bash "$here/node-images.sh" worker "$worker" "$reg/worker:1" >/dev/null
+  echo "worker image (node-images.sh, base cached after the first run): $(elapsed "$t0")s"
+  t0=$EPOCHREALTIME
+  k label namespace default pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+  k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: worker}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: main
+    image: $reg/worker:1
+    args: ["--version"]
+    securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+EOF
+  rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/worker --timeout=90s >/dev/null || rc=$?
+  out=$(k logs worker 2>&1 | head -1) || true
+  check $rc "worker image runs as restricted ($(elapsed "$t0")s): $out"
+else
+  echo "skip worker image: no target/*/openvox-code-worker (cargo build -p openvox-code-worker)"
+fi
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
