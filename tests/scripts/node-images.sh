@@ -7,6 +7,9 @@
 #
 #   node-images.sh worker BINARY REGISTRY/REPO:TAG       job-image/Dockerfile
 #   node-images.sh controller BINARY REGISTRY/REPO:TAG   controller/Dockerfile
+#   node-images.sh server REGISTRY/REPO:TAG              a stand-in for an OpenVox server:
+#                                                        Debian's puppet, to compile code
+#                                                        mounted as an image volume
 #   node-images.sh check                                 only compare the package lists
 #                                                        below with the Dockerfiles
 #
@@ -28,6 +31,9 @@ worker_packages=(ca-certificates git openssh-client)
 # certificates, tzdata, netbase) and a nonroot user 65532.
 controller_base="gcr.io/distroless/cc-debian12:nonroot"
 controller_packages=(base-files netbase tzdata ca-certificates libc6 libgcc-s1 libgomp1 libstdc++6 libssl3)
+
+# The server stand-in: Debian's puppet (7.x in bookworm), no Dockerfile of ours.
+server_packages=(puppet)
 
 # Packages the final stage of a Dockerfile installs with apt-get install.
 dockerfile_packages() {
@@ -99,6 +105,25 @@ base_hooks_controller() {
     "$suite" "$rootfs"
 }
 
+base_hooks_server() {
+  local rootfs=$1 variant=$2; shift 2
+  local IFS=,
+  mmdebstrap --quiet --variant="$variant" --include="$*" "${slim[@]}" \
+    --customize-hook='chroot "$1" useradd --uid 65532 --user-group --create-home --home-dir /home/puppet puppet-user' \
+    "$suite" "$rootfs"
+}
+
+server_image() {
+  local ref=$1 base out digest
+  base=$(base_rootfs server minbase "${server_packages[@]}")
+  out=$(mktemp -d)
+  digest=$(bash "$here/oci-image.sh" --name "$ref" --layer "$base" --user 65532:65532 \
+    --env HOME=/home/puppet --cmd '["/usr/bin/puppet","--version"]' "$out/oci" | tail -1)
+  push "$out/oci" "$ref"
+  rm -rf "$out"
+  echo "$digest"
+}
+
 # push LAYOUT REF: to a loopback registry over plain HTTP
 push() {
   skopeo copy --quiet --dest-tls-verify=false "oci:$1:${2##*:}" "docker://$2"
@@ -134,6 +159,7 @@ image() {
 }
 
 case ${1:-} in
+  server) [[ $# == 2 ]] || die "usage: node-images.sh server REGISTRY/REPO:TAG"; server_image "$2" ;;
   check) check_lists && echo "ok   node-images.sh package lists match the Dockerfiles" ;;
   worker|controller) [[ $# == 3 ]] || die "usage: node-images.sh $1 BINARY REGISTRY/REPO:TAG"; image "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
