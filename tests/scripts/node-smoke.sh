@@ -17,7 +17,9 @@
 #      `node.sh expose` at 10.88.0.1, and the node pulls from that address too;
 #   9. when a worker binary is at hand (target/{release,debug}/openvox-code-worker or
 #      $OPENVOX_CODE_WORKER_BINARY), the worker image from node-images.sh runs under
-#      the restricted Pod Security Standard.
+#      the restricted Pod Security Standard;
+#  10. a server stand-in (Debian's puppet, node-images.sh server) compiles the code
+#      image mounted as an image volume: puppet parser validate, puppet apply --noop.
 #
 #   node-smoke.sh            run it; prints one "ok"/"FAIL" line per check, the
 #                            timings and byte counts, and "N passed, N failed" last
@@ -225,6 +227,37 @@ EOF
 else
   echo "skip worker image: no target/*/openvox-code-worker (cargo build -p openvox-code-worker)"
 fi
+
+# 10. puppet compiles from the image volume
+t0=$EPOCHREALTIME
+bash "$here/node-images.sh" server "$reg/server:1" >/dev/null
+echo "server image (node-images.sh server, base cached after the first run): $(elapsed "$t0")s"
+t0=$EPOCHREALTIME
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: puppet}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+  containers:
+  - name: main
+    image: $reg/server:1
+    command: ["/bin/sh", "-c", "E=/etc/puppetlabs/code/environments; puppet parser validate \$E/production/manifests/site.pp && puppet apply --noop --color=false --environmentpath \$E --environment staging \$E/staging/manifests/site.pp"]
+    securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+    volumeMounts:
+    - {name: code, mountPath: /etc/puppetlabs/code/environments}
+    - {name: home, mountPath: /home/puppet}
+  volumes:
+  - name: code
+    image: {reference: "$reg/code:2", pullPolicy: IfNotPresent}
+  - name: home
+    emptyDir: {}
+EOF
+rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/puppet --timeout=120s >/dev/null || rc=$?
+out=$(k logs puppet 2>&1 | grep -o 'Compiled catalog[^(]*\|Notify\[[^]]*\]' | tr '\n' ' ') || true
+[[ $rc == 0 && "$out" == *"Notify[staging v2]"* ]]
+check $? "puppet compiles from the image volume ($(elapsed "$t0")s, image pull included): $out"
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
