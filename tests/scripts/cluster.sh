@@ -3,7 +3,8 @@
 # (TLS, client-certificate authentication, service-account tokens, RBAC + Node
 # authorization) and kube-controller-manager (its own identity; the real Job,
 # garbage-collector, service-account-token, TTL and EndpointSlice controllers).
-# There is no kubelet and no scheduler; see tests/README.md for the node simulation.
+# There is no kubelet and no scheduler; see tests/README.md for the node simulation
+# (tests/scripts/node.sh adds a real node and a scheduler).
 #
 #   cluster.sh up [options]          start in the state dir, leave it running; prints
 #                                    the kubeconfig path as the last line
@@ -119,6 +120,8 @@ extendedKeyUsage=serverAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost"
   sign admin "/O=system:masters/CN=openvox-code-admin" "$client"
   sign controller-manager "/CN=system:kube-controller-manager" "$client"
+  # The API server's identity towards kubelets (logs, exec) when a real node runs.
+  sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
   sign front-proxy-client "/CN=front-proxy-client" "$client"
   # Service-account token signing key pair.
   new_key "$pki/sa.key"
@@ -327,6 +330,9 @@ start_control_plane() {
     --proxy-client-cert-file="$pki/front-proxy-client.crt" \
     --proxy-client-key-file="$pki/front-proxy-client.key" \
     --authorization-mode=Node,RBAC --anonymous-auth=false \
+    --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$pki/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --enable-admission-plugins=NodeRestriction \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$pki/sa.pub" \
