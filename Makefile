@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache bench-scale bench-operator
+.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache bench-scale bench-operator bench-modules
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,10 @@ bench-operator: deps ## Beside openvox-operator: Service rewrites in 60 s next t
 	$(CARGO) build --locked -p openvox-code-controller --bins
 	set -o pipefail; OPENVOX_CODE_BESIDE_SECONDS=60 $(CARGO) test --locked -p openvox-code-controller --test beside_operator -- --nocapture next_to_the_operators on_our_crd 2>&1 | grep -E 'rewrites|^test '
 	set -o pipefail; for run in 1 2 3; do $(CARGO) test --locked -p openvox-code-controller --test codesource -- --nocapture rollout::each 2>&1 | grep -E '^rollout:|^test ' || exit 1; done
+
+bench-modules: ## Issue 19: release worker beside Debian's r10k, 8 branches x ~50 MB + 20 git modules, medians of 3, gzip levels (not part of make test)
+	bash tests/scripts/install-deps.sh --bench
+	job-image/scripts/bench-modules.sh
 
 deps: ## Install test dependencies (idempotent; heavy builds cached in ~/.cache/openvox-code)
 	bash tests/scripts/install-deps.sh

