@@ -38,7 +38,7 @@ use crate::unchanged::{
     Check, Decision, RecordedEnvironment, decide, forge_check_holds, git_check_holds,
 };
 use crate::validate::Problem;
-use crate::validate::builtin::check_environment;
+use crate::validate::builtin::{CheckCache, check_environment};
 use crate::validate::puppet::{PuppetValidation, validate};
 
 /// What to build: the repository, the branches and how to reach everything.
@@ -365,9 +365,12 @@ pub async fn build_environments_reusing(
         tracing::warn!("decoding blobs stopped: {e}; reading blobs from the pack instead");
     }
 
-    // 6. Environments, concurrently; modules are shared through the resolver.
+    // 6. Environments, concurrently; modules are shared through the resolver, and the
+    // results of the built-in checks by blob.
+    let checks = Arc::new(CheckCache::default());
     let mut tasks = tokio::task::JoinSet::new();
     for (plan, want) in plans.into_iter().zip(wants) {
+        let checks = checks.clone();
         let resolver = resolver.clone();
         let control = control.clone();
         let limits = options.limits;
@@ -397,7 +400,7 @@ pub async fn build_environments_reusing(
                         },
                         env.inputs.revision()
                     ));
-                    check_built(env).await.map(|env| (env, pins))
+                    check_built(env, checks).await.map(|env| (env, pins))
                 }
                 Err(reason) => {
                     step.failed(&reason);
@@ -685,10 +688,13 @@ async fn build_one(
 
 /// The built-in checks of a built environment (see [`crate::validate::builtin`]), with
 /// one progress line.
-async fn check_built(env: Environment) -> Result<Environment, (String, Option<Problem>)> {
+async fn check_built(
+    env: Environment,
+    cache: Arc<CheckCache>,
+) -> Result<Environment, (String, Option<Problem>)> {
     let step = Step::start("verify", &env.inputs.name);
     let checked = tokio::task::spawn_blocking(move || {
-        let problems = check_environment(&env.tree, &mut ContentReader::new());
+        let problems = check_environment(&env.tree, &mut ContentReader::new(), &cache);
         (env, problems)
     })
     .await;

@@ -799,3 +799,47 @@ fn when_every_environment_fails_nothing_is_switched_or_purged() {
     );
     assert_eq!(world.read("staging", "manifests/site.pp"), "staging 1\n");
 }
+
+#[test]
+fn a_bad_data_file_shared_by_branches_fails_each_under_its_own_path() {
+    // The built-in checks remember results by blob; the same broken bytes at two paths
+    // must still be reported at each path, and good files stay good.
+    let world = World::new();
+    let bad = "---\nprofile::x: 1\n  bad: [\n";
+    let hiera =
+        "---\nversion: 5\nhierarchy:\n  - name: all\n    paths: [common.yaml, nodes/x.yaml]\n";
+    world.control.commit(
+        "alpha",
+        "a",
+        &[("hiera.yaml", file(hiera)), ("data/common.yaml", file(bad))],
+    );
+    world.control.commit(
+        "beta",
+        "b",
+        &[
+            ("hiera.yaml", file(hiera)),
+            ("data/common.yaml", file("---\nok: true\n")),
+            ("data/nodes/x.yaml", file(bad)),
+        ],
+    );
+    world.control.commit(
+        "gamma",
+        "g",
+        &[
+            ("hiera.yaml", file(hiera)),
+            ("data/common.yaml", file("---\nok: true\n")),
+        ],
+    );
+    let run = world.sync(&["--branch", "*"]);
+    let reason = run.reason();
+    assert!(reason.contains("2 of 3 environments failed"), "{reason}");
+    assert!(
+        reason.contains("alpha: built-in check: data/common.yaml:3"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("beta: built-in check: data/nodes/x.yaml:3"),
+        "{reason}"
+    );
+    assert!(world.out.join("gamma/data/common.yaml").exists());
+}

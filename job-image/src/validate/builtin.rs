@@ -12,13 +12,36 @@
 //!
 //! A problem names the file (relative to the environment), line and column.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use super::Problem;
-use crate::tree::{ContentReader, EntryKind, EnvironmentTree};
+use crate::tree::{Content, ContentReader, EntryKind, EnvironmentTree};
+
+/// Results of checks already made in this build, by the git blob checked: the branches
+/// of a control repository share most of their files, and every environment holds the
+/// same modules, so a cold build of many branches would otherwise parse the same data
+/// files once per environment. A check depends on nothing but the file's bytes, which a
+/// blob id fixes; the cached problem carries no file name (the caller's is put in).
+#[derive(Debug, Default)]
+pub struct CheckCache {
+    results: Mutex<HashMap<(gix::ObjectId, Check), Option<Problem>>>,
+}
+
+impl CheckCache {
+    fn get(&self, key: &(gix::ObjectId, Check)) -> Option<Option<Problem>> {
+        let results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        results.get(key).cloned()
+    }
+
+    fn put(&self, key: (gix::ObjectId, Check), found: Option<Problem>) {
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        results.insert(key, found);
+    }
+}
 
 /// What kind of check a file gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Check {
     HieraConfig,
     DataYaml,
@@ -27,10 +50,26 @@ enum Check {
     EnvironmentConf,
 }
 
-/// Checks `tree`; the problems in path order (empty: it is fine).
-pub fn check_environment(tree: &EnvironmentTree, reader: &mut ContentReader) -> Vec<Problem> {
+/// Checks `tree`, answering from `cache` for blobs checked before in this build; the
+/// problems in path order (empty: it is fine).
+pub fn check_environment(
+    tree: &EnvironmentTree,
+    reader: &mut ContentReader,
+    cache: &CheckCache,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (path, check) in files_to_check(tree, reader) {
+        let blob = match tree.get(&path) {
+            Some(EntryKind::File {
+                content: Content::Git { id, .. },
+                ..
+            }) => Some((*id, check)),
+            _ => None,
+        };
+        if let Some(cached) = blob.as_ref().and_then(|key| cache.get(key)) {
+            problems.extend(cached.map(|p| Problem { file: path, ..p }));
+            continue;
+        }
         let text = match read_text(tree, reader, &path) {
             Ok(text) => text,
             Err(problem) => {
@@ -45,6 +84,9 @@ pub fn check_environment(tree: &EnvironmentTree, reader: &mut ContentReader) -> 
             Check::Metadata => json(&path, &text).err(),
             Check::EnvironmentConf => environment_conf(&path, &text).err(),
         };
+        if let Some(key) = blob {
+            cache.put(key, found.clone());
+        }
         problems.extend(found);
     }
     problems.sort_by(|a, b| a.file.cmp(&b.file));
