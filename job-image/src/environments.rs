@@ -635,11 +635,10 @@ async fn build_one(
     };
     check_module_paths(&decls)?;
 
-    let resolutions = futures_join_all(
-        decls
-            .iter()
-            .map(|decl| resolver.resolve(decl, plan.follows(), forge_line.as_deref())),
-    )
+    let resolutions = futures_join_all(decls.iter().map(|decl| {
+        let wanted_by = (plan.name.as_str(), plan.follows());
+        resolver.resolve(decl, wanted_by, forge_line.as_deref())
+    }))
     .await;
     let mut modules: Vec<(ModuleDecl, ResolvedModule)> = Vec::new();
     let mut errors = Vec::new();

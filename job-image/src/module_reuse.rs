@@ -98,8 +98,9 @@ struct Unpacked {
 
 /// The git modules of the previous image, found by [`ModuleKey`].
 pub struct PreviousModules {
-    /// Every module the layers hold: the layer (index into `layers`) and its path.
-    holders: BTreeMap<ModuleKey, (usize, String)>,
+    /// Every module the layers hold: the layers (indexes into `layers`) and its path in
+    /// each.
+    holders: BTreeMap<ModuleKey, Vec<(usize, String)>>,
     layers: Vec<PreviousLayerModules>,
     blobs: Arc<dyn LayerBlobs>,
     limits: Limits,
@@ -143,8 +144,14 @@ impl PreviousModules {
     }
 
     /// The files of the module `key`, when a previous layer holds it and can be read.
-    pub async fn module(&self, key: &ModuleKey) -> Option<Arc<ReusedModule>> {
-        let (layer, path) = self.holders.get(key)?;
+    /// The previous layer of `environment` (the one asking) is preferred when it holds
+    /// the module: then one download serves all of that environment's modules.
+    pub async fn module(&self, key: &ModuleKey, environment: &str) -> Option<Arc<ReusedModule>> {
+        let holders = self.holders.get(key)?;
+        let (layer, path) = holders
+            .iter()
+            .find(|(i, _)| self.layers[*i].environment == environment)
+            .or_else(|| holders.first())?;
         let unpacked = self.unpacked.get(layer, self.unpack(*layer)).await.ok()?;
         unpacked.modules.get(path).cloned()
     }
@@ -180,12 +187,15 @@ impl PreviousModules {
             .blobs
             .open(&layer.digest, layer.size, &self.work_dir)
             .await?;
-        let paths: Vec<String> = self
+        let mut paths: Vec<String> = self
             .holders
             .values()
+            .flatten()
             .filter(|(i, _)| self.layers[*i].digest == layer.digest)
             .map(|(_, path)| path.clone())
             .collect();
+        paths.sort();
+        paths.dedup();
         let dest = tempfile::Builder::new()
             .prefix("openvox-code-reused-")
             .tempdir_in(&self.work_dir)
@@ -206,10 +216,9 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(19)]
 }
 
-/// Every git module the layers record with its path, by key; the first layer (in
-/// environment order) holding a key gives it.
-fn index(layers: &[PreviousLayerModules]) -> BTreeMap<ModuleKey, (usize, String)> {
-    let mut holders = BTreeMap::new();
+/// Every git module the layers record, by key: each layer holding it, with the path.
+fn index(layers: &[PreviousLayerModules]) -> BTreeMap<ModuleKey, Vec<(usize, String)>> {
+    let mut holders: BTreeMap<ModuleKey, Vec<(usize, String)>> = BTreeMap::new();
     for (i, layer) in layers.iter().enumerate() {
         for pin in &layer.pins.modules {
             let (Declared::Git { url, .. }, Some(path), Some(exclude_spec)) =
@@ -222,7 +231,7 @@ fn index(layers: &[PreviousLayerModules]) -> BTreeMap<ModuleKey, (usize, String)
                 commit: pin.resolved.version.to_ascii_lowercase(),
                 exclude_spec,
             };
-            holders.entry(key).or_insert_with(|| (i, path.clone()));
+            holders.entry(key).or_default().push((i, path.clone()));
         }
     }
     holders

@@ -87,13 +87,17 @@ fn puppetfile(world: &World) -> String {
 }
 
 fn build_into(world: &World, layout: &Path) -> Run {
+    build_branches(world, layout, "production")
+}
+
+fn build_branches(world: &World, layout: &Path, branches: &str) -> Run {
     let run = worker(
         &[
             "build",
             "--url",
             &world.git_url("control.git"),
             "--branch",
-            "production",
+            branches,
             "--oci-layout",
             layout.to_str().unwrap(),
             "--timeout",
@@ -156,6 +160,41 @@ fn reused_modules_give_the_digest_of_a_cold_build_and_moved_ones_are_fetched() {
     assert!(lines[0].contains("apache.git refs/heads/main"), "{lines:?}");
     let cold = build_into(&world, &world.scratch.path("cold-3"));
     assert_eq!(digest(&third), digest(&cold));
+}
+
+#[test]
+fn an_environment_takes_its_modules_from_its_own_previous_layer() {
+    let world = World::new();
+    setup(&world);
+    let same = puppetfile(&world);
+    world.control.commit(
+        "staging",
+        "staging",
+        &[
+            ("manifests/site.pp", file("node default {} # staging\n")),
+            ("Puppetfile", file(&same)),
+        ],
+    );
+    let layout = world.scratch.path("layout");
+    build_branches(&world, &layout, "*");
+    world.control.commit(
+        "staging",
+        "staging 2",
+        &[
+            ("manifests/site.pp", file("node default {} # staging 2\n")),
+            ("Puppetfile", file(&same)),
+        ],
+    );
+    // production's layer holds the same modules and comes first; staging's own is used,
+    // so one layer is read.
+    let run = build_branches(&world, &layout, "*");
+    assert!(fetched(&run).is_empty(), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reuse    layer of staging: 3 modules")
+            && !run.stderr.contains("reuse    layer of production"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -129,12 +129,12 @@ impl Resolver {
         self
     }
 
-    /// Resolves `decl` for the environment built from `control_branch`, with the
-    /// Puppetfile's `forge` line `puppetfile_forge`.
+    /// Resolves `decl` for the environment `environment` built from `control_branch`,
+    /// with the Puppetfile's `forge` line `puppetfile_forge`.
     pub async fn resolve(
         &self,
         decl: &ModuleDecl,
-        control_branch: &str,
+        (environment, control_branch): (&str, &str),
         puppetfile_forge: Option<&str>,
     ) -> Result<ResolvedModule, ModuleError> {
         let fail = |message: String| ModuleError {
@@ -202,7 +202,8 @@ impl Resolver {
                     default_branch.as_deref(),
                     control_branch,
                 );
-                if let Some((commit, reused)) = self.reuse(wanted, decl.exclude_spec).await {
+                let reused = self.reuse(wanted, decl.exclude_spec, environment).await;
+                if let Some((commit, reused)) = reused {
                     return Ok(ResolvedModule {
                         record: record(commit),
                         content: ModuleContent::Reused(reused),
@@ -319,11 +320,13 @@ impl Resolver {
 
     /// The commit `want` resolves to and the module's files from the previous image,
     /// when it holds them (an abbreviated commit id is never looked up there: resolving
-    /// it may take the repository's history anyway).
+    /// it may take the repository's history anyway), preferably from the previous
+    /// layer of `environment`.
     async fn reuse(
         &self,
         (url, want, default_branch, control_branch): (&str, &GitWant, Option<&str>, &str),
         exclude_spec: bool,
+        environment: &str,
     ) -> Option<(String, Arc<ReusedModule>)> {
         let previous = self.previous.as_ref()?;
         let commit = match want {
@@ -342,7 +345,7 @@ impl Resolver {
             commit,
             exclude_spec,
         };
-        let reused = previous.module(&key).await?;
+        let reused = previous.module(&key, environment).await?;
         Some((key.commit, reused))
     }
 
