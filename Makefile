@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help test demo deps lint fmt crds cluster-up cluster-down clean-cache bench-scale bench-operator bench-modules
+.PHONY: help test demo deps lint fmt crds cluster-up cluster-down node-up node-down clean-cache bench-scale bench-operator bench-modules
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -13,6 +13,10 @@ test: deps lint ## Install what the tests need, then run every test tier
 	# --no-fail-fast: one CI run shows every failing test binary, not just the first.
 	$(CARGO) test --workspace --all-targets --locked --no-fail-fast
 	python3 tests/scripts/check-dockerfiles.py
+	# The real-node tier: containerd + kubelet run the controller (Helm chart) and the
+	# worker from images of the debug binaries above; a server pod mounts the code image.
+	bash tests/scripts/node-tier.sh --worker $${CARGO_TARGET_DIR:-target}/debug/openvox-code-worker \
+	  --controller $${CARGO_TARGET_DIR:-target}/debug/openvox-code-controller
 
 demo: deps ## See the whole product work on this machine (control plane, git, registry, controller)
 	$(CARGO) build --locked -p openvox-code-controller -p openvox-code-worker -p openvox-code-e2e --bins
@@ -48,8 +52,16 @@ crds: ## Regenerate crds/*.yaml from the Rust types
 cluster-up: deps ## Start a local control plane; prints the kubeconfig path last
 	@bash tests/scripts/cluster.sh up
 
-cluster-down: ## Stop the local control plane started by cluster-up
+cluster-down: ## Stop the local control plane started by cluster-up (and the node of node-up)
+	@bash tests/scripts/node.sh down
 	@bash tests/scripts/cluster.sh down
+
+node-up: deps ## Start the control plane and a real node (containerd, kubelet, scheduler; root); prints the kubeconfig path last
+	@bash tests/scripts/cluster.sh up >/dev/null
+	@bash tests/scripts/node.sh up
+
+node-down: ## Stop the node of node-up (the control plane keeps running: make cluster-down)
+	@bash tests/scripts/node.sh down
 
 clean-cache: ## Remove cached control-plane builds and tools
 	rm -rf $${OPENVOX_CODE_CACHE:-$$HOME/.cache/openvox-code}

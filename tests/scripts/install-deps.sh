@@ -26,6 +26,14 @@ if ((${#missing[@]})); then
 fi
 
 bash "$here/build-control-plane.sh" >/dev/null
+# The real node of the node tier (tests/scripts/node-tier.sh, tests/node/README.md):
+# runc, the CNI plugins, mmdebstrap and iptables from Debian; kubelet, kube-scheduler,
+# containerd and crictl built once from the Go module proxy (after the control plane,
+# whose Go build cache they share); the images' base root filesystems (mmdebstrap).
+# All cached under ~/.cache/openvox-code.
+bash "$here/build-node.sh" deps
+bash "$here/build-node.sh" >/dev/null
+bash "$here/node-images.sh" bases
 # The Gateway API TLSRoute CRD, cached from the Go module proxy for cluster.sh.
 bash "$here/cluster.sh" fetch-gateway-api >/dev/null
 if [[ -f "$here/install-kubectl-helm.sh" ]]; then

@@ -2,8 +2,11 @@
 # The project's images without a container engine or a registry to pull from: the
 # runtime stage of each Dockerfile rebuilt from Debian packages with mmdebstrap, plus
 # the built binary as a layer of its own, assembled by oci-image.sh and pushed to a
-# registry with skopeo. The base layer is cached under ~/.cache/openvox-code/images by
-# its package list, so a new binary only changes (and only pushes) the top layer.
+# registry with skopeo. The base root filesystem is cached under
+# ~/.cache/openvox-code/images by its package list, and its compressed layer under its
+# digest (images/gzip), so a new binary only changes (and only pushes) the top layer.
+# The binary is copied without its symbols (`strip`), as the release profile's
+# `strip = "symbols"` leaves it; a debug build keeps its optimisation level.
 #
 #   node-images.sh worker BINARY REGISTRY/REPO:TAG       job-image/Dockerfile
 #   node-images.sh controller BINARY REGISTRY/REPO:TAG   controller/Dockerfile
@@ -12,6 +15,8 @@
 #                                                        mounted as an image volume
 #   node-images.sh check                                 only compare the package lists
 #                                                        below with the Dockerfiles
+#   node-images.sh bases                                 build (or find) the three cached
+#                                                        base root filesystems
 #
 # Each image's package list is written here and checked against its Dockerfile before
 # every build: a build (and `check`) fails when they drift apart. Prints the manifest
@@ -117,8 +122,8 @@ server_image() {
   local ref=$1 base out digest
   base=$(base_rootfs server minbase "${server_packages[@]}")
   out=$(mktemp -d)
-  digest=$(bash "$here/oci-image.sh" --name "$ref" --layer "$base" --user 65532:65532 \
-    --env HOME=/home/puppet --cmd '["/usr/bin/puppet","--version"]' "$out/oci" | tail -1)
+  digest=$(bash "$here/oci-image.sh" --name "$ref" --gzip-cache "$cache/gzip" --cached-layer "$base" \
+    --user 65532:65532 --env HOME=/home/puppet --cmd '["/usr/bin/puppet","--version"]' "$out/oci" | tail -1)
   push "$out/oci" "$ref"
   rm -rf "$out"
   echo "$digest"
@@ -141,17 +146,17 @@ image() {
   out=$(mktemp -d)
   top="$out/top"
   mkdir -p "$top/usr/local/bin"
-  cp "$binary" "$top/usr/local/bin/openvox-code-$kind"
+  strip --strip-all -o "$top/usr/local/bin/openvox-code-$kind" "$binary"
   chmod 0755 "$top/usr/local/bin/openvox-code-$kind"
   case $kind in
     worker)
-      digest=$(bash "$here/oci-image.sh" --name "$ref" --layer "$base" --layer "$top" \
-        --entrypoint '["/usr/local/bin/openvox-code-worker"]' --user 65532:65532 \
-        --env HOME=/tmp --env TMPDIR=/tmp "$out/oci" | tail -1) ;;
+      digest=$(bash "$here/oci-image.sh" --name "$ref" --gzip-cache "$cache/gzip" \
+        --cached-layer "$base" --layer "$top" --entrypoint '["/usr/local/bin/openvox-code-worker"]' \
+        --user 65532:65532 --env HOME=/tmp --env TMPDIR=/tmp "$out/oci" | tail -1) ;;
     controller)
-      digest=$(bash "$here/oci-image.sh" --name "$ref" --layer "$base" --layer "$top" \
-        --entrypoint '["/usr/local/bin/openvox-code-controller"]' --user 65532:65532 \
-        --env MALLOC_ARENA_MAX=2 "$out/oci" | tail -1) ;;
+      digest=$(bash "$here/oci-image.sh" --name "$ref" --gzip-cache "$cache/gzip" \
+        --cached-layer "$base" --layer "$top" --entrypoint '["/usr/local/bin/openvox-code-controller"]' \
+        --user 65532:65532 --env MALLOC_ARENA_MAX=2 "$out/oci" | tail -1) ;;
   esac
   push "$out/oci" "$ref"
   rm -rf "$out"
@@ -161,6 +166,12 @@ image() {
 case ${1:-} in
   server) [[ $# == 2 ]] || die "usage: node-images.sh server REGISTRY/REPO:TAG"; server_image "$2" ;;
   check) check_lists && echo "ok   node-images.sh package lists match the Dockerfiles" ;;
+  bases)
+    check_lists || die "package lists drifted; fix node-images.sh or the Dockerfile"
+    command -v mmdebstrap >/dev/null || bash "$here/build-node.sh" deps
+    base_rootfs worker minbase "${worker_packages[@]}" >/dev/null
+    base_rootfs controller extract "${controller_packages[@]}" >/dev/null
+    base_rootfs server minbase "${server_packages[@]}" >/dev/null ;;
   worker|controller) [[ $# == 3 ]] || die "usage: node-images.sh $1 BINARY REGISTRY/REPO:TAG"; image "$@" ;;
   *) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2 ;;
 esac

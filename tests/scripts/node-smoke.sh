@@ -101,11 +101,11 @@ EOF
 rc=0; k wait --for=condition=Ready pod/hello --timeout=60s >/dev/null || rc=$?
 check $rc "pod running ($(elapsed "$t0")s from create, image pull included)"
 out=$(k exec hello -- /bin/busybox echo exec-ok 2>&1) || true
-[[ "$out" == exec-ok ]]; check $? "kubectl exec ($out)"
+[[ "$out" == exec-ok ]] && rc=0 || rc=1; check $rc "kubectl exec ($out)"
 rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/hello --timeout=60s >/dev/null || rc=$?
 check $rc "pod Succeeded ($(k get pod hello -o jsonpath='{.status.phase} {.status.containerStatuses[0].state}'))"
 out=$(k logs hello 2>&1) || true
-[[ "$out" == "hello from a real pod" ]]; check $? "kubectl logs pod ($out)"
+[[ "$out" == "hello from a real pod" ]] && rc=0 || rc=1; check $rc "kubectl logs pod ($out)"
 
 # 5. a Job through the scheduler
 t0=$EPOCHREALTIME
@@ -128,7 +128,7 @@ EOF
 rc=0; k wait --for=condition=Complete job/job1 --timeout=90s >/dev/null || rc=$?
 check $rc "Job complete, restricted security context ($(elapsed "$t0")s)"
 out=$(k logs job/job1 2>&1 | tr '\n' ' ') || true
-[[ "$out" == "step 1 as 65532 step 2 " ]]; check $? "kubectl logs job/job1 ($out)"
+[[ "$out" == "step 1 as 65532 step 2 " ]] && rc=0 || rc=1; check $rc "kubectl logs job/job1 ($out)"
 
 # 6. image volume
 mkdir -p "$work/code/a/production/manifests" "$work/code/b/staging/manifests"
@@ -165,8 +165,8 @@ t0=$EPOCHREALTIME
 server_pod server1 1
 rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/server1 --timeout=60s >/dev/null || rc=$?
 out=$(k logs server1 2>&1 | tr '\n' ' ') || true
-[[ $rc == 0 && "$out" == *'"production"'*'"staging v1"'*read-only* ]]
-check $? "image volume mounted read-only ($(elapsed "$t0")s): $out"
+[[ $rc == 0 && "$out" == *'"production"'*'"staging v1"'*read-only* ]] && rc=0 || rc=1
+check $rc "image volume mounted read-only ($(elapsed "$t0")s): $out"
 echo "first pull of code:1:"; fetched "$mark" | sed 's/^/  /'
 
 # 7. one layer changes
@@ -180,12 +180,12 @@ t0=$EPOCHREALTIME
 server_pod server2 2
 rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/server2 --timeout=60s >/dev/null || rc=$?
 out=$(k logs server2 2>&1 | tr '\n' ' ') || true
-[[ $rc == 0 && "$out" == *'"staging v2"'* ]]; check $? "changed image volume ($(elapsed "$t0")s): $out"
+[[ $rc == 0 && "$out" == *'"staging v2"'* ]] && rc=0 || rc=1; check $rc "changed image volume ($(elapsed "$t0")s): $out"
 echo "pull of code:2 (one layer changed):"; fetched "$mark" | sed 's/^/  /'
 read -r unchanged changed <<<"$layers"
 total=$(fetched "$mark" | awk '{s += $3} END {print s + 0}')
-fetched "$mark" | grep -q "$changed" && ! fetched "$mark" | grep -q "$unchanged"
-check $? "only the changed layer fetched, not the unchanged one; $total bytes fetched in all"
+fetched "$mark" | grep -q "$changed" && ! fetched "$mark" | grep -q "$unchanged" && rc=0 || rc=1
+check $rc "only the changed layer fetched, not the unchanged one; $total bytes fetched in all"
 
 # 8. host services from pods
 bash "$here/node.sh" expose "$port"
@@ -194,7 +194,7 @@ k run reach --restart=Never --image="$host:$port/busybox:1" --command -- \
   /bin/busybox sh -c "/bin/busybox wget -q -O- http://$host:$port/v2/_catalog" >/dev/null
 rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/reach --timeout=60s >/dev/null || rc=$?
 out=$(k logs reach 2>&1) || true
-[[ $rc == 0 && "$out" == *busybox* ]]; check $? "pod pulled from and reached the host's 127.0.0.1:$port at $host:$port ($out)"
+[[ $rc == 0 && "$out" == *busybox* ]] && rc=0 || rc=1; check $rc "pod pulled from and reached the host's 127.0.0.1:$port at $host:$port ($out)"
 
 # 9. the worker image
 repo=$(cd "$here/../.." && pwd)
@@ -256,8 +256,8 @@ spec:
 EOF
 rc=0; k wait --for=jsonpath='{.status.phase}'=Succeeded pod/puppet --timeout=120s >/dev/null || rc=$?
 out=$(k logs puppet 2>&1 | grep -o 'Compiled catalog[^(]*\|Notify\[[^]]*\]' | tr '\n' ' ') || true
-[[ $rc == 0 && "$out" == *"Notify[staging v2]"* ]]
-check $? "puppet compiles from the image volume ($(elapsed "$t0")s, image pull included): $out"
+[[ $rc == 0 && "$out" == *"Notify[staging v2]"* ]] && rc=0 || rc=1
+check $rc "puppet compiles from the image volume ($(elapsed "$t0")s, image pull included): $out"
 
 echo "$passed passed, $failed failed"
 ((failed == 0))

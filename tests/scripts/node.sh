@@ -15,6 +15,12 @@
 #                    10.88.0.1:PORT over plain HTTP. Nothing listens on 10.88.0.1 itself.
 #   node.sh env      print shell variables: CONTAINERD_ADDRESS, CTR, CRICTL, NODE_NAME…
 #
+# There is no kube-proxy. Pods reach the API server (in-cluster clients such as the
+# controller and the worker use the `kubernetes` Service's ClusterIP:443 from their
+# environment) through one DNAT of that address, for packets from the bridge, to the
+# API server on 127.0.0.1, as kube-proxy would to the Service's endpoint; no other
+# Service has endpoints.
+#
 # The control plane must run (cluster.sh up); its state dir is $OPENVOX_CODE_CLUSTER_DIR
 # or ~/.cache/openvox-code/cluster. The node's state dir is $OPENVOX_CODE_NODE_DIR or
 # ~/.cache/openvox-code/node-state. Everything listens on 127.0.0.1 or a unix socket.
@@ -233,7 +239,8 @@ EOF
       "ipam": {
         "type": "host-local",
         "dataDir": "$dir/cni/ipam",
-        "ranges": [[{"subnet": "$pod_cidr"}]]
+        "ranges": [[{"subnet": "$pod_cidr"}]],
+        "routes": [{"dst": "$apiserver_service_ip/32"}]
       }
     }
   ]
@@ -357,6 +364,22 @@ expose() {
   done
 }
 
+# The `kubernetes` Service's ClusterIP:443 for pods, to the API server on loopback (its
+# serving certificate names the ClusterIP). Pods have no default route: the CNI
+# configuration routes this one address through the bridge.
+route_apiserver() {
+  local ip port=${apiserver##*:} deadline=$((SECONDS + 30))
+  until ip=$("$kubectl" --kubeconfig "$cluster_dir/admin.kubeconfig" -n default get service kubernetes \
+    -o jsonpath='{.spec.clusterIP}' 2>/dev/null) && [[ -n "$ip" ]]; do
+    ((SECONDS < deadline)) || { log "no kubernetes Service in the default namespace"; return 1; }
+    sleep 0.2
+  done
+  local -a match=(-i "$cni_bridge" -d "$ip/32" -p tcp --dport 443 -m comment --comment "$rule_comment"
+    -j DNAT --to-destination "127.0.0.1:$port")
+  iptables -t nat -C PREROUTING "${match[@]}" 2>/dev/null || iptables -t nat -A PREROUTING "${match[@]}"
+  apiserver_service_ip=$ip
+}
+
 remove_rules() {
   local chain rule
   for chain in PREROUTING OUTPUT; do
@@ -400,6 +423,7 @@ bring_up() {
   ip link set "$cni_bridge" up
   sysctl -qw "net.ipv4.conf.$cni_bridge.route_localnet=1"
 
+  route_apiserver || return 1
   write_containerd_config
   start containerd "$bin/containerd" --config "$dir/containerd/config.toml"
   wait_containerd || return 1
@@ -452,7 +476,9 @@ case $cmd in
     echo "$cluster_dir/admin.kubeconfig"
     ;;
   down)
-    bin=$(bash "$here/build-node.sh" 2>/dev/null | tail -1) || bin=""
+    # Only where a node was started: finding the binaries builds them when missing.
+    bin=""
+    [[ -d "$dir/pids" ]] && { bin=$(bash "$here/build-node.sh" 2>/dev/null | tail -1) || bin=""; }
     stop_all
     log "stopped (state in $dir)"
     ;;
