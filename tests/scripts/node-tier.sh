@@ -86,6 +86,8 @@ diagnose() {
   k get events -A --sort-by=.lastTimestamp 2>&1 | tail -40 >&2 || true
   echo "--- controller log (last 40 lines)" >&2
   k -n openvox-code logs deploy/openvox-code --tail=40 >&2 2>&1 || true
+  echo "--- worker pods' logs (last 20 lines each)" >&2
+  k -n puppet logs -l app.kubernetes.io/component=worker --prefix --tail=20 >&2 2>&1 || true
   local name
   for name in kubelet containerd; do
     echo "--- $name log (last 20 lines)" >&2
@@ -109,6 +111,8 @@ finish() {
   exit "$rc"
 }
 trap finish EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
 
 # ---------------------------------------------------------------------------
 # Inputs: the node's binaries and packages, kubectl and helm (all cached)
@@ -195,8 +199,9 @@ deployment=$(k -n openvox-code get deployment -l app.kubernetes.io/instance=open
 # Available, or stop at the first crash or failed pull instead of waiting for the timeout.
 deadline=$((SECONDS + 180)) rc=0
 until [[ "$(k -n openvox-code get "$deployment" -o jsonpath='{.status.conditions[?(@.type=="Available")].status}')" == True ]]; do
+  restarts=0 waiting=""
   read -r restarts waiting < <(k -n openvox-code get pod -l app.kubernetes.io/instance=openvox-code -o \
-    jsonpath='{.items[0].status.containerStatuses[0].restartCount} {.items[0].status.containerStatuses[0].state.waiting.reason}{"\n"}')
+    jsonpath='{.items[0].status.containerStatuses[0].restartCount} {.items[0].status.containerStatuses[0].state.waiting.reason}{"\n"}' 2>/dev/null) || true
   if [[ "${restarts:-0}" != 0 || "$waiting" == *Err* || "$waiting" == *BackOff* ]]; then
     echo "controller pod: restarts ${restarts:-0}, waiting: ${waiting:-no}" >&2; rc=1; break
   fi
@@ -260,7 +265,7 @@ build() {
   local previous=$1 deadline=$((SECONDS + 120)) seen_job=""
   job=""
   until [[ -n "$job" ]]; do
-    job=$(k -n puppet get codesource code -o jsonpath='{.status.activeJob}')
+    job=$(k -n puppet get codesource code -o jsonpath='{.status.activeJob}') || job=""
     [[ -n "$job" && "$job" == "${2:-}" ]] && job=""
     ((SECONDS < deadline)) || die "no status.activeJob within 120s"
     [[ -n "$job" ]] || sleep 0.2
