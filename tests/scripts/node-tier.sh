@@ -267,6 +267,12 @@ build() {
   until [[ -n "$job" ]]; do
     job=$(k -n puppet get codesource code -o jsonpath='{.status.activeJob}') || job=""
     [[ -n "$job" && "$job" == "${2:-}" ]] && job=""
+    # A failed head check needs no 120 s to be reported.
+    if [[ -z "$job" ]]; then
+      fetch_failed=$(k -n puppet get codesource code -o \
+        jsonpath='{.status.conditions[?(@.type=="FetchFailed")].status}: {.status.conditions[?(@.type=="FetchFailed")].message}') || true
+      [[ "$fetch_failed" != True:* ]] || die "the controller's head check failed (FetchFailed${fetch_failed#True})"
+    fi
     ((SECONDS < deadline)) || die "no status.activeJob within 120s"
     [[ -n "$job" ]] || sleep 0.2
   done
