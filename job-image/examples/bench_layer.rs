@@ -271,32 +271,11 @@ fn floor(files: &[String]) {
     );
 }
 
-/// Deflates one chunk on its own at `level`, as the layer compressor does at its pinned
-/// level (raw deflate, sync flush, the final block when `last`); returns its size.
+/// The size of one chunk deflated on its own at `level`, by the layer compressor.
 fn deflate_chunk_at(data: &[u8], last: bool, level: u32) -> u64 {
-    use flate2::{Compress, Compression, FlushCompress, Status};
-    let mut compress = Compress::new(Compression::new(level), false);
-    let mut out = Vec::with_capacity(data.len() / 3 + 1024);
-    let flush = if last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
-    loop {
-        let consumed = usize::try_from(compress.total_in()).unwrap();
-        let status = compress
-            .compress_vec(&data[consumed..], &mut out, flush)
-            .unwrap();
-        let all_in = compress.total_in() == data.len() as u64;
-        let done = match status {
-            Status::StreamEnd => true,
-            _ => !last && all_in && out.len() < out.capacity(),
-        };
-        if done {
-            return out.len() as u64;
-        }
-        out.reserve(64 * 1024);
-    }
+    openvox_code_worker::image::gzip::deflate_chunk_at(data, last, level)
+        .unwrap()
+        .len() as u64
 }
 
 /// `levels [1,3,6,9] FILE...`: the files (tar streams) cut into the layer compressor's

@@ -68,7 +68,13 @@ impl<W: Write> Hashing<W> {
 /// Deflates one chunk on its own: raw deflate, ending byte-aligned with a sync flush,
 /// or with the final block when `last`.
 fn deflate_chunk(data: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    let mut compress = Compress::new(Compression::new(GZIP_LEVEL), false);
+    deflate_chunk_at(data, last, GZIP_LEVEL)
+}
+
+/// [`deflate_chunk`] at another `level`: what the benchmarks measure the layer format's
+/// level against.
+pub fn deflate_chunk_at(data: &[u8], last: bool, level: u32) -> io::Result<Vec<u8>> {
+    let mut compress = Compress::new(Compression::new(level), false);
     let mut out = Vec::with_capacity(data.len() / 3 + 1024);
     let flush = if last {
         FlushCompress::Finish
