@@ -27,12 +27,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openvox_code_worker::image::gzip::{CHUNK, GZIP_LEVEL, LayerEncoder};
+use openvox_code_worker::image::gzip::{GZIP_LEVEL, LayerEncoder};
 use openvox_code_worker::image::layer::write_layer_file;
 use openvox_code_worker::limits::Limits;
 use openvox_code_worker::tree::{ContentReader, EnvironmentTree, LocalDir, LocalEntry, LocalKind};
 
 const MIB: f64 = 1024.0 * 1024.0;
+/// Tar bytes deflated on their own by the level comparison: a layer's average chunk.
+const CHUNK: usize = 1 << 20;
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -438,14 +440,7 @@ fn main() {
     // 1. One environment, one thread.
     reset_peak_rss();
     let (elapsed, layer) = best_of(3, || {
-        write_layer_file(
-            "production",
-            &tree,
-            1_700_000_000,
-            &mut ContentReader::new(),
-            &out,
-        )
-        .unwrap()
+        write_layer_file("production", &tree, &mut ContentReader::new(), None, &out).unwrap()
     });
     line(
         "layer writer, 1 environment, 1 thread",
@@ -505,8 +500,7 @@ fn main() {
                     while let Some(tree) =
                         trees.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
                     {
-                        let layer = write_layer_file("env", tree, 1_700_000_000, &mut reader, &out)
-                            .unwrap();
+                        let layer = write_layer_file("env", tree, &mut reader, None, &out).unwrap();
                         *sizes.lock().unwrap() += layer.encoded.size;
                     }
                 });

@@ -28,7 +28,7 @@ use crate::git::fetch::Depth;
 use crate::git::{Credentials, FetchWant, FetchedRepo, GitAccess, GitError, RepoUrl, error_chain};
 pub use crate::inputs::{EnvironmentInputs, FORMAT_VERSION};
 use crate::limits::{Bytes, Limits};
-use crate::module_reuse::PreviousModules;
+use crate::module_reuse::PreviousLayers;
 use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::puppetfile::resolve::{ModuleContent, ResolvedModule, Resolver};
@@ -151,7 +151,7 @@ pub async fn build_environments(options: &SourceOptions) -> Result<Environments,
 pub async fn build_environments_reusing(
     options: &SourceOptions,
     recorded: &BTreeMap<String, RecordedEnvironment>,
-    previous: Option<Arc<PreviousModules>>,
+    previous: Option<Arc<PreviousLayers>>,
 ) -> Result<Environments, BuildError> {
     let url = RepoUrl::parse(&options.url).map_err(GitError::from)?;
     // Every temporary file of this build lives below `work`: dropping it removes them

@@ -1,5 +1,7 @@
-//! Git modules the previous image already holds: their files are taken from its layer
-//! instead of being fetched again.
+//! What the previous image's layers give a build: the files of git modules that did not
+//! change (instead of fetching them again) and the index of each layer's chunks (so
+//! the environment's new layer copies the chunks that did not change, see
+//! [`crate::image::chunks`]). Both come from one pass over the layer.
 //!
 //! A layer holds each git module of its environment at `<environment>/<path>/`, and its
 //! pins record the module's URL, resolved commit, path and whether `spec/` was left out
@@ -13,9 +15,10 @@
 //! The resolver still lists the module's repository to learn the commit (cheap, and
 //! shared); only the fetch is saved. A layer is downloaded (or, in an OCI layout, read
 //! in place) and unpacked once per build, for every module it can give, on the first
-//! module that asks. Whatever goes wrong with it (gone from the registry, bytes that do
-//! not match its digest, an entry that cannot be unpacked) is logged once and its
-//! modules are fetched as usual.
+//! module or layer writer that asks. Whatever goes wrong with it (gone from the
+//! registry, bytes that do not match its digest or its chunk table, an entry that
+//! cannot be unpacked) is logged once, its modules are fetched and its environment's
+//! layer is compressed whole, as if there were no previous layer.
 //!
 //! [`RecordedEnvironment::from_layer`]: crate::unchanged::RecordedEnvironment::from_layer
 
@@ -29,6 +32,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::flights::Flights;
 use crate::forge::hex;
+use crate::image::chunks::{ChunkIndex, ChunkTable, ChunkedLayer};
 use crate::limits::{Bytes, Limits};
 use crate::pins::{Declared, Pins};
 use crate::progress::{Step, count};
@@ -63,14 +67,16 @@ pub trait LayerBlobs: Send + Sync {
     ) -> BoxFuture<'a, Result<BlobFile, String>>;
 }
 
-/// A previous layer and the git modules its pins say it holds.
+/// A previous layer: the git modules its pins say it holds, and its chunks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreviousLayerModules {
+pub struct ReusableLayer {
     pub environment: String,
     /// `sha256:<hex>` of the compressed layer.
     pub digest: String,
     pub size: u64,
     pub pins: Pins,
+    /// Its chunk table, when its annotations record one.
+    pub chunks: Option<ChunkTable>,
 }
 
 /// What a module's files depend on: the declared URL, the commit and `exclude_spec`.
@@ -90,18 +96,21 @@ pub struct ReusedModule {
     pub environment: String,
 }
 
-/// The modules of one unpacked layer, by path in its environment.
+/// What one unpacked layer gives: its modules, by path in its environment, and the
+/// index of its chunks when it has a chunk table.
 #[derive(Debug)]
 struct Unpacked {
     modules: BTreeMap<String, Arc<ReusedModule>>,
+    chunks: Option<Arc<ChunkIndex>>,
 }
 
-/// The git modules of the previous image, found by [`ModuleKey`].
-pub struct PreviousModules {
+/// The layers of the previous image: git modules found by [`ModuleKey`], chunks by
+/// environment.
+pub struct PreviousLayers {
     /// Every module the layers hold: the layers (indexes into `layers`) and its path in
     /// each.
     holders: BTreeMap<ModuleKey, Vec<(usize, String)>>,
-    layers: Vec<PreviousLayerModules>,
+    layers: Vec<ReusableLayer>,
     blobs: Arc<dyn LayerBlobs>,
     limits: Limits,
     /// Where layers are downloaded and unpacked. Each unpacked layer is a temporary
@@ -111,26 +120,26 @@ pub struct PreviousModules {
     unpacked: Flights<usize, Unpacked>,
 }
 
-impl std::fmt::Debug for PreviousModules {
+impl std::fmt::Debug for PreviousLayers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PreviousModules")
+        f.debug_struct("PreviousLayers")
             .field("modules", &self.holders.len())
             .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
 }
 
-impl PreviousModules {
-    /// The modules `layers` record, read through `blobs`, unpacked below `work_dir`.
-    /// `None` when no layer records a git module with its path.
+impl PreviousLayers {
+    /// `layers`, read through `blobs`, unpacked below `work_dir`. `None` when no layer
+    /// records a git module with its path or a chunk table.
     pub fn new(
-        layers: Vec<PreviousLayerModules>,
+        layers: Vec<ReusableLayer>,
         blobs: Arc<dyn LayerBlobs>,
         work_dir: &Path,
         limits: Limits,
     ) -> Option<Self> {
         let holders = index(&layers);
-        if holders.is_empty() {
+        if holders.is_empty() && layers.iter().all(|l| l.chunks.is_none()) {
             return None;
         }
         Some(Self {
@@ -156,6 +165,17 @@ impl PreviousModules {
         unpacked.modules.get(path).cloned()
     }
 
+    /// The chunks of the previous layer of `environment`, when it has a chunk table and
+    /// can be read.
+    pub async fn chunks(&self, environment: &str) -> Option<Arc<ChunkIndex>> {
+        let layer = self
+            .layers
+            .iter()
+            .position(|l| l.environment == environment && l.chunks.is_some())?;
+        let unpacked = self.unpacked.get(&layer, self.unpack(layer)).await.ok()?;
+        unpacked.chunks.clone()
+    }
+
     /// Downloads (if need be) and unpacks every module of layer `index`, with one log
     /// line saying what was read or why it cannot be used.
     async fn unpack(&self, index: usize) -> Result<Unpacked, String> {
@@ -164,29 +184,31 @@ impl PreviousModules {
         let result = self.read_layer(layer).await;
         match &result {
             Ok((unpacked, files, bytes)) => step.done(format!(
-                "{} modules, {} files, {} unpacked from {} ({})",
+                "{} modules, {} files, {} unpacked from {} ({}){}",
                 unpacked.modules.len(),
                 count(*files),
                 Bytes(*bytes),
                 short(&layer.digest),
-                Bytes(layer.size)
+                Bytes(layer.size),
+                unpacked
+                    .chunks
+                    .as_ref()
+                    .map_or(String::new(), |c| format!(", {} chunks indexed", c.len()))
             )),
             Err(reason) => step.failed(format!(
-                "{} unusable: {reason}; fetching its modules instead",
+                "{} unusable: {reason}; fetching its modules and compressing its environment whole instead",
                 short(&layer.digest)
             )),
         }
         result.map(|(unpacked, _, _)| unpacked)
     }
 
-    async fn read_layer(
-        &self,
-        layer: &PreviousLayerModules,
-    ) -> Result<(Unpacked, u64, u64), String> {
-        let blob = self
-            .blobs
-            .open(&layer.digest, layer.size, &self.work_dir)
-            .await?;
+    async fn read_layer(&self, layer: &ReusableLayer) -> Result<(Unpacked, u64, u64), String> {
+        let blob = Arc::new(
+            self.blobs
+                .open(&layer.digest, layer.size, &self.work_dir)
+                .await?,
+        );
         let mut paths: Vec<String> = self
             .holders
             .values()
@@ -200,11 +222,21 @@ impl PreviousModules {
             .prefix("openvox-code-reused-")
             .tempdir_in(&self.work_dir)
             .map_err(|e| e.to_string())?;
-        let (environment, digest, limits) =
-            (layer.environment.clone(), layer.digest.clone(), self.limits);
+        let (environment, digest, limits, table) = (
+            layer.environment.clone(),
+            layer.digest.clone(),
+            self.limits,
+            layer.chunks.clone(),
+        );
         tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(blob.path()).map_err(|e| e.to_string())?;
-            unpack_modules(file, &digest, &environment, &paths, dest, limits)
+            let file = std::io::BufReader::with_capacity(256 * 1024, file);
+            let wanted = Wanted {
+                environment: &environment,
+                paths: &paths,
+                limits,
+            };
+            unpack_layer(file, &digest, table.as_ref(), &wanted, dest, blob)
         })
         .await
         .map_err(|e| format!("unpacking stopped: {e}"))?
@@ -217,7 +249,7 @@ fn short(digest: &str) -> &str {
 }
 
 /// Every git module the layers record, by key: each layer holding it, with the path.
-fn index(layers: &[PreviousLayerModules]) -> BTreeMap<ModuleKey, Vec<(usize, String)>> {
+fn index(layers: &[ReusableLayer]) -> BTreeMap<ModuleKey, Vec<(usize, String)>> {
     let mut holders: BTreeMap<ModuleKey, Vec<(usize, String)>> = BTreeMap::new();
     for (i, layer) in layers.iter().enumerate() {
         for pin in &layer.pins.modules {
@@ -253,91 +285,49 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Unpacks the modules at `paths` (in environment `environment`) of the gzip'd tar
-/// `layer`, each into its own directory below `dest`, and checks that the whole blob
-/// has `digest`. Returns them with the files and bytes unpacked.
-fn unpack_modules(
+/// The modules to unpack from a layer: at `paths` in `environment`.
+struct Wanted<'a> {
+    environment: &'a str,
+    paths: &'a [String],
+    limits: Limits,
+}
+
+/// Reads the gzip'd tar `layer` once: unpacks the `wanted` modules, each into its own
+/// directory below `dest`, indexes its chunks when it has a chunk `table` (their bytes
+/// are then read from `blob`), and checks that the whole blob has `digest`. Returns
+/// what it gives with the files and bytes unpacked.
+fn unpack_layer(
     layer: impl Read,
     digest: &str,
-    environment: &str,
-    paths: &[String],
+    table: Option<&ChunkTable>,
+    wanted: &Wanted<'_>,
     dest: tempfile::TempDir,
-    limits: Limits,
+    blob: Arc<BlobFile>,
 ) -> Result<(Unpacked, u64, u64), String> {
     let mut hashing = Hashing {
         inner: layer,
         hasher: Sha256::new(),
         count: 0,
     };
-    let mut found: BTreeMap<String, Vec<LocalEntry>> = BTreeMap::new();
-    let (mut files, mut bytes) = (0u64, 0u64);
     let dest_path = dest.path().to_owned();
-    let module_dir = |path: &str| -> PathBuf {
-        let index = paths.iter().position(|p| p == path).unwrap_or_default();
-        dest_path.join(index.to_string())
-    };
-    {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&mut hashing));
-        let entries = archive.entries().map_err(|e| e.to_string())?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| e.to_string())?;
-            let raw = String::from_utf8(entry.path_bytes().into_owned())
-                .map_err(|_| "an entry path is not UTF-8".to_owned())?;
-            let Some((module, inside)) = locate(&raw, environment, paths) else {
-                continue;
-            };
-            check_inside(&raw, inside)?;
-            let dir = module_dir(module);
-            let entries = found.entry(module.to_owned()).or_insert_with(|| {
-                let _ = std::fs::create_dir(&dir);
-                Vec::new()
-            });
-            let target = dir.join(inside);
-            let header = entry.header();
-            let kind = match header.entry_type() {
-                tar::EntryType::Directory => {
-                    std::fs::create_dir_all(&target).map_err(|e| format!("{raw}: {e}"))?;
-                    LocalKind::Directory
-                }
-                tar::EntryType::Regular => {
-                    let size = header.size().map_err(|e| e.to_string())?;
-                    if size > limits.max_file_bytes {
-                        return Err(format!(
-                            "{raw}: {} is over the file size limit",
-                            Bytes(size)
-                        ));
-                    }
-                    let executable = header.mode().map_err(|e| e.to_string())? & 0o111 != 0;
-                    let mut out =
-                        std::fs::File::create(&target).map_err(|e| format!("{raw}: {e}"))?;
-                    let copied =
-                        std::io::copy(&mut entry, &mut out).map_err(|e| format!("{raw}: {e}"))?;
-                    files += 1;
-                    bytes += copied;
-                    if bytes > limits.max_environment_bytes {
-                        return Err(format!("more than {} to unpack", Bytes(bytes)));
-                    }
-                    LocalKind::File {
-                        executable,
-                        size: copied,
-                    }
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry
-                        .link_name_bytes()
-                        .map(|t| String::from_utf8_lossy(&t).into_owned())
-                        .ok_or_else(|| format!("{raw}: symlink without a target"))?;
-                    LocalKind::Symlink { target }
-                }
-                other => return Err(format!("{raw}: unexpected entry type {other:?}")),
-            };
-            entries.push(LocalEntry {
-                path: inside.to_owned(),
-                kind,
-            });
+    let (found, files, bytes, chunks) = match table {
+        Some(table) => {
+            let mut raw = ChunkedLayer::new(&mut hashing, table)
+                .map_err(|e| format!("its chunk table: {e}"))?;
+            let (found, files, bytes) = unpack_modules(&mut raw, wanted, &dest_path)?;
+            let index = raw
+                .into_index(blob)
+                .map_err(|e| format!("its chunk table: {e}"))?;
+            (found, files, bytes, Some(Arc::new(index)))
         }
-    }
-    // The rest of the blob (the gzip trailer and anything after it) counts too.
+        None => {
+            let mut raw = flate2::read::GzDecoder::new(&mut hashing);
+            let (found, files, bytes) = unpack_modules(&mut raw, wanted, &dest_path)?;
+            std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| e.to_string())?;
+            (found, files, bytes, None)
+        }
+    };
+    // The rest of the blob (anything after the gzip trailer) counts too.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| e.to_string())?;
     let got = format!("sha256:{}", hex(&hashing.hasher.finalize()));
     if got != digest {
@@ -347,16 +337,97 @@ fn unpack_modules(
     let modules = found
         .into_iter()
         .map(|(path, entries)| {
-            let dir = Arc::new(LocalDir::inside(dest.clone(), module_dir(&path)));
+            let dir = Arc::new(LocalDir::inside(
+                dest.clone(),
+                module_dir(&dest_path, wanted.paths, &path),
+            ));
             let module = ReusedModule {
                 dir,
                 entries: Arc::new(entries),
-                environment: environment.to_owned(),
+                environment: wanted.environment.to_owned(),
             };
             (path, Arc::new(module))
         })
         .collect();
-    Ok((Unpacked { modules }, files, bytes))
+    Ok((Unpacked { modules, chunks }, files, bytes))
+}
+
+/// Where the module at `path` (one of `paths`) is unpacked below `dest`.
+fn module_dir(dest: &Path, paths: &[String], path: &str) -> PathBuf {
+    let index = paths.iter().position(|p| p == path).unwrap_or_default();
+    dest.join(index.to_string())
+}
+
+/// Unpacks the `wanted` modules of the raw tar `raw` below `dest`: their entries by
+/// module path, with the files and bytes unpacked.
+type Found = BTreeMap<String, Vec<LocalEntry>>;
+fn unpack_modules(
+    raw: &mut impl Read,
+    wanted: &Wanted<'_>,
+    dest: &Path,
+) -> Result<(Found, u64, u64), String> {
+    let (environment, paths, limits) = (wanted.environment, wanted.paths, wanted.limits);
+    let mut found: Found = BTreeMap::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut archive = tar::Archive::new(raw);
+    let entries = archive.entries().map_err(|e| e.to_string())?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| e.to_string())?;
+        let raw = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| "an entry path is not UTF-8".to_owned())?;
+        let Some((module, inside)) = locate(&raw, environment, paths) else {
+            continue;
+        };
+        check_inside(&raw, inside)?;
+        let dir = module_dir(dest, paths, module);
+        let entries = found.entry(module.to_owned()).or_insert_with(|| {
+            let _ = std::fs::create_dir(&dir);
+            Vec::new()
+        });
+        let target = dir.join(inside);
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            tar::EntryType::Directory => {
+                std::fs::create_dir_all(&target).map_err(|e| format!("{raw}: {e}"))?;
+                LocalKind::Directory
+            }
+            tar::EntryType::Regular => {
+                let size = header.size().map_err(|e| e.to_string())?;
+                if size > limits.max_file_bytes {
+                    return Err(format!(
+                        "{raw}: {} is over the file size limit",
+                        Bytes(size)
+                    ));
+                }
+                let executable = header.mode().map_err(|e| e.to_string())? & 0o111 != 0;
+                let mut out = std::fs::File::create(&target).map_err(|e| format!("{raw}: {e}"))?;
+                let copied =
+                    std::io::copy(&mut entry, &mut out).map_err(|e| format!("{raw}: {e}"))?;
+                files += 1;
+                bytes += copied;
+                if bytes > limits.max_environment_bytes {
+                    return Err(format!("more than {} to unpack", Bytes(bytes)));
+                }
+                LocalKind::File {
+                    executable,
+                    size: copied,
+                }
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|t| String::from_utf8_lossy(&t).into_owned())
+                    .ok_or_else(|| format!("{raw}: symlink without a target"))?;
+                LocalKind::Symlink { target }
+            }
+            other => return Err(format!("{raw}: unexpected entry type {other:?}")),
+        };
+        entries.push(LocalEntry {
+            path: inside.to_owned(),
+            kind,
+        });
+    }
+    Ok((found, files, bytes))
 }
 
 /// The module (one of `paths`) the layer entry `raw` lies in, and its path inside the

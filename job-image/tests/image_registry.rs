@@ -303,8 +303,8 @@ async fn pushed_images_have_environments_at_the_root_and_skopeo_agrees() {
     assert_eq!(find("production/modules/app/files/run.sh").1, 0o755);
     assert_eq!(find("production/").1, 0o755);
     assert!(
-        entries.iter().all(|e| e.2 == 1_700_000_000),
-        "every mtime is the commit time"
+        entries.iter().all(|e| e.2 == 946_684_800),
+        "every mtime is the fixed layer mtime (2000-01-01), not the commit time"
     );
 }
 
@@ -727,6 +727,7 @@ async fn a_failed_environment_keeps_its_previous_layer() {
         unchanged: Vec::new(),
         failed: vec!["staging".into(), "gone_without_layer".into()],
         previous: Some(previous),
+        previous_layers: None,
     };
     let image = build_image(
         request,

@@ -1,8 +1,9 @@
-//! Git modules taken from the previous image instead of fetched: an incremental build
-//! that reuses them publishes the digest a cold build of the same inputs does; a module
-//! whose commit moved is fetched; a previous layer that is corrupt or gone is not used,
-//! and says so. Modules are served by `git daemon`, images go to OCI layouts and to a
-//! real registry on 127.0.0.1.
+//! What the previous image gives an incremental build: git modules taken from its layer
+//! instead of fetched, and the compressed chunks of its layer that did not change. A
+//! build that reuses them publishes the digest a cold build of the same inputs does; a
+//! module whose commit moved is fetched, a chunk that changed is compressed; a previous
+//! layer that is corrupt or gone is not used, and says so. Modules are served by `git
+//! daemon`, images go to OCI layouts and to a real registry on 127.0.0.1.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -216,11 +217,18 @@ fn a_corrupt_or_missing_previous_layer_is_not_used() {
         run.stderr
             .contains("reuse    layer of production: FAILED: sha256:")
             && run.stderr.contains(" unusable: ")
-            && run.stderr.contains("fetching its modules instead"),
+            && run
+                .stderr
+                .contains("fetching its modules and compressing its environment whole instead"),
         "{}",
         run.stderr
     );
     assert_eq!(fetched(&run).len(), 3, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("copied from the previous layer"),
+        "{}",
+        run.stderr
+    );
     let cold = build_into(&world, &world.scratch.path("cold"));
     assert_eq!(digest(&run), digest(&cold));
 
@@ -275,8 +283,78 @@ fn modules_are_downloaded_from_the_registry_layer() {
         "{}",
         second.stderr
     );
+    // The downloaded layer gives its chunk too (one chunk: it changed).
+    assert_eq!(
+        copied_chunks(&second, "production"),
+        Some((0, 1)),
+        "{}",
+        second.stderr
+    );
     let cold = build_into(&world, &world.scratch.path("cold"));
     assert_eq!(digest(&second), digest(&cold));
+}
+
+/// A control branch `production` with `count` Hiera node files of ~2 KiB (a layer of
+/// several chunks), the one at `edited` changed when given, and the modules' Puppetfile.
+fn big_control_commit(world: &World, puppetfile: &str, count: usize, edited: Option<usize>) {
+    let nodes: Vec<(String, Node)> = (0..count)
+        .map(|i| {
+            let mut body = format!("---\nprofile::base::node: node{i}\n");
+            for line in 0..60 {
+                body.push_str(&format!(
+                    "profile::app::setting_{line}: 'value {}'\n",
+                    (i * 7919 + line * 104_729) % 1_000_003
+                ));
+            }
+            if edited == Some(i) {
+                body.push_str("profile::app::edited: true\n");
+            }
+            (format!("data/nodes/node{i:04}.yaml"), file(&body))
+        })
+        .collect();
+    let mut files: Vec<(&str, Node)> = nodes.iter().map(|(p, n)| (p.as_str(), n.clone())).collect();
+    files.push(("manifests/site.pp", file("node default {}\n")));
+    files.push(("Puppetfile", file(puppetfile)));
+    world.control.commit("production", "nodes", &files);
+}
+
+/// `(copied, all)` from the layer log line of `environment`
+/// (`…, 3 of 4 chunks (3.1 MB) copied from the previous layer`).
+fn copied_chunks(run: &Run, environment: &str) -> Option<(usize, usize)> {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(&format!("layer    {environment}:")))?;
+    let (before, _) = line.split_once(" chunks (")?;
+    let (copied, all) = before.rsplit_once(", ")?.1.split_once(" of ")?;
+    Some((copied.parse().ok()?, all.parse().ok()?))
+}
+
+#[test]
+fn unchanged_chunks_are_copied_and_the_digest_is_a_cold_builds() {
+    let world = World::new();
+    setup(&world);
+    let modules = puppetfile(&world);
+    big_control_commit(&world, &modules, 1500, None);
+    let layout = world.scratch.path("incremental");
+    let first = build_into(&world, &layout);
+    assert_eq!(
+        copied_chunks(&first, "production"),
+        None,
+        "{}",
+        first.stderr
+    );
+
+    // One Hiera file in the middle changed: its chunk is compressed again, the others
+    // are copied from the previous layer.
+    big_control_commit(&world, &modules, 1500, Some(750));
+    let second = build_into(&world, &layout);
+    let (copied, all) = copied_chunks(&second, "production").expect(&second.stderr);
+    assert!(all >= 3 && copied >= 1 && copied < all, "{copied} of {all}");
+    let cold = build_into(&world, &world.scratch.path("cold"));
+    assert_eq!(copied_chunks(&cold, "production"), None);
+    assert_eq!(digest(&second), digest(&cold), "copying changes nothing");
+    assert_ne!(digest(&second), digest(&first));
 }
 
 /// The blob of the only layer of the image a layout holds.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::auth::{AuthError, DockerConfig};
 use super::builder::{
     ImageEnvironment, ImageError, ImageOptions, ImageRequest, Output, PublishedImage, build_image,
-    previous_modules, recorded_environments,
+    previous_layers, recorded_environments,
 };
 use super::layout::Layout;
 use super::push::{PushError, Registry, RegistryOptions, Repository, RetryPolicy, read_ca};
@@ -310,8 +310,8 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         None => BTreeMap::new(),
     };
 
-    let reusable_modules = previous.as_ref().and_then(|previous| {
-        previous_modules(
+    let previous_layers = previous.as_ref().and_then(|previous| {
+        previous_layers(
             previous,
             &recorded,
             &output,
@@ -319,7 +319,8 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
             source.limits,
         )
     });
-    let environments = build_environments_reusing(&source, &recorded, reusable_modules).await?;
+    let environments =
+        build_environments_reusing(&source, &recorded, previous_layers.clone()).await?;
     let control = environments.control.clone();
     let mut image_environments = Vec::new();
     let mut failures = environments.failed.clone();
@@ -361,6 +362,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         unchanged: environments.unchanged.clone(),
         failed: failed_names,
         previous,
+        previous_layers,
     };
     // Environments whose layer could not be written (or taken) fail like the others.
     let branch_of = |name: &str| {

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 
 use bytes::Bytes;
 
+use super::chunks::{ChunkIndex, ChunkTable};
 use super::config::{ConfigLayer, ImageConfig, rfc3339};
 use super::gzip::sha256_digest;
 use super::layer::{LayerError, LayerFile, write_layer_file};
@@ -26,7 +27,7 @@ use super::reuse::{PreviousImage, PreviousLayer, inputs_key};
 use super::{MAX_LAYERS, annotations, media_types};
 use crate::inputs::EnvironmentInputs;
 use crate::limits::{Bytes as Size, Limits};
-use crate::module_reuse::{BlobFile, LayerBlobs, PreviousLayerModules, PreviousModules};
+use crate::module_reuse::{BlobFile, LayerBlobs, PreviousLayers, ReusableLayer};
 use crate::pins::Pins;
 use crate::progress::{Step, count};
 use crate::tree::{ContentReader, EnvironmentTree};
@@ -37,8 +38,8 @@ use crate::unchanged::RecordedEnvironment;
 pub struct ImageEnvironment {
     pub inputs: EnvironmentInputs,
     pub tree: EnvironmentTree,
-    /// Commit time of the environment's branch, seconds since the epoch: the mtime of
-    /// every entry.
+    /// Commit time of the environment's branch, seconds since the epoch: the layer's
+    /// `created` (entries have the fixed [`super::LAYER_MTIME`]).
     pub commit_time: i64,
     /// Module declarations and resolutions, recorded on the layer (`None`: not
     /// recordable, the next build fetches the branch).
@@ -82,29 +83,41 @@ impl LayerBlobs for Output {
     }
 }
 
-/// The git modules the layers of `recorded` (environments of `previous` whose layers
-/// the output has) hold, to be taken from there instead of fetched; `None` when there
-/// are none.
-pub fn previous_modules(
+/// The layers of `recorded` (environments of `previous` whose layers the output has):
+/// the git modules they hold, to be taken from there instead of fetched, and their
+/// chunks, to be copied instead of compressed; `None` when they give neither.
+pub fn previous_layers(
     previous: &PreviousImage,
     recorded: &BTreeMap<String, RecordedEnvironment>,
     output: &Output,
     work_dir: &Path,
     limits: Limits,
-) -> Option<Arc<PreviousModules>> {
-    let layers: Vec<PreviousLayerModules> = recorded
+) -> Option<Arc<PreviousLayers>> {
+    let layers: Vec<ReusableLayer> = recorded
         .iter()
         .filter_map(|(name, env)| {
             let layer = previous.layers.get(name)?;
-            Some(PreviousLayerModules {
+            let chunks = layer
+                .descriptor
+                .annotations
+                .get(annotations::CHUNKS)
+                .and_then(|text| match ChunkTable::parse(text) {
+                    Ok(table) => Some(table),
+                    Err(reason) => {
+                        tracing::info!("{name}: previous layer's chunk table ignored: {reason}");
+                        None
+                    }
+                });
+            Some(ReusableLayer {
                 environment: name.clone(),
                 digest: layer.descriptor.digest.clone(),
                 size: layer.descriptor.size,
                 pins: env.pins.clone(),
+                chunks,
             })
         })
         .collect();
-    PreviousModules::new(layers, Arc::new(output.clone()), work_dir, limits).map(Arc::new)
+    PreviousLayers::new(layers, Arc::new(output.clone()), work_dir, limits).map(Arc::new)
 }
 
 /// Settings of an image build.
@@ -137,6 +150,8 @@ pub struct ImageRequest {
     pub failed: Vec<String>,
     /// The image this one replaces.
     pub previous: Option<PreviousImage>,
+    /// Its layers, whose unchanged chunks new layers copy.
+    pub previous_layers: Option<Arc<PreviousLayers>>,
 }
 
 /// Where a layer of the new image came from.
@@ -350,7 +365,13 @@ fn reused_layer(
     transfer: Transfer,
 ) -> PlannedLayer {
     let mut descriptor = layer.descriptor.clone();
+    let chunks = descriptor.annotations.remove(annotations::CHUNKS);
     descriptor.annotations = layer_annotations(inputs, key, &created, pins);
+    if let Some(chunks) = chunks {
+        descriptor
+            .annotations
+            .insert(annotations::CHUNKS.to_owned(), chunks);
+    }
     PlannedLayer {
         report: LayerReport {
             environment: inputs.name.clone(),
@@ -486,12 +507,22 @@ pub async fn build_image(
 
     // 2. Build the rest; each layer goes to the output as soon as it is written.
     let environments = Arc::new(environments);
-    let (built, failed) = build_and_send(&environments, &to_build, options, output).await?;
+    let (built, failed) = build_and_send(
+        &environments,
+        &to_build,
+        request.previous_layers,
+        options,
+        output,
+    )
+    .await?;
     for (index, key, file, transfer) in built {
         let env = &environments[index];
         let created = rfc3339(env.commit_time);
         let mut descriptor = Descriptor::new(media_types::LAYER_GZIP, &file.digest, file.size);
         descriptor.annotations = layer_annotations(&env.inputs, &key, &created, env.pins.as_ref());
+        descriptor
+            .annotations
+            .insert(annotations::CHUNKS.to_owned(), file.chunks.to_annotation());
         planned.push(PlannedLayer {
             report: LayerReport {
                 environment: env.inputs.name.clone(),
@@ -659,6 +690,7 @@ type Built = (usize, String, super::gzip::Encoded, Transfer);
 async fn build_and_send(
     environments: &Arc<Vec<ImageEnvironment>>,
     to_build: &[(usize, String)],
+    previous: Option<Arc<PreviousLayers>>,
     options: &ImageOptions,
     output: &Output,
 ) -> Result<(Vec<Built>, Vec<(String, String)>), ImageError> {
@@ -684,6 +716,7 @@ async fn build_and_send(
         let dir = work.path().to_owned();
         let jobs = options.build_jobs.max(1).min(indices.len());
         let stop = stop.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let next = AtomicUsize::new(0);
             std::thread::scope(|scope| {
@@ -699,21 +732,26 @@ async fn build_and_send(
                                 break;
                             };
                             let env = &environments[index];
+                            // Read (or downloaded) while the other threads compress.
+                            let chunks = previous
+                                .as_ref()
+                                .and_then(|p| runtime.block_on(p.chunks(&env.inputs.name)));
                             let step = Step::start("layer", &env.inputs.name);
                             let result = write_layer_file(
                                 &env.inputs.name,
                                 &env.tree,
-                                env.commit_time,
                                 &mut reader,
+                                chunks.clone(),
                                 &dir,
                             );
                             match &result {
                                 Ok(file) => step.done(format!(
-                                    "{} files, {} -> {} {}",
+                                    "{} files, {} -> {} {}{}",
                                     count(env.tree.stats().files),
                                     Size(file.encoded.uncompressed_size),
                                     Size(file.encoded.size),
-                                    short(&file.encoded.digest)
+                                    short(&file.encoded.digest),
+                                    copied_chunks(chunks.as_deref(), &file.encoded)
                                 )),
                                 Err(e) => step.failed(e),
                             }
@@ -830,6 +868,19 @@ async fn build_and_send(
         Some(e) => Err(e),
         None => Ok((built, failed)),
     }
+}
+
+/// `, 58 of 61 chunks (57 MB) copied from the previous layer` for the layer's log line.
+fn copied_chunks(previous: Option<&ChunkIndex>, encoded: &super::gzip::Encoded) -> String {
+    let Some(previous) = previous else {
+        return String::new();
+    };
+    let (chunks, bytes) = previous.reused();
+    format!(
+        ", {chunks} of {} chunks ({}) copied from the previous layer",
+        encoded.chunks.0.len(),
+        Size(bytes)
+    )
 }
 
 /// `sha256:0123456789ab` (first 12 hex digits) for log lines.

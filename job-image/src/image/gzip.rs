@@ -1,38 +1,78 @@
 //! The pinned layer compressor: gzip through flate2's zlib-rs backend at a fixed level,
 //! with a header that carries no file name and no time, hashing both sides on the way.
 //!
-//! The tar stream is cut into fixed [`CHUNK`]-byte pieces by stream offset; each piece is
-//! deflated on its own (no shared window) and ends with a sync flush, the last one with
-//! the final block, so the pieces concatenate into one valid deflate stream inside one
-//! gzip member (what `pigz --independent` does). Pieces are compressed on several
-//! threads, so one layer uses every core, yet the bytes depend only on the input, the
-//! chunk size, the backend and the level, never on the number of threads or on how the
-//! input was written. The deflate bytes differ between backends (miniz_oxide, C zlib,
-//! zlib-rs) at the same level, so all of it is the layer format: a test pins the digest
-//! of a known input and fails when any of it changes.
+//! The tar stream is cut into chunks at entry boundaries chosen by the entries
+//! themselves ([`ends_chunk`]: a draw from the entry's path, so an edit in one file
+//! moves no boundary but its own chunk's), or inside an entry after [`MAX_CHUNK`]
+//! bytes. Each chunk is deflated on its own (no shared window) and ends with a sync
+//! flush; an empty final block closes the stream, so the chunks concatenate into one
+//! valid deflate stream inside one gzip member (what `pigz --independent` does).
+//!
+//! Two things follow. Chunks are compressed on several threads, so one layer uses every
+//! core, yet the bytes depend only on the input, the chunking, the backend and the
+//! level, never on the number of threads or on how the input was written. And a chunk
+//! whose bytes the previous layer of the environment already held compresses to the
+//! same bytes, so they are copied from there instead ([`super::chunks`]); the digest
+//! is the same either way. The deflate bytes differ between backends (miniz_oxide, C
+//! zlib, zlib-rs) at the same level, so all of it is the layer format: a test pins the
+//! digest of a known input and fails when any of it changes.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use sha2::{Digest as _, Sha256};
 
+use super::chunks::{ChunkIndex, ChunkSize, ChunkTable};
 use crate::forge::hex;
 
 /// gzip level of every layer (the zlib default: within 1 % of level 9 on Puppet code at
 /// half its CPU cost).
 pub const GZIP_LEVEL: u32 = 6;
-/// Bytes of tar deflated independently: large enough that losing the 32 KiB window at
-/// each boundary costs well under 1 % of the ratio, small enough to spread one layer
-/// over the cores with little memory (a few chunks in flight).
-pub const CHUNK: usize = 1 << 20;
+/// Fewest tar bytes in a chunk before it may end at an entry: chunks stay large enough
+/// that losing the 32 KiB window at each boundary costs well under 1 % of the ratio.
+pub const MIN_CHUNK: usize = 512 << 10;
+/// Scale of the boundary draw: past [`MIN_CHUNK`], an entry of `n` bytes ends its
+/// chunk with probability `min(1, n / SPACING)`, so chunks average about
+/// `MIN_CHUNK + SPACING` (1 MiB) whatever the sizes of the files.
+const SPACING: u64 = 512 << 10;
+/// Most tar bytes in a chunk: a large file is cut inside. Bounds the memory (a few
+/// chunks per thread) and keeps one big file spread over the cores.
+pub const MAX_CHUNK: usize = 4 << 20;
 /// Operating system byte of the gzip header: 255, "unknown", the same on every machine.
 const GZIP_OS_UNKNOWN: u8 = 255;
+/// The gzip header: magic, deflate, no flags (no name), mtime 0, no extra flags, OS
+/// unknown.
+pub const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, GZIP_OS_UNKNOWN];
+/// An empty final block (fixed Huffman, end-of-block only): what ends the deflate
+/// stream after the last sync-flushed chunk.
+pub const FINAL_BLOCK: [u8; 2] = [0x03, 0x00];
 
 /// `sha256:<hex>` of a byte string.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
+}
+
+/// Whether a chunk holding `pending` bytes ends after the entry `path` of `entry_len`
+/// bytes (header, content and padding). Depends on nothing else, so the boundaries
+/// after an edited file fall where they fell before, and unchanged chunks come back.
+pub fn ends_chunk(pending: usize, path: &str, entry_len: u64) -> bool {
+    if pending < MIN_CHUNK {
+        return false;
+    }
+    // FNV-1a, then MurmurHash3's finalizer (FNV alone leaves the upper bits of short
+    // paths badly spread): a fixed hash whose upper half is the draw in [0, 2^32).
+    let mut hash = path.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^= hash >> 33;
+    (hash >> 32) * SPACING < entry_len.min(SPACING) << 32
 }
 
 /// What came out of a [`LayerEncoder`].
@@ -46,6 +86,8 @@ pub struct Encoded {
     pub diff_id: String,
     /// Size of the uncompressed tar.
     pub uncompressed_size: u64,
+    /// The chunks, in order: recorded on the layer so the next build can reuse them.
+    pub chunks: ChunkTable,
 }
 
 /// Counts and hashes what passes through to `W`.
@@ -65,14 +107,22 @@ impl<W: Write> Hashing<W> {
     }
 }
 
-/// Deflates one chunk on its own: raw deflate, ending byte-aligned with a sync flush,
-/// or with the final block when `last`.
-fn deflate_chunk(data: &[u8], last: bool) -> io::Result<Vec<u8>> {
-    deflate_chunk_at(data, last, GZIP_LEVEL)
+/// Deflates one chunk on its own: raw deflate, ending byte-aligned with a sync flush.
+fn deflate_chunk(data: &[u8]) -> io::Result<Vec<u8>> {
+    deflate_chunk_at(data, false, GZIP_LEVEL)
 }
 
-/// [`deflate_chunk`] at another `level`: what the benchmarks measure the layer format's
-/// level against.
+/// A chunk's compressed bytes: the previous layer's when it held the same bytes,
+/// deflated otherwise.
+fn compress_chunk(data: &[u8], previous: Option<&ChunkIndex>) -> io::Result<Vec<u8>> {
+    if let Some(bytes) = previous.and_then(|index| index.compressed(data)) {
+        return Ok(bytes);
+    }
+    deflate_chunk(data)
+}
+
+/// Deflates `data` on its own at `level`, ending with a sync flush, or with the final
+/// block when `last`; also what the benchmarks measure other levels with.
 pub fn deflate_chunk_at(data: &[u8], last: bool, level: u32) -> io::Result<Vec<u8>> {
     let mut compress = Compress::new(Compression::new(level), false);
     let mut out = Vec::with_capacity(data.len() / 3 + 1024);
@@ -100,13 +150,21 @@ pub fn deflate_chunk_at(data: &[u8], last: bool, level: u32) -> io::Result<Vec<u
     }
 }
 
+/// A chunk being compressed: its size, and the thread compressing it.
+type InFlight = (u64, JoinHandle<io::Result<Vec<u8>>>);
+
 /// Takes the uncompressed tar stream, writes its gzip into `W`, and hashes both. Memory
-/// stays at a few chunks per thread whatever the layer's size.
+/// stays at a few chunks per thread whatever the layer's size. Call
+/// [`LayerEncoder::entry_end`] after each tar entry: that is where chunks may end.
 pub struct LayerEncoder<W: Write> {
     out: Hashing<W>,
     pending: Vec<u8>,
-    in_flight: VecDeque<JoinHandle<io::Result<Vec<u8>>>>,
+    /// Bytes written since the last entry ended.
+    entry: u64,
+    in_flight: VecDeque<InFlight>,
     threads: usize,
+    previous: Option<Arc<ChunkIndex>>,
+    chunks: Vec<ChunkSize>,
     crc: Crc,
     diff: Sha256,
     uncompressed: u64,
@@ -136,59 +194,78 @@ impl<W: Write> LayerEncoder<W> {
                 hasher: Sha256::new(),
                 count: 0,
             },
-            pending: Vec::with_capacity(CHUNK),
+            pending: Vec::with_capacity(MIN_CHUNK * 2),
+            entry: 0,
             in_flight: VecDeque::new(),
             threads: threads.max(1),
+            previous: None,
+            chunks: Vec::new(),
             crc: Crc::new(),
             diff: Sha256::new(),
             uncompressed: 0,
         }
     }
 
-    /// Writes the oldest chunk in flight (chunks are written in input order).
-    fn write_oldest(&mut self) -> io::Result<()> {
-        if let Some(handle) = self.in_flight.pop_front() {
-            let bytes = handle
-                .join()
-                .map_err(|_| io::Error::other("a compression thread stopped"))??;
-            if self.out.count == 0 {
-                self.write_header()?;
-            }
-            self.out.put(&bytes)?;
+    /// Copies the chunks `previous` holds instead of compressing them again (the output
+    /// is the same).
+    pub fn reusing(mut self, previous: Option<Arc<ChunkIndex>>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// Marks the end of a tar entry named `path`: the chunk may end here.
+    pub fn entry_end(&mut self, path: &str) -> io::Result<()> {
+        let entry = std::mem::take(&mut self.entry);
+        if ends_chunk(self.pending.len(), path, entry) {
+            self.dispatch()?;
         }
         Ok(())
     }
 
-    fn write_header(&mut self) -> io::Result<()> {
-        // Magic, deflate, no flags (no name), mtime 0, no extra flags, OS unknown.
-        self.out
-            .put(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, GZIP_OS_UNKNOWN])
+    /// Writes the oldest chunk in flight (chunks are written in input order).
+    fn write_oldest(&mut self) -> io::Result<()> {
+        if let Some((raw, handle)) = self.in_flight.pop_front() {
+            let bytes = handle
+                .join()
+                .map_err(|_| io::Error::other("a compression thread stopped"))??;
+            if self.out.count == 0 {
+                self.out.put(&GZIP_HEADER)?;
+            }
+            self.out.put(&bytes)?;
+            self.chunks.push(ChunkSize {
+                raw,
+                compressed: bytes.len() as u64,
+            });
+        }
+        Ok(())
     }
 
     /// Hands the pending chunk to a thread, waiting for the oldest when all are busy.
-    fn dispatch(&mut self, last: bool) -> io::Result<()> {
+    fn dispatch(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         while self.in_flight.len() >= self.threads {
             self.write_oldest()?;
         }
-        let chunk = std::mem::replace(
-            &mut self.pending,
-            if last {
-                Vec::new()
-            } else {
-                Vec::with_capacity(CHUNK)
-            },
-        );
-        self.in_flight
-            .push_back(std::thread::spawn(move || deflate_chunk(&chunk, last)));
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(MIN_CHUNK * 2));
+        let previous = self.previous.clone();
+        let raw = chunk.len() as u64;
+        let handle = std::thread::spawn(move || compress_chunk(&chunk, previous.as_deref()));
+        self.in_flight.push_back((raw, handle));
         Ok(())
     }
 
     /// Ends the gzip stream and returns the inner writer (flushed) with the digests.
     pub fn finish(mut self) -> io::Result<(W, Encoded)> {
-        self.dispatch(true)?;
+        self.dispatch()?;
         while !self.in_flight.is_empty() {
             self.write_oldest()?;
         }
+        if self.out.count == 0 {
+            self.out.put(&GZIP_HEADER)?;
+        }
+        self.out.put(&FINAL_BLOCK)?;
         let mut trailer = [0u8; 8];
         trailer[..4].copy_from_slice(&self.crc.sum().to_le_bytes());
         // ISIZE: the size modulo 2^32, as gzip defines it.
@@ -200,6 +277,7 @@ impl<W: Write> LayerEncoder<W> {
             size: self.out.count,
             diff_id: format!("sha256:{}", hex(&self.diff.finalize())),
             uncompressed_size: self.uncompressed,
+            chunks: ChunkTable(self.chunks),
         };
         Ok((self.out.inner, encoded))
     }
@@ -207,13 +285,14 @@ impl<W: Write> LayerEncoder<W> {
 
 impl<W: Write> Write for LayerEncoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = buf.len().min(CHUNK - self.pending.len());
+        let n = buf.len().min(MAX_CHUNK - self.pending.len());
         self.pending.extend_from_slice(&buf[..n]);
         self.crc.update(&buf[..n]);
         self.diff.update(&buf[..n]);
         self.uncompressed += n as u64;
-        if self.pending.len() == CHUNK {
-            self.dispatch(false)?;
+        self.entry += n as u64;
+        if self.pending.len() == MAX_CHUNK {
+            self.dispatch()?;
         }
         Ok(n)
     }
@@ -248,29 +327,43 @@ mod tests {
         out
     }
 
-    fn encode(data: &[u8]) -> (Vec<u8>, Encoded) {
-        let mut encoder = LayerEncoder::new(Vec::new());
-        // Uneven writes: the output must not depend on how the input was cut.
-        for chunk in data.chunks(7919) {
-            encoder.write_all(chunk).unwrap();
+    /// Encodes `data` on `threads` threads as entries of `entry` bytes named `e0`,
+    /// `e1`, …, each written in pieces of `piece` bytes.
+    fn encode_with(data: &[u8], threads: usize, entry: usize, piece: usize) -> (Vec<u8>, Encoded) {
+        let mut encoder = LayerEncoder::with_threads(Vec::new(), threads);
+        for (i, bytes) in data.chunks(entry).enumerate() {
+            for piece in bytes.chunks(piece) {
+                encoder.write_all(piece).unwrap();
+            }
+            encoder.entry_end(&format!("e{i}")).unwrap();
         }
         encoder.finish().unwrap()
     }
 
+    fn encode(data: &[u8]) -> (Vec<u8>, Encoded) {
+        encode_with(data, 2, 7919, 4096)
+    }
+
     #[test]
     fn digests_are_pinned_for_the_backend_and_level() {
-        // Computed once with flate2 1.1.11 + zlib-rs 0.6.8 at level 6, 1 MiB chunks. If
-        // this fails, the compressor, its level or the chunking changed: every layer digest changes with it, so bump
-        // the layer format version (image::LAYER_FORMAT_VERSION) and update the vector.
-        let (bytes, encoded) = encode(&corpus());
-        assert_eq!(encoded.uncompressed_size, 1_048_607);
+        // Computed once with flate2 1.1.11 + zlib-rs 0.6.8 at level 6, layer format 3
+        // chunking. If this fails, the compressor, its level or the chunking changed:
+        // every layer digest changes with it, so bump the layer format version
+        // (image::LAYER_FORMAT_VERSION) and update the vector.
+        let data = corpus().repeat(2);
+        let (bytes, encoded) = encode(&data);
+        assert_eq!(encoded.uncompressed_size, 2_097_214);
+        assert_eq!(
+            encoded.chunks.to_annotation(),
+            "752305:43744,1259121:72665,85788:5348"
+        );
         assert_eq!(
             encoded.diff_id,
-            "sha256:4b138b73f536d4d1eb4588ba165e3bab20214f40a3e5a5bdd56a8bc7a9237717"
+            "sha256:ec0f983417069eab2a54fa59196124d7c85f9a347beb9764b43c5718eead0de1"
         );
         assert_eq!(
             encoded.digest,
-            "sha256:7ec89bccee09c8eef1e1ef7ec02b5e875cd709381bd46ae06ce144412a821633"
+            "sha256:5d6459dcefb2d966a965358197a7cc7723e90de5188b26dde3112dd3a586d81d"
         );
         assert_eq!(encoded.size, bytes.len() as u64);
     }
@@ -280,22 +373,29 @@ mod tests {
         // Several chunks, the last one partial.
         let mut data = corpus();
         data.extend_from_slice(&corpus());
+        data.extend_from_slice(&corpus());
         data.extend_from_slice(&corpus()[..12_345]);
-        let encode_with = |threads: usize, piece: usize| {
-            let mut encoder = LayerEncoder::with_threads(Vec::new(), threads);
-            for chunk in data.chunks(piece) {
-                encoder.write_all(chunk).unwrap();
-            }
-            encoder.finish().unwrap()
-        };
-        let one = encode_with(1, 4096);
-        assert_eq!(one, encode_with(3, 7919));
-        assert_eq!(one, encode_with(8, CHUNK + 1));
+        let one = encode_with(&data, 1, 7919, 4096);
+        assert!(one.1.chunks.0.len() >= 2, "{:?}", one.1.chunks);
+        assert_eq!(one, encode_with(&data, 3, 7919, 1000));
+        assert_eq!(one, encode_with(&data, 8, 7919, 7919));
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(&one.0[..])
             .read_to_end(&mut back)
             .unwrap();
         assert_eq!(back, data, "one gzip member decoding to the input");
+        let (raw, compressed) = one
+            .1
+            .chunks
+            .0
+            .iter()
+            .fold((0, 0), |(r, c), s| (r + s.raw, c + s.compressed));
+        assert_eq!(raw, data.len() as u64);
+        assert_eq!(
+            compressed + 20,
+            one.1.size,
+            "header, chunks, final block, trailer"
+        );
         // Empty input: still a valid, empty gzip.
         let (empty, encoded) = LayerEncoder::with_threads(Vec::new(), 2).finish().unwrap();
         let mut back = Vec::new();
@@ -304,6 +404,39 @@ mod tests {
             .unwrap();
         assert!(back.is_empty());
         assert_eq!(encoded.uncompressed_size, 0);
+        assert!(encoded.chunks.0.is_empty());
+    }
+
+    #[test]
+    fn chunks_end_at_entries_the_entries_choose_or_at_the_most_bytes() {
+        assert!(
+            !ends_chunk(MIN_CHUNK - 1, "a", u64::MAX),
+            "never below the least"
+        );
+        assert!(
+            ends_chunk(MIN_CHUNK, "a", SPACING),
+            "always after a large entry"
+        );
+        // A quarter of SPACING ends about a quarter of chunks, by path.
+        let ends = (0..10_000)
+            .filter(|i| {
+                ends_chunk(
+                    MIN_CHUNK,
+                    &format!("production/data/node{i}.yaml"),
+                    SPACING / 4,
+                )
+            })
+            .count();
+        assert!((2_200..2_800).contains(&ends), "{ends} of 10000");
+        // One entry larger than MAX_CHUNK is cut inside.
+        let big: Vec<u8> = corpus()
+            .into_iter()
+            .cycle()
+            .take(2 * MAX_CHUNK + 5)
+            .collect();
+        let (_, encoded) = encode_with(&big, 2, big.len(), 65_536);
+        let raw: Vec<u64> = encoded.chunks.0.iter().map(|c| c.raw).collect();
+        assert_eq!(raw, [MAX_CHUNK as u64, MAX_CHUNK as u64, 5]);
     }
 
     #[test]

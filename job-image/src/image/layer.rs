@@ -2,20 +2,22 @@
 //! root, as a deterministic tar ([`super::tar`]) compressed by the pinned gzip
 //! ([`super::gzip`]), streamed into a temporary file while both digests are computed.
 //!
-//! Entries come in the tree's path order, every one with the commit time as mtime,
-//! owner 0:0, 0755 for directories and executables, 0644 for other files. Nothing but
-//! the tree and the time goes in, so the same inputs give the same bytes anywhere.
+//! Entries come in the tree's path order, every one with the fixed mtime
+//! [`LAYER_MTIME`], owner 0:0, 0755 for directories and executables, 0644 for other
+//! files. Nothing but the environment's name and tree goes in, so the same inputs give
+//! the same bytes anywhere, and a file that did not change has the same bytes as in the
+//! previous layer (whose chunks can then be copied, see [`super::chunks`]).
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 
+use super::LAYER_MTIME;
+use super::chunks::ChunkIndex;
 use super::gzip::{Encoded, LayerEncoder};
 use super::tar::{TarError, TarWriter};
 use crate::tree::{ContentReader, EntryKind, EnvironmentTree, TreeError};
 
-/// Buffer between the tar writer and the compressor, so headers are compressed in
-/// batches rather than 512 bytes at a time.
-const TAR_BUFFER: usize = 128 * 1024;
 /// Buffer in front of the layer file.
 const FILE_BUFFER: usize = 256 * 1024;
 
@@ -54,21 +56,29 @@ pub struct LayerFile {
 }
 
 /// Writes the layer of environment `name` with `tree` into `out` and returns it with
-/// the digests. Every entry gets `mtime` (seconds since the epoch: the commit time).
+/// the digests, copying the chunks `previous` (the environment's previous layer) holds.
 pub fn write_layer<W: Write>(
     name: &str,
     tree: &EnvironmentTree,
-    mtime: i64,
     reader: &mut ContentReader,
+    previous: Option<Arc<ChunkIndex>>,
     out: W,
 ) -> Result<(W, Encoded), LayerError> {
     let tar_error = |source| LayerError::Tar {
         environment: name.to_owned(),
         source,
     };
-    let encoder = LayerEncoder::new(out);
-    let mut tar = TarWriter::new(BufWriter::with_capacity(TAR_BUFFER, encoder));
+    let mtime = LAYER_MTIME;
+    // No buffer in between: the encoder's pending chunk is the buffer, and it must see
+    // where each entry ends.
+    let mut tar = TarWriter::new(LayerEncoder::new(out).reusing(previous));
+    let entry_end = |tar: &mut TarWriter<LayerEncoder<W>>, path: &str| {
+        tar.get_mut()
+            .entry_end(path)
+            .map_err(|e| tar_error(TarError::Io(e)))
+    };
     tar.directory(name, 0o755, mtime).map_err(tar_error)?;
+    entry_end(&mut tar, name)?;
     for (path, kind) in tree.entries() {
         if path.split('/').any(|part| part.starts_with(".wh.")) {
             return Err(LayerError::Whiteout {
@@ -97,11 +107,9 @@ pub fn write_layer<W: Write>(
                 entry.finish().map_err(tar_error)?;
             }
         }
+        entry_end(&mut tar, &full)?;
     }
-    let buffered = tar.finish().map_err(tar_error)?;
-    let encoder = buffered
-        .into_inner()
-        .map_err(|e| tar_error(TarError::Io(e.into_error())))?;
+    let encoder = tar.finish().map_err(tar_error)?;
     encoder.finish().map_err(|e| tar_error(TarError::Io(e)))
 }
 
@@ -109,8 +117,8 @@ pub fn write_layer<W: Write>(
 pub fn write_layer_file(
     name: &str,
     tree: &EnvironmentTree,
-    mtime: i64,
     reader: &mut ContentReader,
+    previous: Option<Arc<ChunkIndex>>,
     dir: &Path,
 ) -> Result<LayerFile, LayerError> {
     let file_error = |e: std::io::Error| LayerError::File {
@@ -127,8 +135,8 @@ pub fn write_layer_file(
     let (out, encoded) = write_layer(
         name,
         tree,
-        mtime,
         reader,
+        previous,
         BufWriter::with_capacity(FILE_BUFFER, file),
     )?;
     let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
@@ -223,8 +231,8 @@ pub(crate) mod tests {
         let (bytes, encoded) = write_layer(
             "production",
             &sample(),
-            1_700_000_000,
             &mut ContentReader::new(),
+            None,
             Vec::new(),
         )
         .unwrap();
@@ -245,48 +253,94 @@ pub(crate) mod tests {
                 ("production/modules/app/link", 0o777),
             ]
         );
-        assert!(entries.iter().all(|e| e.2 == 1_700_000_000));
+        assert!(entries.iter().all(|e| e.2 == LAYER_MTIME as u64));
         assert_eq!(entries[3].4, "node default {}\n");
         assert_eq!(entries[8].3.as_deref(), Some("files"));
     }
 
+    fn layer_of(name: &str, tree: &EnvironmentTree) -> (Vec<u8>, Encoded) {
+        write_layer(name, tree, &mut ContentReader::new(), None, Vec::new()).unwrap()
+    }
+
     #[test]
-    fn the_same_tree_gives_the_same_layer_and_time_changes_it() {
-        let a = write_layer(
+    fn the_same_tree_gives_the_same_layer_and_an_edit_or_a_name_changes_it() {
+        let a = layer_of("production", &sample());
+        assert_eq!(a, layer_of("production", &sample()));
+        let edited = local_tree(&[
+            ("manifests", None),
+            ("manifests/site.pp", Some("node default { }\n")),
+        ]);
+        assert_ne!(a.1.diff_id, layer_of("production", &edited).1.diff_id);
+        assert_ne!(a.1.digest, layer_of("staging", &sample()).1.digest);
+    }
+
+    /// `count` files of ~2 KiB of Puppet-like text (several chunks), with `edited`
+    /// changed when given.
+    fn big_tree(count: usize, edited: Option<usize>) -> EnvironmentTree {
+        let bodies: Vec<(String, String)> = (0..count)
+            .map(|i| {
+                let mut body = String::new();
+                for line in 0..40 {
+                    body.push_str(&format!(
+                        "  file {{ '/etc/app{i}/{line}.conf': ensure => file, content => '{}' }}\n",
+                        (i * 7919 + line * 104_729) % 1_000_003
+                    ));
+                }
+                if edited == Some(i) {
+                    body.push_str("# edited\n");
+                }
+                (format!("data/node{i:05}.pp"), body)
+            })
+            .collect();
+        let mut files: Vec<(&str, Option<&str>)> = vec![("data", None)];
+        files.extend(bodies.iter().map(|(p, b)| (p.as_str(), Some(b.as_str()))));
+        local_tree(&files)
+    }
+
+    #[test]
+    fn a_layer_reusing_the_previous_chunks_is_the_layer_written_cold() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = write_layer_file(
             "production",
-            &sample(),
-            1_700_000_000,
+            &big_tree(1600, None),
             &mut ContentReader::new(),
-            Vec::new(),
+            None,
+            dir.path(),
         )
         .unwrap();
-        let b = write_layer(
+        let chunks = before.encoded.chunks.0.len();
+        assert!(chunks >= 4, "several chunks: {:?}", before.encoded.chunks);
+        let table = before.encoded.chunks.clone();
+        let blob = Arc::new(crate::module_reuse::BlobFile::InPlace(
+            before.path.to_path_buf(),
+        ));
+        let file = std::fs::File::open(blob.path()).unwrap();
+        let index = Arc::new(
+            super::super::chunks::ChunkedLayer::new(file, &table)
+                .unwrap()
+                .into_index(blob)
+                .unwrap(),
+        );
+        assert_eq!(index.len(), chunks);
+
+        // One file in the middle changed: the rest of the layer comes from `before`.
+        let after_tree = big_tree(1600, Some(800));
+        let (reused_bytes, reused) = write_layer(
             "production",
-            &sample(),
-            1_700_000_000,
+            &after_tree,
             &mut ContentReader::new(),
+            Some(index.clone()),
             Vec::new(),
         )
         .unwrap();
-        assert_eq!(a, b);
-        let later = write_layer(
-            "production",
-            &sample(),
-            1_700_000_001,
-            &mut ContentReader::new(),
-            Vec::new(),
-        )
-        .unwrap();
-        assert_ne!(a.1.diff_id, later.1.diff_id);
-        let renamed = write_layer(
-            "staging",
-            &sample(),
-            1_700_000_000,
-            &mut ContentReader::new(),
-            Vec::new(),
-        )
-        .unwrap();
-        assert_ne!(a.1.digest, renamed.1.digest);
+        let cold = layer_of("production", &after_tree);
+        assert_eq!(reused_bytes, cold.0, "byte for byte the cold layer");
+        assert_eq!(reused, cold.1);
+        let (hits, _) = index.reused();
+        assert!(
+            hits as usize >= chunks - 2 && (hits as usize) < chunks,
+            "{hits} of {chunks} chunks copied"
+        );
     }
 
     #[test]
@@ -295,8 +349,8 @@ pub(crate) mod tests {
         let err = write_layer(
             "production",
             &tree,
-            0,
             &mut ContentReader::new(),
+            None,
             Vec::new(),
         )
         .unwrap_err();
@@ -309,16 +363,16 @@ pub(crate) mod tests {
         let file = write_layer_file(
             "production",
             &sample(),
-            7,
             &mut ContentReader::new(),
+            None,
             dir.path(),
         )
         .unwrap();
         let (bytes, encoded) = write_layer(
             "production",
             &sample(),
-            7,
             &mut ContentReader::new(),
+            None,
             Vec::new(),
         )
         .unwrap();

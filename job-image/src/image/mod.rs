@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod build;
 pub mod builder;
+pub mod chunks;
 pub mod config;
 pub mod gzip;
 pub mod layer;
@@ -26,8 +27,15 @@ pub mod tar;
 /// Version of the layer format: the tar layout, the compressor, its level and its
 /// chunking. Part of every layer's reuse key, so a change here never reuses a layer
 /// built the old way. 2: gzip of independently deflated 1 MiB chunks (one layer on
-/// every core).
-pub const LAYER_FORMAT_VERSION: u32 = 2;
+/// every core). 3: chunks end at entries the entries choose, every entry has the
+/// mtime [`LAYER_MTIME`] (so an unchanged file has the same bytes in the next build
+/// and its chunk can be copied from the previous layer).
+pub const LAYER_FORMAT_VERSION: u32 = 3;
+
+/// mtime of every entry of a layer: 2000-01-01T00:00:00Z. A commit time here would
+/// change every entry's header, and so every chunk, at each commit; the commit time is
+/// in the layer's and the image's `created` instead.
+pub const LAYER_MTIME: i64 = 946_684_800;
 
 /// Most layers an image may have: containerd refuses images with more than 127.
 pub const MAX_LAYERS: usize = 127;
@@ -66,6 +74,9 @@ pub mod annotations {
     /// On each layer: how its modules were declared and what they resolved to
     /// (see `crate::pins`), so the next build can reuse it without fetching its branch.
     pub const PINS: &str = "org.voxpupuli.openvox-code.pins";
+    /// On each layer: its chunks, `raw:compressed` sizes joined by `,` (see
+    /// [`super::chunks::ChunkTable`]), so the next build can copy unchanged ones.
+    pub const CHUNKS: &str = "org.voxpupuli.openvox-code.chunks";
     /// On the manifest and as a label: the environments, in layer order, joined by `,`.
     pub const ENVIRONMENTS: &str = "org.voxpupuli.openvox-code.environments";
 }

@@ -60,6 +60,11 @@ impl<W: Write> TarWriter<W> {
         Self { out }
     }
 
+    /// The writer the entries go to.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
+    }
+
     /// A directory `path` (written with a trailing `/`).
     pub fn directory(&mut self, path: &str, mode: u32, mtime: i64) -> Result<(), TarError> {
         check_path(path)?;

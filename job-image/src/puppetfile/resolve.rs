@@ -18,7 +18,7 @@ use crate::forge::{ForgeClient, ForgeRelease, UnpackedRelease};
 use crate::git::fetch::Depth;
 use crate::git::{FetchWant, FetchedRepo, GitAccess, REMOTE_HEAD, RemoteRef};
 use crate::limits::{Bytes, Limits};
-use crate::module_reuse::{ModuleKey, PreviousModules, ReusedModule};
+use crate::module_reuse::{ModuleKey, PreviousLayers, ReusedModule};
 use crate::progress::Step;
 
 /// A module that could not be resolved, with where it was declared.
@@ -97,7 +97,7 @@ pub struct Resolver {
     /// Bounds the objects decoded ahead from shallow fetches.
     limits: Limits,
     /// The git modules of the previous image, whose files need no fetch.
-    previous: Option<Arc<PreviousModules>>,
+    previous: Option<Arc<PreviousLayers>>,
 }
 
 impl Resolver {
@@ -124,7 +124,7 @@ impl Resolver {
 
     /// Takes git modules the previous image holds from its layers (see
     /// [`crate::module_reuse`]) instead of fetching them.
-    pub fn with_previous_modules(mut self, previous: Option<Arc<PreviousModules>>) -> Self {
+    pub fn with_previous_modules(mut self, previous: Option<Arc<PreviousLayers>>) -> Self {
         self.previous = previous;
         self
     }
