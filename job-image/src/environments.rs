@@ -38,7 +38,7 @@ use crate::unchanged::{
     Check, Decision, RecordedEnvironment, decide, forge_check_holds, git_check_holds,
 };
 use crate::validate::Problem;
-use crate::validate::builtin::{CheckCache, check_environment};
+use crate::validate::builtin::{CheckCache, Checked, check_environment};
 use crate::validate::puppet::{PuppetValidation, validate};
 
 /// What to build: the repository, the branches and how to reach everything.
@@ -307,7 +307,7 @@ pub async fn build_environments_reusing(
             options.jobs,
             options.limits,
         )
-        .with_previous_modules(previous),
+        .with_previous_modules(previous.clone()),
     );
 
     // 4. Environments that did not change since the recorded build are not fetched.
@@ -366,11 +366,12 @@ pub async fn build_environments_reusing(
     }
 
     // 6. Environments, concurrently; modules are shared through the resolver, and the
-    // results of the built-in checks by blob.
+    // results of the built-in checks by blob (files of a previous layer passed them).
     let checks = Arc::new(CheckCache::default());
     let mut tasks = tokio::task::JoinSet::new();
     for (plan, want) in plans.into_iter().zip(wants) {
         let checks = checks.clone();
+        let previous = previous.clone();
         let resolver = resolver.clone();
         let control = control.clone();
         let limits = options.limits;
@@ -400,6 +401,11 @@ pub async fn build_environments_reusing(
                         },
                         env.inputs.revision()
                     ));
+                    if let Some(previous) = &previous
+                        && let Some(files) = previous.published_files(&plan.name).await
+                    {
+                        checks.trust(&files);
+                    }
                     check_built(env, checks).await.map(|env| (env, pins))
                 }
                 Err(reason) => {
@@ -693,11 +699,18 @@ async fn check_built(
 ) -> Result<Environment, (String, Option<Problem>)> {
     let step = Step::start("verify", &env.inputs.name);
     let checked = tokio::task::spawn_blocking(move || {
-        let problems = check_environment(&env.tree, &mut ContentReader::new(), &cache);
-        (env, problems)
+        let checked = check_environment(&env.tree, &mut ContentReader::new(), &cache);
+        (env, checked)
     })
     .await;
-    let (env, problems) = match checked {
+    let (
+        env,
+        Checked {
+            problems,
+            files,
+            known,
+        },
+    ) = match checked {
         Ok(checked) => checked,
         Err(e) => {
             let reason = format!("the built-in checks stopped: {e}");
@@ -707,7 +720,11 @@ async fn check_built(
     };
     match problems.first() {
         None => {
-            step.done("files Puppet reads parse");
+            step.done(format!(
+                "{} files Puppet reads parse ({} known from before)",
+                count(files as u64),
+                count(known as u64)
+            ));
             Ok(env)
         }
         Some(first) => {

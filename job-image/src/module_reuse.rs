@@ -37,6 +37,7 @@ use crate::limits::{Bytes, Limits};
 use crate::pins::{Declared, Pins};
 use crate::progress::{Step, count};
 use crate::tree::{LocalDir, LocalEntry, LocalKind};
+use crate::validate::builtin::PublishedFiles;
 
 /// A layer blob as a local file: the output's own file, or a download that is removed
 /// when dropped.
@@ -96,12 +97,13 @@ pub struct ReusedModule {
     pub environment: String,
 }
 
-/// What one unpacked layer gives: its modules, by path in its environment, and the
-/// index of its chunks when it has a chunk table.
+/// What one unpacked layer gives: its modules, by path in its environment, the index
+/// of its chunks when it has a chunk table, and the files the built-in checks passed.
 #[derive(Debug)]
 struct Unpacked {
     modules: BTreeMap<String, Arc<ReusedModule>>,
     chunks: Option<Arc<ChunkIndex>>,
+    published: Arc<PublishedFiles>,
 }
 
 /// The layers of the previous image: git modules found by [`ModuleKey`], chunks by
@@ -174,6 +176,17 @@ impl PreviousLayers {
             .position(|l| l.environment == environment && l.chunks.is_some())?;
         let unpacked = self.unpacked.get(&layer, self.unpack(layer)).await.ok()?;
         unpacked.chunks.clone()
+    }
+
+    /// The files of the previous layer of `environment` that the built-in checks
+    /// passed, when it can be read.
+    pub async fn published_files(&self, environment: &str) -> Option<Arc<PublishedFiles>> {
+        let layer = self
+            .layers
+            .iter()
+            .position(|l| l.environment == environment)?;
+        let unpacked = self.unpacked.get(&layer, self.unpack(layer)).await.ok()?;
+        Some(unpacked.published.clone())
     }
 
     /// Downloads (if need be) and unpacks every module of layer `index`, with one log
@@ -310,23 +323,29 @@ fn unpack_layer(
         count: 0,
     };
     let dest_path = dest.path().to_owned();
-    let (found, files, bytes, chunks) = match table {
+    let (unpacked, chunks) = match table {
         Some(table) => {
             let mut raw = ChunkedLayer::new(&mut hashing, table)
                 .map_err(|e| format!("its chunk table: {e}"))?;
-            let (found, files, bytes) = unpack_modules(&mut raw, wanted, &dest_path)?;
+            let unpacked = unpack_modules(&mut raw, wanted, &dest_path)?;
             let index = raw
                 .into_index(blob)
                 .map_err(|e| format!("its chunk table: {e}"))?;
-            (found, files, bytes, Some(Arc::new(index)))
+            (unpacked, Some(Arc::new(index)))
         }
         None => {
             let mut raw = flate2::read::GzDecoder::new(&mut hashing);
-            let (found, files, bytes) = unpack_modules(&mut raw, wanted, &dest_path)?;
+            let unpacked = unpack_modules(&mut raw, wanted, &dest_path)?;
             std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| e.to_string())?;
-            (found, files, bytes, None)
+            (unpacked, None)
         }
     };
+    let Extracted {
+        found,
+        published,
+        files,
+        bytes,
+    } = unpacked;
     // The rest of the blob (anything after the gzip trailer) counts too.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| e.to_string())?;
     let got = format!("sha256:{}", hex(&hashing.hasher.finalize()));
@@ -349,7 +368,12 @@ fn unpack_layer(
             (path, Arc::new(module))
         })
         .collect();
-    Ok((Unpacked { modules, chunks }, files, bytes))
+    let unpacked = Unpacked {
+        modules,
+        chunks,
+        published: Arc::new(published),
+    };
+    Ok((unpacked, files, bytes))
 }
 
 /// Where the module at `path` (one of `paths`) is unpacked below `dest`.
@@ -358,29 +382,63 @@ fn module_dir(dest: &Path, paths: &[String], path: &str) -> PathBuf {
     dest.join(index.to_string())
 }
 
-/// Unpacks the `wanted` modules of the raw tar `raw` below `dest`: their entries by
-/// module path, with the files and bytes unpacked.
-type Found = BTreeMap<String, Vec<LocalEntry>>;
+/// What one pass over a layer's tar found.
+struct Extracted {
+    /// The `wanted` modules' entries, by module path.
+    found: BTreeMap<String, Vec<LocalEntry>>,
+    /// The files checks may read, with their blob ids.
+    published: PublishedFiles,
+    /// Files and bytes unpacked.
+    files: u64,
+    bytes: u64,
+}
+
+/// Unpacks the `wanted` modules of the raw tar `raw` below `dest`, and records the
+/// blob id of every file of the environment a built-in check may read.
 fn unpack_modules(
     raw: &mut impl Read,
     wanted: &Wanted<'_>,
     dest: &Path,
-) -> Result<(Found, u64, u64), String> {
+) -> Result<Extracted, String> {
     let (environment, paths, limits) = (wanted.environment, wanted.paths, wanted.limits);
-    let mut found: Found = BTreeMap::new();
-    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut out = Extracted {
+        found: BTreeMap::new(),
+        published: PublishedFiles::default(),
+        files: 0,
+        bytes: 0,
+    };
     let mut archive = tar::Archive::new(raw);
     let entries = archive.entries().map_err(|e| e.to_string())?;
     for entry in entries {
         let mut entry = entry.map_err(|e| e.to_string())?;
         let raw = String::from_utf8(entry.path_bytes().into_owned())
             .map_err(|_| "an entry path is not UTF-8".to_owned())?;
-        let Some((module, inside)) = locate(&raw, environment, paths) else {
+        let checkable = entry.header().entry_type() == tar::EntryType::Regular
+            && entry
+                .header()
+                .size()
+                .is_ok_and(|s| s <= limits.max_file_bytes)
+            && in_environment(&raw, environment).is_some_and(PublishedFiles::may_check);
+        let module = locate(&raw, environment, paths);
+        if module.is_none() && !checkable {
+            continue;
+        }
+        let content = if checkable {
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| format!("{raw}: {e}"))?;
+            record_published(&mut out.published, &raw, environment, &bytes)?;
+            Some(bytes)
+        } else {
+            None
+        };
+        let Some((module, inside)) = module else {
             continue;
         };
         check_inside(&raw, inside)?;
         let dir = module_dir(dest, paths, module);
-        let entries = found.entry(module.to_owned()).or_insert_with(|| {
+        let entries = out.found.entry(module.to_owned()).or_insert_with(|| {
             let _ = std::fs::create_dir(&dir);
             Vec::new()
         });
@@ -400,13 +458,18 @@ fn unpack_modules(
                     ));
                 }
                 let executable = header.mode().map_err(|e| e.to_string())? & 0o111 != 0;
-                let mut out = std::fs::File::create(&target).map_err(|e| format!("{raw}: {e}"))?;
-                let copied =
-                    std::io::copy(&mut entry, &mut out).map_err(|e| format!("{raw}: {e}"))?;
-                files += 1;
-                bytes += copied;
-                if bytes > limits.max_environment_bytes {
-                    return Err(format!("more than {} to unpack", Bytes(bytes)));
+                let mut file = std::fs::File::create(&target).map_err(|e| format!("{raw}: {e}"))?;
+                let copied = match &content {
+                    Some(bytes) => {
+                        std::io::Write::write_all(&mut file, bytes).map(|()| bytes.len() as u64)
+                    }
+                    None => std::io::copy(&mut entry, &mut file),
+                }
+                .map_err(|e| format!("{raw}: {e}"))?;
+                out.files += 1;
+                out.bytes += copied;
+                if out.bytes > limits.max_environment_bytes {
+                    return Err(format!("more than {} to unpack", Bytes(out.bytes)));
                 }
                 LocalKind::File {
                     executable,
@@ -427,7 +490,36 @@ fn unpack_modules(
             kind,
         });
     }
-    Ok((found, files, bytes))
+    Ok(out)
+}
+
+/// The path of the layer entry `raw` inside `environment`, if it is inside.
+fn in_environment<'r>(raw: &'r str, environment: &str) -> Option<&'r str> {
+    raw.strip_prefix(environment)?
+        .strip_prefix('/')
+        .filter(|rest| !rest.is_empty())
+}
+
+/// Records the file `raw` with `bytes` in `published`: its blob id, and its text when
+/// it is a `hiera.yaml` that decides what is checked.
+fn record_published(
+    published: &mut PublishedFiles,
+    raw: &str,
+    environment: &str,
+    bytes: &[u8],
+) -> Result<(), String> {
+    let Some(path) = in_environment(raw, environment) else {
+        return Ok(());
+    };
+    let id = gix::objs::compute_hash(gix::hash::Kind::Sha1, gix::objs::Kind::Blob, bytes)
+        .map_err(|e| format!("{raw}: {e}"))?;
+    published.files.insert(path.to_owned(), id);
+    if PublishedFiles::is_hiera_config(path)
+        && let Ok(text) = std::str::from_utf8(bytes)
+    {
+        published.hiera.insert(path.to_owned(), text.to_owned());
+    }
+    Ok(())
 }
 
 /// The module (one of `paths`) the layer entry `raw` lies in, and its path inside the

@@ -315,6 +315,7 @@ fn big_control_commit(world: &World, puppetfile: &str, count: usize, edited: Opt
     let mut files: Vec<(&str, Node)> = nodes.iter().map(|(p, n)| (p.as_str(), n.clone())).collect();
     files.push(("manifests/site.pp", file("node default {}\n")));
     files.push(("Puppetfile", file(puppetfile)));
+    files.push(("hiera.yaml", file("version: 5\n")));
     world.control.commit("production", "nodes", &files);
 }
 
@@ -355,6 +356,21 @@ fn unchanged_chunks_are_copied_and_the_digest_is_a_cold_builds() {
     assert_eq!(copied_chunks(&cold, "production"), None);
     assert_eq!(digest(&second), digest(&cold), "copying changes nothing");
     assert_ne!(digest(&second), digest(&first));
+    // The Hiera files the previous layer held passed the checks then: only the edited
+    // one is parsed again.
+    assert!(
+        second.stderr.contains(
+            "verify   production: 1,501 files Puppet reads parse (1,500 known from before)"
+        ),
+        "{}",
+        second.stderr
+    );
+    assert!(
+        cold.stderr
+            .contains("verify   production: 1,501 files Puppet reads parse (0 known from before)"),
+        "{}",
+        cold.stderr
+    );
 }
 
 /// The blob of the only layer of the image a layout holds.

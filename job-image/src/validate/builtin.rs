@@ -12,7 +12,7 @@
 //!
 //! A problem names the file (relative to the environment), line and column.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use super::Problem;
@@ -38,6 +38,47 @@ impl CheckCache {
         let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
         results.insert(key, found);
     }
+
+    /// Records that every file of `published` passed the checks its path got there: it
+    /// was in a published layer, and an environment with any problem is not published.
+    /// Sound as long as the checks are those of the layer's format version (a change
+    /// to them bumps [`crate::image::LAYER_FORMAT_VERSION`], and layers of another
+    /// version are never read).
+    pub fn trust(&self, published: &PublishedFiles) {
+        let hiera = |path: &str| published.hiera.get(path).cloned().unwrap_or_default();
+        let paths: Vec<&str> = published.files.keys().map(String::as_str).collect();
+        for (path, check) in classify(&paths, hiera) {
+            if let Some(id) = published.files.get(&path) {
+                self.put((*id, check), None);
+            }
+        }
+    }
+}
+
+/// Files of a published layer that checks may read, relative to the environment: the
+/// git blob id of each (`.yaml`, `.yml`, `.json`, `environment.conf`), and the text of
+/// each `hiera.yaml` (which decides what else is checked).
+#[derive(Debug, Default)]
+pub struct PublishedFiles {
+    pub files: BTreeMap<String, gix::ObjectId>,
+    pub hiera: BTreeMap<String, String>,
+}
+
+impl PublishedFiles {
+    /// Whether a check may read the file at `path`: its id is worth recording.
+    pub fn may_check(path: &str) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        name == "environment.conf"
+            || [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+    }
+
+    /// Whether `path` is a `hiera.yaml` whose text decides the data directories.
+    pub fn is_hiera_config(path: &str) -> bool {
+        let depth = path.matches('/').count();
+        path.rsplit('/').next() == Some("hiera.yaml") && matches!(depth, 0 | 2)
+    }
 }
 
 /// What kind of check a file gets.
@@ -50,15 +91,27 @@ enum Check {
     EnvironmentConf,
 }
 
-/// Checks `tree`, answering from `cache` for blobs checked before in this build; the
-/// problems in path order (empty: it is fine).
+/// What the checks of an environment found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// The problems, in path order (empty: it is fine).
+    pub problems: Vec<Problem>,
+    /// Files checked.
+    pub files: usize,
+    /// Of those, files whose result was known (same blob earlier in this build, or in
+    /// a layer of the previous image).
+    pub known: usize,
+}
+
+/// Checks `tree`, answering from `cache` for blobs checked or trusted before.
 pub fn check_environment(
     tree: &EnvironmentTree,
     reader: &mut ContentReader,
     cache: &CheckCache,
-) -> Vec<Problem> {
-    let mut problems = Vec::new();
+) -> Checked {
+    let mut out = Checked::default();
     for (path, check) in files_to_check(tree, reader) {
+        out.files += 1;
         let blob = match tree.get(&path) {
             Some(EntryKind::File {
                 content: Content::Git { id, .. },
@@ -67,13 +120,15 @@ pub fn check_environment(
             _ => None,
         };
         if let Some(cached) = blob.as_ref().and_then(|key| cache.get(key)) {
-            problems.extend(cached.map(|p| Problem { file: path, ..p }));
+            out.known += 1;
+            out.problems
+                .extend(cached.map(|p| Problem { file: path, ..p }));
             continue;
         }
         let text = match read_text(tree, reader, &path) {
             Ok(text) => text,
             Err(problem) => {
-                problems.push(problem);
+                out.problems.push(problem);
                 continue;
             }
         };
@@ -87,30 +142,38 @@ pub fn check_environment(
         if let Some(key) = blob {
             cache.put(key, found.clone());
         }
-        problems.extend(found);
+        out.problems.extend(found);
     }
-    problems.sort_by(|a, b| a.file.cmp(&b.file));
-    problems
+    out.problems.sort_by(|a, b| a.file.cmp(&b.file));
+    out
 }
 
-/// The files to check, in path order. A `hiera.yaml` that does not parse is reported
-/// by its own check; its data directories are then the default one.
+/// The files of `tree` to check, in path order.
 fn files_to_check(tree: &EnvironmentTree, reader: &mut ContentReader) -> Vec<(String, Check)> {
     let files: Vec<&str> = tree
         .entries()
         .filter(|(_, kind)| matches!(kind, EntryKind::File { .. }))
         .map(|(path, _)| path)
         .collect();
+    classify(&files, |path| {
+        read_text(tree, reader, path).unwrap_or_default()
+    })
+}
+
+/// Which of `files` (paths of regular files) get which check, in path order;
+/// `hiera_text` gives a `hiera.yaml`'s text. A `hiera.yaml` that does not parse is
+/// reported by its own check; its data directories are then the default one.
+fn classify(files: &[&str], mut hiera_text: impl FnMut(&str) -> String) -> Vec<(String, Check)> {
     let mut data_dirs: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
-    for path in &files {
+    for path in files {
         let depth = path.matches('/').count();
         let name = path.rsplit('/').next().unwrap_or(path);
         match (name, depth) {
             ("hiera.yaml", 0 | 2) => {
                 out.push((path.to_string(), Check::HieraConfig));
                 let base = path.strip_suffix("hiera.yaml").unwrap_or_default();
-                let text = read_text(tree, reader, path).unwrap_or_default();
+                let text = hiera_text(path);
                 for dir in hiera_data_dirs(&text) {
                     data_dirs.insert(format!("{base}{}/", dir.trim_matches('/')));
                 }
@@ -120,7 +183,7 @@ fn files_to_check(tree: &EnvironmentTree, reader: &mut ContentReader) -> Vec<(St
             _ => {}
         }
     }
-    for path in &files {
+    for path in files {
         if !data_dirs.iter().any(|d| path.starts_with(d.as_str())) {
             continue;
         }
@@ -292,6 +355,40 @@ mod tests {
         let p = json("m/x/metadata.json", "{\n  \"name\": \"x\",\n}\n").unwrap_err();
         assert_eq!((p.line, p.column), (Some(3), Some(1)), "{p:?}");
         assert!(p.message.starts_with("not valid JSON"), "{p}");
+    }
+
+    #[test]
+    fn a_published_layer_s_files_pass_the_checks_their_paths_got_there() {
+        let id = |text: &str| {
+            gix::objs::compute_hash(
+                gix::hash::Kind::Sha1,
+                gix::objs::Kind::Blob,
+                text.as_bytes(),
+            )
+            .unwrap()
+        };
+        let hiera = "version: 5\ndefaults:\n  datadir: hieradata\n";
+        let mut published = PublishedFiles::default();
+        for (path, text) in [
+            ("hiera.yaml", hiera),
+            ("hieradata/common.yaml", "a: 1\n"),
+            ("data/other.yaml", "b: 2\n"),
+            ("environment.conf", "modulepath = modules\n"),
+            ("modules/x/metadata.json", "{}"),
+        ] {
+            published.files.insert(path.into(), id(text));
+        }
+        published.hiera.insert("hiera.yaml".into(), hiera.into());
+        let cache = CheckCache::default();
+        cache.trust(&published);
+        let passed = |text: &str, check| cache.get(&(id(text), check)) == Some(None);
+        assert!(passed(hiera, Check::HieraConfig));
+        assert!(passed("a: 1\n", Check::DataYaml));
+        assert!(passed("modulepath = modules\n", Check::EnvironmentConf));
+        assert!(passed("{}", Check::Metadata));
+        // Outside the data directory there: it was never checked, so nothing is known.
+        assert_eq!(cache.get(&(id("b: 2\n"), Check::DataYaml)), None);
+        assert!(PublishedFiles::may_check("data/x.yml") && !PublishedFiles::may_check("x.pp"));
     }
 
     #[test]
