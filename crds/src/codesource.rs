@@ -253,6 +253,9 @@ fn default_forge_url() -> String {
 #[x_kube(validation = Rule::new(
     "(has(self.image) && size(self.image) > 0) || ((!has(self.tags) || size(self.tags) == 0) && !has(self.pushSecretRef))"
 ).message("tags and pushSecretRef need output.image"))]
+#[x_kube(validation = Rule::new(
+    "(has(self.image) && size(self.image) > 0) || !has(self.compression) || self.compression == 'gzip'"
+).message("compression needs output.image"))]
 pub struct OutputSpec {
     /// OCI image repository without tag or digest (for example
     /// `ghcr.io/example/puppet-code`). Every build is pushed by digest; the Config
@@ -281,12 +284,42 @@ pub struct OutputSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
 
+    /// Compression of the image's layers. `gzip` (the default) is read by every
+    /// runtime; `zstd` builds a cold image in less CPU at about the same size, and is
+    /// read by containerd 1.5+, CRI-O and Podman. Changing it rebuilds every
+    /// environment once.
+    #[serde(default, skip_serializing_if = "LayerCompression::is_gzip")]
+    pub compression: LayerCompression,
+
     /// PersistentVolumeClaim (same namespace) that receives the environments: each one
     /// is written to a new directory and switched in atomically, so servers mounting
     /// the claim never see a half-written environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub claim_name: Option<String>,
+}
+
+/// How the layers of an image are compressed.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerCompression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl LayerCompression {
+    fn is_gzip(&self) -> bool {
+        *self == LayerCompression::Gzip
+    }
+
+    /// The worker's `--compression` value.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            LayerCompression::Gzip => "gzip",
+            LayerCompression::Zstd => "zstd",
+        }
+    }
 }
 
 /// The worker Job that runs a build. Builds usually run on autoscaled nodes, so these

@@ -27,8 +27,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use openvox_code_worker::image::codec::{Codec, ZSTD_LEVEL};
 use openvox_code_worker::image::gzip::{GZIP_LEVEL, LayerEncoder};
-use openvox_code_worker::image::layer::write_layer_file;
+use openvox_code_worker::image::layer::{Packing, write_layer_file};
 use openvox_code_worker::limits::Limits;
 use openvox_code_worker::tree::{ContentReader, EnvironmentTree, LocalDir, LocalEntry, LocalKind};
 
@@ -280,10 +281,10 @@ fn deflate_chunk_at(data: &[u8], last: bool, level: u32) -> u64 {
         .len() as u64
 }
 
-/// `levels [1,3,6,9] FILE...`: the files (tar streams) cut into the layer compressor's
-/// chunks and deflated at each gzip level on every core: wall time, compressed size and
-/// size against level 6 (the pinned level). Level 6 is checked against the layer
-/// compressor itself, so the sizes are what a layer at that level would weigh.
+/// `levels [1,3,6,9] FILE...`: the files (tar streams) cut into 1 MiB chunks (a
+/// layer's average) and compressed independently on every core at each gzip level by
+/// the layer compressor, then as zstd frames at the worker's zstd level: wall time,
+/// compressed size and size against gzip level 6 (the default).
 fn levels(args: &[String]) {
     let (levels, files): (Vec<u32>, &[String]) = match args.first() {
         Some(first) if first.split(',').all(|l| l.parse::<u32>().is_ok()) => (
@@ -295,82 +296,65 @@ fn levels(args: &[String]) {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let data: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     let input: u64 = data.iter().map(|d| d.len() as u64).sum();
-    // (file, chunk) pairs; the last chunk of a file ends its stream, as in a layer.
-    let chunks: Vec<(&[u8], bool)> = data
-        .iter()
-        .flat_map(|d| {
-            let n = d.len().div_ceil(CHUNK).max(1);
-            (0..n).map(move |i| {
-                (
-                    &d[(i * CHUNK).min(d.len())..((i + 1) * CHUNK).min(d.len())],
-                    i + 1 == n,
-                )
-            })
-        })
-        .collect();
-    // gzip header (10 bytes) and trailer (8) per layer.
-    let framing = 18 * data.len() as u64;
-    let mut sizes = Vec::new();
-    for &level in &levels {
+    let chunks: Vec<&[u8]> = data.iter().flat_map(|d| d.chunks(CHUNK)).collect();
+    // Wall time and total size of compressing every chunk with `compress` on every core.
+    let measure = |compress: &(dyn Fn(&[u8]) -> u64 + Sync)| {
         let started = Instant::now();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let output = std::sync::atomic::AtomicU64::new(0);
         std::thread::scope(|scope| {
             for _ in 0..cores {
                 scope.spawn(|| {
-                    while let Some(&(chunk, last)) =
+                    while let Some(chunk) =
                         chunks.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
                     {
-                        let size = deflate_chunk_at(chunk, last, level);
+                        let size = compress(chunk);
                         output.fetch_add(size, std::sync::atomic::Ordering::SeqCst);
                     }
                 });
             }
         });
-        let elapsed = started.elapsed();
-        let size = output.into_inner() + framing;
-        sizes.push((level, elapsed, size));
+        (started.elapsed(), output.into_inner())
+    };
+    // gzip header (10 bytes) and trailer (10) per layer.
+    let framing = 20 * data.len() as u64;
+    let mut rows = Vec::new();
+    for &level in &levels {
+        let (elapsed, size) = measure(&|chunk| deflate_chunk_at(chunk, false, level));
+        let name = if level == GZIP_LEVEL {
+            format!("gzip level {level} (the default)")
+        } else {
+            format!("gzip level {level}")
+        };
+        rows.push((name, elapsed, size + framing));
     }
-    let reference = sizes
+    let (elapsed, size) = measure(&|chunk| Codec::Zstd.compress(chunk).unwrap().len() as u64);
+    rows.push((
+        format!("zstd level {ZSTD_LEVEL} (--compression zstd)"),
+        elapsed,
+        size,
+    ));
+    let reference = levels
         .iter()
-        .find(|(l, _, _)| *l == GZIP_LEVEL)
-        .map(|(_, _, s)| *s);
-    if let Some(reference) = reference {
-        // The pinned compressor on the same bytes must give the same size.
-        let pinned: u64 = data
-            .iter()
-            .map(|d| {
-                let mut encoder = LayerEncoder::new(std::io::sink());
-                encoder.write_all(d).unwrap();
-                encoder.finish().unwrap().1.size
-            })
-            .sum();
-        assert_eq!(
-            pinned, reference,
-            "level {GZIP_LEVEL} differs from the layer compressor"
-        );
-    }
+        .position(|l| *l == GZIP_LEVEL)
+        .map(|i| rows[i].2);
     println!(
-        "{} tars, {:.1} MiB, {} threads, {} KiB chunks deflated independently (zlib-rs)",
+        "{} tars, {:.1} MiB, {} threads, {} KiB chunks compressed independently (zlib-rs, libzstd {})",
         data.len(),
         input as f64 / MIB,
         cores,
-        CHUNK / 1024
+        CHUNK / 1024,
+        zstd::zstd_safe::version_string()
     );
-    for (level, elapsed, size) in sizes {
+    for (name, elapsed, size) in rows {
         let against = reference.map_or(String::new(), |r| {
             format!(
-                "  {:+6.1} % vs level {GZIP_LEVEL}",
+                "  {:+6.1} % vs gzip level {GZIP_LEVEL}",
                 (size as f64 / r as f64 - 1.0) * 100.0
             )
         });
         println!(
-            "gzip level {level}{:<33} {:>7.1} MB/s  {:>6.2} s  {:>8.2} MiB  ratio {:6.3}{against}",
-            if level == GZIP_LEVEL {
-                " (the layers' level)"
-            } else {
-                ""
-            },
+            "{name:<40} {:>7.1} MB/s  {:>6.2} s  {:>8.2} MiB  ratio {:6.3}{against}",
             input as f64 / MIB / elapsed.as_secs_f64(),
             elapsed.as_secs_f64(),
             size as f64 / MIB,
@@ -440,7 +424,14 @@ fn main() {
     // 1. One environment, one thread.
     reset_peak_rss();
     let (elapsed, layer) = best_of(3, || {
-        write_layer_file("production", &tree, &mut ContentReader::new(), None, &out).unwrap()
+        write_layer_file(
+            "production",
+            &tree,
+            &mut ContentReader::new(),
+            Packing::default(),
+            &out,
+        )
+        .unwrap()
     });
     line(
         "layer writer, 1 environment, 1 thread",
@@ -500,7 +491,9 @@ fn main() {
                     while let Some(tree) =
                         trees.get(next.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
                     {
-                        let layer = write_layer_file("env", tree, &mut reader, None, &out).unwrap();
+                        let layer =
+                            write_layer_file("env", tree, &mut reader, Packing::default(), &out)
+                                .unwrap();
                         *sizes.lock().unwrap() += layer.encoded.size;
                     }
                 });

@@ -26,8 +26,9 @@
 # ratios worker / r10k, the issue's targets as PASS/FAIL lines (informational: the
 # script exits 0 when everything ran), the worker's step lines of the last run, and
 # (CODEC=1, the default) the level trade-off: the cold layers' tar streams deflated as
-# the layer compressor does at gzip levels 1, 2, 3, 6 and 9 (`bench_layer levels`), and
-# zstd's CLI next to them.
+# the layer compressor does at gzip levels 1, 2, 3, 6 and 9 and as the worker's zstd
+# frames (`bench_layer levels`), and zstd's CLI next to them. Each run also builds cold
+# and one-branch with `--compression zstd`.
 #
 # Settings (environment): BRANCHES (8), MB (50, per branch), MODULES (20), RUNS (3),
 # CODEC (1), WORKER and BENCH (binaries; default: release builds of this checkout),
@@ -333,6 +334,17 @@ for run in $(seq "$RUNS"); do
   measure worker-one-branch "${build[@]}"
   rm -rf "$work/scratch" && mkdir -p "$work/scratch"
   measure worker-unchanged "${build[@]}"
+
+  # The same two builds with zstd layers (--compression zstd), into a repository of
+  # their own.
+  reset_change
+  zbuild=("$WORKER" build --url "$control" --branch '*' --image "$image-zstd" --tag latest --insecure
+          --compression zstd --work-dir "$work/scratch" --termination-log "$work/termination-log")
+  rm -rf "$work/scratch" && mkdir -p "$work/scratch"
+  measure worker-cold-zstd "${zbuild[@]}"
+  commit_change 1
+  rm -rf "$work/scratch" && mkdir -p "$work/scratch"
+  measure worker-one-branch-zstd "${zbuild[@]}"
 done
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -391,17 +403,20 @@ rows = [("cold: everything", "r10k-cold", "worker-cold"),
         ("one commit on one branch", "r10k-one-branch", "worker-one-branch"),
         ("nothing changed", "r10k-unchanged", "worker-unchanged"),
         ("nothing changed, r10k --incremental", "r10k-unchanged-incr", "worker-unchanged"),
-        ("one commit, r10k deploys that env only", "r10k-webhook", "worker-one-branch")]
-print("| %-40s | %-20s | %-20s | %5s |" % ("work", "r10k", "worker", "ratio"))
-print("|%s|%s|%s|%s|" % ("-" * 42, "-" * 22, "-" * 22, "-" * 7))
+        ("one commit, r10k deploys that env only", "r10k-webhook", "worker-one-branch"),
+        ("cold, --compression zstd", "r10k-cold", "worker-cold-zstd"),
+        ("one commit on one branch, --compression zstd", "r10k-one-branch", "worker-one-branch-zstd")]
+print("| %-45s | %-20s | %-20s | %5s |" % ("work", "r10k", "worker", "ratio"))
+print("|%s|%s|%s|%s|" % ("-" * 47, "-" * 22, "-" * 22, "-" * 7))
 for label, r, w in rows:
-    print("| %-40s | %-20s | %-20s | %5.2f |" % (label, cell(r), cell(w), med[w][0] / med[r][0]))
+    print("| %-45s | %-20s | %-20s | %5.2f |" % (label, cell(r), cell(w), med[w][0] / med[r][0]))
 print("each run (wall s): " + "; ".join("%s %s" % (k, " ".join("%.2f" % r[0] for r in v)) for k, v in runs.items()))
 print("CPU s (user + sys, medians): " + ", ".join("%s %.2f" % (k, v[2]) for k, v in med.items()))
 def target(what, value, limit, unit=""):
     print("%s %-52s %.2f%s (target <= %s%s)" % ("PASS" if value <= limit else "FAIL", what, value, unit, limit, unit))
 target("one branch changed: worker / r10k --incremental", med["worker-one-branch"][0] / med["r10k-one-branch"][0], 0.2)
 target("cold: worker build + push / r10k cold deploy", med["worker-cold"][0] / med["r10k-cold"][0], 0.3)
+target("cold, zstd layers: worker / r10k cold deploy", med["worker-cold-zstd"][0] / med["r10k-cold"][0], 0.3)
 target("worker peak RSS, largest of all runs", max(r[1] for k, v in runs.items() if k.startswith("worker") for r in v),
        256, " MiB")
 PY
@@ -409,7 +424,7 @@ PY
 # Where the worker's time goes, from its step lines in the last run: per step, how many
 # lines, their durations added up (steps overlap: modules and layers run in parallel),
 # and when the first began and the last ended, in seconds after the build started.
-for name in worker-cold worker-one-branch worker-unchanged; do
+for name in worker-cold worker-one-branch worker-unchanged worker-cold-zstd; do
   echo "worker steps, $name (run $RUNS):"
   python3 - "$work/logs/$name.$RUNS.err" "$work/logs/$name.$RUNS.time" <<'PY'
 import datetime, re, sys
@@ -442,7 +457,7 @@ done
 echo
 echo "codec: the cold layers' tar streams (run 1), deflated as the layer compressor does"
 "$BENCH" levels 1,2,3,6,9 "$work"/codec/layer*.tar | tee "$work/levels.txt"
-level6=$(awk '/layers. level/ {for (i = 1; i <= NF; i++) if ($i == "MiB") print $(i-1)}' "$work/levels.txt")
+level6=$(awk '/the default/ {for (i = 1; i <= NF; i++) if ($i == "MiB") print $(i-1)}' "$work/levels.txt")
 # zstd (containerd reads zstd layers) through its CLI on every core, for comparison.
 for level in 1 3 9; do
   python3 - "$level" "${level6:-0}" "$work"/codec/layer*.tar <<'PY'

@@ -33,6 +33,7 @@ use sha2::{Digest as _, Sha256};
 use crate::flights::Flights;
 use crate::forge::hex;
 use crate::image::chunks::{ChunkIndex, ChunkTable, ChunkedLayer};
+use crate::image::codec::Codec;
 use crate::limits::{Bytes, Limits};
 use crate::pins::{Declared, Pins};
 use crate::progress::{Step, count};
@@ -75,6 +76,8 @@ pub struct ReusableLayer {
     /// `sha256:<hex>` of the compressed layer.
     pub digest: String,
     pub size: u64,
+    /// How it is compressed (its media type).
+    pub codec: Codec,
     pub pins: Pins,
     /// Its chunk table, when its annotations record one.
     pub chunks: Option<ChunkTable>,
@@ -167,13 +170,13 @@ impl PreviousLayers {
         unpacked.modules.get(path).cloned()
     }
 
-    /// The chunks of the previous layer of `environment`, when it has a chunk table and
-    /// can be read.
-    pub async fn chunks(&self, environment: &str) -> Option<Arc<ChunkIndex>> {
+    /// The chunks of the previous layer of `environment`, when it was compressed with
+    /// `codec`, has a chunk table and can be read.
+    pub async fn chunks(&self, environment: &str, codec: Codec) -> Option<Arc<ChunkIndex>> {
         let layer = self
             .layers
             .iter()
-            .position(|l| l.environment == environment && l.chunks.is_some())?;
+            .position(|l| l.environment == environment && l.codec == codec && l.chunks.is_some())?;
         let unpacked = self.unpacked.get(&layer, self.unpack(layer)).await.ok()?;
         unpacked.chunks.clone()
     }
@@ -235,11 +238,12 @@ impl PreviousLayers {
             .prefix("openvox-code-reused-")
             .tempdir_in(&self.work_dir)
             .map_err(|e| e.to_string())?;
-        let (environment, digest, limits, table) = (
+        let (environment, digest, limits, table, codec) = (
             layer.environment.clone(),
             layer.digest.clone(),
             self.limits,
             layer.chunks.clone(),
+            layer.codec,
         );
         tokio::task::spawn_blocking(move || {
             let file = std::fs::File::open(blob.path()).map_err(|e| e.to_string())?;
@@ -249,7 +253,8 @@ impl PreviousLayers {
                 paths: &paths,
                 limits,
             };
-            unpack_layer(file, &digest, table.as_ref(), &wanted, dest, blob)
+            let packing = (codec, table.as_ref());
+            unpack_layer(file, &digest, packing, &wanted, dest, blob)
         })
         .await
         .map_err(|e| format!("unpacking stopped: {e}"))?
@@ -305,14 +310,14 @@ struct Wanted<'a> {
     limits: Limits,
 }
 
-/// Reads the gzip'd tar `layer` once: unpacks the `wanted` modules, each into its own
-/// directory below `dest`, indexes its chunks when it has a chunk `table` (their bytes
-/// are then read from `blob`), and checks that the whole blob has `digest`. Returns
-/// what it gives with the files and bytes unpacked.
+/// Reads the compressed tar `layer` once: unpacks the `wanted` modules, each into its
+/// own directory below `dest`, indexes its chunks when it has a chunk table (their
+/// bytes are then read from `blob`), and checks that the whole blob has `digest`.
+/// Returns what it gives with the files and bytes unpacked.
 fn unpack_layer(
     layer: impl Read,
     digest: &str,
-    table: Option<&ChunkTable>,
+    (codec, table): (Codec, Option<&ChunkTable>),
     wanted: &Wanted<'_>,
     dest: tempfile::TempDir,
     blob: Arc<BlobFile>,
@@ -325,7 +330,7 @@ fn unpack_layer(
     let dest_path = dest.path().to_owned();
     let (unpacked, chunks) = match table {
         Some(table) => {
-            let mut raw = ChunkedLayer::new(&mut hashing, table)
+            let mut raw = ChunkedLayer::new(&mut hashing, table, codec)
                 .map_err(|e| format!("its chunk table: {e}"))?;
             let unpacked = unpack_modules(&mut raw, wanted, &dest_path)?;
             let index = raw
@@ -333,8 +338,14 @@ fn unpack_layer(
                 .map_err(|e| format!("its chunk table: {e}"))?;
             (unpacked, Some(Arc::new(index)))
         }
+        // No chunk table (a layer of an older worker): the modules only.
         None => {
-            let mut raw = flate2::read::GzDecoder::new(&mut hashing);
+            let mut raw: Box<dyn Read> = match codec {
+                Codec::Gzip => Box::new(flate2::read::GzDecoder::new(&mut hashing)),
+                Codec::Zstd => Box::new(
+                    zstd::stream::read::Decoder::new(&mut hashing).map_err(|e| e.to_string())?,
+                ),
+            };
             let unpacked = unpack_modules(&mut raw, wanted, &dest_path)?;
             std::io::copy(&mut raw, &mut std::io::sink()).map_err(|e| e.to_string())?;
             (unpacked, None)

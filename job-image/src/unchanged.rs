@@ -19,6 +19,7 @@ use std::str::FromStr;
 use crate::forge::ForgeRelease;
 use crate::git::RemoteRef;
 use crate::image::annotations;
+use crate::image::codec::Codec;
 use crate::image::config::rfc3339;
 use crate::image::reuse::{PreviousLayer, inputs_key};
 use crate::inputs::EnvironmentInputs;
@@ -78,7 +79,9 @@ impl RecordedEnvironment {
             code_config: pins.code_config.clone(),
             modules: pins.records(),
         };
-        if inputs_key(&inputs, commit_time) != layer.inputs_key {
+        let codec = Codec::of_media_type(&layer.descriptor.media_type)
+            .ok_or_else(|| format!("media type {}", layer.descriptor.media_type))?;
+        if inputs_key(&inputs, commit_time, codec) != layer.inputs_key {
             return Err("its annotations do not reproduce its reuse key".into());
         }
         Ok(Self {
@@ -569,7 +572,7 @@ mod tests {
     fn layers_are_trusted_only_when_their_annotations_reproduce_the_key() {
         let r = recorded(vec![git_pin("a", Want::Branch("main".into()), C2)]);
         let created = rfc3339(r.commit_time);
-        let key = inputs_key(&r.inputs, r.commit_time);
+        let key = inputs_key(&r.inputs, r.commit_time, Codec::Gzip);
         let pins = BTreeMap::from([(annotations::PINS.to_owned(), r.pins.to_annotation())]);
         assert_eq!(
             RecordedEnvironment::from_layer(&layer(pins.clone(), &key, &created)).unwrap(),

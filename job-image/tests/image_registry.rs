@@ -101,6 +101,7 @@ fn options(work: &Path, tags: &[&str]) -> ImageOptions {
         source: "https://git.example.com/puppet/control.git".into(),
         architecture: "amd64".into(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
+        codec: Default::default(),
         work_dir: work.to_owned(),
         build_jobs: 2,
         upload_jobs: 2,
@@ -790,7 +791,9 @@ async fn unchanged_environments_take_their_layer_unbuilt_with_the_same_digest() 
 
     let output = Output::Registry(client.clone());
     let previous = previous(&client, &first.reference).await;
-    let recorded = recorded_environments(&previous, &output).await.unwrap();
+    let recorded = recorded_environments(&previous, &output, Default::default())
+        .await
+        .unwrap();
     assert_eq!(
         recorded.keys().collect::<Vec<_>>(),
         ["production", "staging"],

@@ -92,20 +92,24 @@ fn build_into(world: &World, layout: &Path) -> Run {
 }
 
 fn build_branches(world: &World, layout: &Path, branches: &str) -> Run {
-    let run = worker(
-        &[
-            "build",
-            "--url",
-            &world.git_url("control.git"),
-            "--branch",
-            branches,
-            "--oci-layout",
-            layout.to_str().unwrap(),
-            "--timeout",
-            "30s",
-        ],
-        &world.tmp,
-    );
+    build_with(world, layout, branches, &[])
+}
+
+fn build_with(world: &World, layout: &Path, branches: &str, extra: &[&str]) -> Run {
+    let url = world.git_url("control.git");
+    let mut args = vec![
+        "build",
+        "--url",
+        &url,
+        "--branch",
+        branches,
+        "--oci-layout",
+        layout.to_str().unwrap(),
+        "--timeout",
+        "30s",
+    ];
+    args.extend_from_slice(extra);
+    let run = worker(&args, &world.tmp);
     run.assert_ok();
     run
 }
@@ -371,6 +375,92 @@ fn unchanged_chunks_are_copied_and_the_digest_is_a_cold_builds() {
         "{}",
         cold.stderr
     );
+}
+
+#[test]
+fn zstd_layers_copy_their_chunks_too_and_a_codec_change_rebuilds() {
+    let world = World::new();
+    setup(&world);
+    let modules = puppetfile(&world);
+    big_control_commit(&world, &modules, 1500, None);
+    let layout = world.scratch.path("zstd");
+    let zstd = ["--compression", "zstd"];
+    build_with(&world, &layout, "production", &zstd);
+    let (media_type, files) = layer_listing(&layout);
+    assert_eq!(media_type, "application/vnd.oci.image.layer.v1.tar+zstd");
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "production/data/nodes/node0750.yaml"),
+        "{files:?}"
+    );
+    assert!(
+        files
+            .iter()
+            .any(|f| f == "production/modules/stdlib/manifests/init.pp")
+    );
+
+    big_control_commit(&world, &modules, 1500, Some(750));
+    let second = build_with(&world, &layout, "production", &zstd);
+    let (copied, all) = copied_chunks(&second, "production").expect(&second.stderr);
+    assert!(all >= 3 && copied >= 1 && copied < all, "{copied} of {all}");
+    assert!(
+        fetched(&second).is_empty(),
+        "modules from the zstd layer: {}",
+        second.stderr
+    );
+    let cold = build_with(
+        &world,
+        &world.scratch.path("zstd-cold"),
+        "production",
+        &zstd,
+    );
+    assert_eq!(digest(&second), digest(&cold), "copying changes nothing");
+
+    // Back to gzip: the zstd layer is not reused, nor its chunks.
+    let gzip = build_into(&world, &layout);
+    assert!(
+        gzip.stderr
+            .contains("previous layer is application/vnd.oci.image.layer.v1.tar+zstd, this build writes application/vnd.oci.image.layer.v1.tar+gzip; built again"),
+        "{}",
+        gzip.stderr
+    );
+    assert_eq!(copied_chunks(&gzip, "production"), None, "{}", gzip.stderr);
+    assert_eq!(
+        layer_listing(&layout).0,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+}
+
+/// The media type of the only layer of the image a layout holds, and its entries.
+fn layer_listing(layout: &Path) -> (String, Vec<String>) {
+    let json = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let index = json(layout.join("index.json"));
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let media_type = manifest["layers"][0]["mediaType"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bytes = std::fs::read(layer_blob(layout)).unwrap();
+    let raw: Box<dyn std::io::Read> = if media_type.ends_with("+zstd") {
+        Box::new(zstd::stream::read::Decoder::new(&bytes[..]).unwrap())
+    } else {
+        Box::new(flate2::read::GzDecoder::new(&bytes[..]))
+    };
+    let mut archive = tar::Archive::new(raw);
+    let files = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    (media_type, files)
 }
 
 /// The blob of the only layer of the image a layout holds.

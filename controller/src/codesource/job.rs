@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use openvox_crds::CodeSource;
-use openvox_crds::codesource::InvalidBranches;
+use openvox_crds::codesource::{InvalidBranches, LayerCompression};
 use openvox_crds::names::{WORKER_PERMANENT_FAILURE_EXIT_CODE, annotations, labels};
 
 use super::names::{codesource_label, worker_identity};
@@ -153,6 +153,12 @@ pub fn worker_args(cs: &CodeSource, params: &LaunchParams<'_>) -> Vec<String> {
             }
             if spec.output.insecure {
                 args.push("--insecure".into());
+            }
+            if spec.output.compression != LayerCompression::Gzip {
+                args.extend([
+                    "--compression".into(),
+                    spec.output.compression.as_arg().into(),
+                ]);
             }
             // Layers of environments whose inputs did not change are reused from here.
             if let Some(previous) = params.previous_image {
@@ -626,6 +632,26 @@ mod tests {
     fn workers_log_in_the_controllers_format() {
         assert_eq!(log_format_args(Some("json")), ["--log-format", "json"]);
         assert!(log_format_args(None).is_empty());
+    }
+
+    #[test]
+    fn zstd_layers_are_asked_for_and_gzip_is_the_worker_default() {
+        let args = |output: serde_json::Value| {
+            container(&build(&codesource(serde_json::json!({ "output": output }))))
+                .args
+                .clone()
+                .unwrap()
+        };
+        let zstd = args(serde_json::json!({"compression": "zstd"}));
+        assert!(
+            zstd.windows(2).any(|w| w == ["--compression", "zstd"]),
+            "{zstd:?}"
+        );
+        let default = args(serde_json::json!({}));
+        assert!(
+            !default.contains(&"--compression".to_string()),
+            "{default:?}"
+        );
     }
 
     #[test]

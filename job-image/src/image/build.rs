@@ -304,7 +304,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         },
     };
     let recorded = match &previous {
-        Some(previous) => recorded_environments(previous, &output)
+        Some(previous) => recorded_environments(previous, &output, args.compression)
             .await
             .map_err(ImageError::from)?,
         None => BTreeMap::new(),
@@ -349,6 +349,7 @@ async fn build(args: &BuildArgs) -> Result<BuiltImage, RunError> {
         source: source_annotation(&args.source.url),
         architecture: args.architecture.clone(),
         tags: args.tags.clone(),
+        codec: args.compression,
         work_dir: args.work_dir(),
         build_jobs: args
             .build_jobs

@@ -17,9 +17,10 @@ use futures_util::future::BoxFuture;
 use bytes::Bytes;
 
 use super::chunks::{ChunkIndex, ChunkTable};
+use super::codec::Codec;
 use super::config::{ConfigLayer, ImageConfig, rfc3339};
 use super::gzip::sha256_digest;
-use super::layer::{LayerError, LayerFile, write_layer_file};
+use super::layer::{LayerError, LayerFile, Packing, write_layer_file};
 use super::layout::{Layout, LayoutError};
 use super::manifest::{Descriptor, Manifest};
 use super::push::{BlobOutcome, BlobSource, PushError, Registry, Repository};
@@ -112,6 +113,7 @@ pub fn previous_layers(
                 environment: name.clone(),
                 digest: layer.descriptor.digest.clone(),
                 size: layer.descriptor.size,
+                codec: Codec::of_media_type(&layer.descriptor.media_type)?,
                 pins: env.pins.clone(),
                 chunks,
             })
@@ -130,6 +132,8 @@ pub struct ImageOptions {
     pub architecture: String,
     /// Extra tags (registry) or reference names (layout).
     pub tags: Vec<String>,
+    /// How layers are compressed.
+    pub codec: Codec,
     /// Where layer files are written before they are sent.
     pub work_dir: PathBuf,
     /// Layers built at a time.
@@ -329,8 +333,9 @@ async fn take_unchanged(
     env: &RecordedEnvironment,
     previous: Option<&PreviousImage>,
     output: &Output,
+    codec: Codec,
 ) -> Result<Result<PlannedLayer, String>, PushError> {
-    let key = inputs_key(&env.inputs, env.commit_time);
+    let key = inputs_key(&env.inputs, env.commit_time, codec);
     let Some((previous, layer)) =
         previous.and_then(|p| p.reusable(&env.inputs.name, &key).map(|l| (p, l)))
     else {
@@ -390,14 +395,24 @@ fn reused_layer(
     }
 }
 
-/// The environments of `previous` whose layer the output has (or got by a mount), with
-/// annotations that allow reusing it without a fetch (see [`crate::unchanged`]).
+/// The environments of `previous` whose layer is compressed with `codec` and the
+/// output has (or got by a mount), with annotations that allow reusing it without a
+/// fetch (see [`crate::unchanged`]).
 pub async fn recorded_environments(
     previous: &PreviousImage,
     output: &Output,
+    codec: Codec,
 ) -> Result<BTreeMap<String, RecordedEnvironment>, PushError> {
     let mut recorded = BTreeMap::new();
     for (name, layer) in &previous.layers {
+        if layer.descriptor.media_type != codec.media_type() {
+            tracing::info!(
+                "{name}: previous layer is {}, this build writes {}; built again",
+                layer.descriptor.media_type,
+                codec.media_type()
+            );
+            continue;
+        }
         match RecordedEnvironment::from_layer(layer) {
             Ok(env) => {
                 if available(output, layer, previous).await?.is_some() {
@@ -442,7 +457,7 @@ pub async fn build_image(
             .map_or("no previous image".to_owned(), |p| p.origin.clone()),
     );
     for (index, env) in environments.iter().enumerate() {
-        let key = inputs_key(&env.inputs, env.commit_time);
+        let key = inputs_key(&env.inputs, env.commit_time, options.codec);
         let created = rfc3339(env.commit_time);
         let reusable = request
             .previous
@@ -476,7 +491,7 @@ pub async fn build_image(
     let mut failed_reports = Vec::new();
     let mut unchanged_count = 0;
     for env in &request.unchanged {
-        match take_unchanged(env, request.previous.as_ref(), output).await? {
+        match take_unchanged(env, request.previous.as_ref(), output, options.codec).await? {
             Ok(layer) => {
                 unchanged_count += 1;
                 planned.push(layer);
@@ -518,7 +533,7 @@ pub async fn build_image(
     for (index, key, file, transfer) in built {
         let env = &environments[index];
         let created = rfc3339(env.commit_time);
-        let mut descriptor = Descriptor::new(media_types::LAYER_GZIP, &file.digest, file.size);
+        let mut descriptor = Descriptor::new(options.codec.media_type(), &file.digest, file.size);
         descriptor.annotations = layer_annotations(&env.inputs, &key, &created, env.pins.as_ref());
         descriptor
             .annotations
@@ -715,6 +730,7 @@ async fn build_and_send(
         let indices: Vec<usize> = to_build.iter().map(|(i, _)| *i).collect();
         let dir = work.path().to_owned();
         let jobs = options.build_jobs.max(1).min(indices.len());
+        let codec = options.codec;
         let stop = stop.clone();
         let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
@@ -735,13 +751,16 @@ async fn build_and_send(
                             // Read (or downloaded) while the other threads compress.
                             let chunks = previous
                                 .as_ref()
-                                .and_then(|p| runtime.block_on(p.chunks(&env.inputs.name)));
+                                .and_then(|p| runtime.block_on(p.chunks(&env.inputs.name, codec)));
                             let step = Step::start("layer", &env.inputs.name);
                             let result = write_layer_file(
                                 &env.inputs.name,
                                 &env.tree,
                                 &mut reader,
-                                chunks.clone(),
+                                Packing {
+                                    codec,
+                                    previous: chunks.clone(),
+                                },
                                 &dir,
                             );
                             match &result {

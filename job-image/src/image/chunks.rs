@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use flate2::{Crc, Decompress, FlushDecompress, Status};
 use sha2::{Digest as _, Sha256};
 
-use super::gzip::{FINAL_BLOCK, GZIP_HEADER, MAX_CHUNK};
+use super::codec::Codec;
+use super::gzip::MAX_CHUNK;
 use crate::module_reuse::BlobFile;
 
 /// Raw and compressed size of one chunk.
@@ -134,11 +135,12 @@ impl ChunkIndex {
 
 /// Reads a layer written by [`super::gzip::LayerEncoder`] chunk by chunk as its
 /// `table` says, giving the raw tar and indexing every chunk on the way. Each chunk
-/// must inflate on its own to exactly its recorded size, and the stream must end as
-/// the encoder ends it (final block, CRC and size): a table that does not fit the
-/// bytes is an error, never a wrong chunk.
+/// must decompress on its own to exactly its recorded size, and the stream must end as
+/// the encoder ends it (for gzip: final block, CRC and size): a table that does not
+/// fit the bytes is an error, never a wrong chunk.
 pub struct ChunkedLayer<R> {
     inner: R,
+    codec: Codec,
     table: Vec<ChunkSize>,
     next: usize,
     /// Offset of the next chunk's compressed bytes in the blob.
@@ -160,20 +162,19 @@ impl<R> std::fmt::Debug for ChunkedLayer<R> {
 }
 
 impl<R: Read> ChunkedLayer<R> {
-    /// Starts reading `inner` (the compressed layer, from its first byte).
-    pub fn new(mut inner: R, table: &ChunkTable) -> io::Result<Self> {
-        let mut header = [0u8; GZIP_HEADER.len()];
+    /// Starts reading `inner` (the layer compressed with `codec`, from its first byte).
+    pub fn new(mut inner: R, table: &ChunkTable, codec: Codec) -> io::Result<Self> {
+        let mut header = vec![0u8; codec.header().len()];
         inner.read_exact(&mut header)?;
-        if header != GZIP_HEADER {
-            return Err(invalid(
-                "its gzip header is not the one openvox-code writes",
-            ));
+        if header != codec.header() {
+            return Err(invalid("its header is not the one openvox-code writes"));
         }
         Ok(Self {
             inner,
+            codec,
             table: table.0.clone(),
             next: 0,
-            offset: GZIP_HEADER.len() as u64,
+            offset: header.len() as u64,
             current: Vec::new(),
             position: 0,
             crc: Crc::new(),
@@ -193,7 +194,11 @@ impl<R: Read> ChunkedLayer<R> {
         };
         let mut compressed = vec![0u8; size.compressed as usize];
         self.inner.read_exact(&mut compressed)?;
-        let raw = inflate_chunk(&compressed, size.raw).map_err(|reason| {
+        let raw = match self.codec {
+            Codec::Gzip => inflate_chunk(&compressed, size.raw),
+            Codec::Zstd => unframe_chunk(&compressed, size.raw),
+        };
+        let raw = raw.map_err(|reason| {
             invalid(&format!(
                 "chunk {} (at byte {}) {reason}",
                 self.next + 1,
@@ -213,13 +218,19 @@ impl<R: Read> ChunkedLayer<R> {
         Ok(true)
     }
 
+    /// The stream must end with exactly the codec's trailer.
     fn check_end(&mut self) -> io::Result<()> {
-        let mut end = [0u8; 10];
-        self.inner.read_exact(&mut end)?;
         let (raw_total, _) = ChunkTable(self.table.clone()).totals();
-        let crc = self.crc.sum().to_le_bytes();
-        let isize = ((raw_total & 0xffff_ffff) as u32).to_le_bytes();
-        if end[..2] != FINAL_BLOCK || end[2..6] != crc || end[6..] != isize {
+        let expected = self.codec.trailer(self.crc.sum(), raw_total);
+        let mut end = vec![0u8; expected.len() + 1];
+        let mut read = 0;
+        while read < end.len() {
+            match self.inner.read(&mut end[read..])? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        if end[..read] != expected[..] {
             return Err(invalid(
                 "the stream does not end where its chunk table says",
             ));
@@ -298,6 +309,18 @@ fn inflate_chunk(compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
             inflate.total_in(),
             compressed.len()
         ));
+    }
+    Ok(out)
+}
+
+/// Decompresses one zstd chunk, which must be whole frames giving exactly `raw` bytes.
+fn unframe_chunk(compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
+    let raw = usize::try_from(raw).map_err(|_| "is too large".to_owned())?;
+    // Room for one byte more: a chunk holding more shows up as more.
+    let out = zstd::bulk::decompress(compressed, raw + 1)
+        .map_err(|e| format!("does not decompress: {e}"))?;
+    if out.len() != raw {
+        return Err(format!("gives {} bytes, not {raw}", out.len()));
     }
     Ok(out)
 }

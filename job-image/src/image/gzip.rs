@@ -1,5 +1,6 @@
 //! The pinned layer compressor: gzip through flate2's zlib-rs backend at a fixed level,
-//! with a header that carries no file name and no time, hashing both sides on the way.
+//! with a header that carries no file name and no time, hashing both sides on the way
+//! (or zstd frames, when the layer's [`Codec`] says so; the chunking is the same).
 //!
 //! The tar stream is cut into chunks at entry boundaries chosen by the entries
 //! themselves ([`ends_chunk`]: a draw from the entry's path, so an edit in one file
@@ -26,6 +27,7 @@ use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use sha2::{Digest as _, Sha256};
 
 use super::chunks::{ChunkIndex, ChunkSize, ChunkTable};
+use super::codec::Codec;
 use crate::forge::hex;
 
 /// gzip level of every layer (the zlib default: within 1 % of level 9 on Puppet code at
@@ -107,18 +109,13 @@ impl<W: Write> Hashing<W> {
     }
 }
 
-/// Deflates one chunk on its own: raw deflate, ending byte-aligned with a sync flush.
-fn deflate_chunk(data: &[u8]) -> io::Result<Vec<u8>> {
-    deflate_chunk_at(data, false, GZIP_LEVEL)
-}
-
-/// A chunk's compressed bytes: the previous layer's when it held the same bytes,
-/// deflated otherwise.
-fn compress_chunk(data: &[u8], previous: Option<&ChunkIndex>) -> io::Result<Vec<u8>> {
+/// A chunk's compressed bytes: the previous layer's when it held the same bytes
+/// (written with the same codec), compressed otherwise.
+fn compress_chunk(data: &[u8], codec: Codec, previous: Option<&ChunkIndex>) -> io::Result<Vec<u8>> {
     if let Some(bytes) = previous.and_then(|index| index.compressed(data)) {
         return Ok(bytes);
     }
-    deflate_chunk(data)
+    codec.compress(data)
 }
 
 /// Deflates `data` on its own at `level`, ending with a sync flush, or with the final
@@ -163,6 +160,7 @@ pub struct LayerEncoder<W: Write> {
     entry: u64,
     in_flight: VecDeque<InFlight>,
     threads: usize,
+    codec: Codec,
     previous: Option<Arc<ChunkIndex>>,
     chunks: Vec<ChunkSize>,
     crc: Crc,
@@ -198,6 +196,7 @@ impl<W: Write> LayerEncoder<W> {
             entry: 0,
             in_flight: VecDeque::new(),
             threads: threads.max(1),
+            codec: Codec::Gzip,
             previous: None,
             chunks: Vec::new(),
             crc: Crc::new(),
@@ -206,8 +205,14 @@ impl<W: Write> LayerEncoder<W> {
         }
     }
 
-    /// Copies the chunks `previous` holds instead of compressing them again (the output
-    /// is the same).
+    /// Compresses with `codec` (gzip unless told).
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
+    }
+
+    /// Copies the chunks `previous` (a layer written with the same codec) holds instead
+    /// of compressing them again (the output is the same).
     pub fn reusing(mut self, previous: Option<Arc<ChunkIndex>>) -> Self {
         self.previous = previous;
         self
@@ -229,7 +234,7 @@ impl<W: Write> LayerEncoder<W> {
                 .join()
                 .map_err(|_| io::Error::other("a compression thread stopped"))??;
             if self.out.count == 0 {
-                self.out.put(&GZIP_HEADER)?;
+                self.out.put(self.codec.header())?;
             }
             self.out.put(&bytes)?;
             self.chunks.push(ChunkSize {
@@ -249,9 +254,9 @@ impl<W: Write> LayerEncoder<W> {
             self.write_oldest()?;
         }
         let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(MIN_CHUNK * 2));
-        let previous = self.previous.clone();
+        let (codec, previous) = (self.codec, self.previous.clone());
         let raw = chunk.len() as u64;
-        let handle = std::thread::spawn(move || compress_chunk(&chunk, previous.as_deref()));
+        let handle = std::thread::spawn(move || compress_chunk(&chunk, codec, previous.as_deref()));
         self.in_flight.push_back((raw, handle));
         Ok(())
     }
@@ -263,13 +268,9 @@ impl<W: Write> LayerEncoder<W> {
             self.write_oldest()?;
         }
         if self.out.count == 0 {
-            self.out.put(&GZIP_HEADER)?;
+            self.out.put(self.codec.header())?;
         }
-        self.out.put(&FINAL_BLOCK)?;
-        let mut trailer = [0u8; 8];
-        trailer[..4].copy_from_slice(&self.crc.sum().to_le_bytes());
-        // ISIZE: the size modulo 2^32, as gzip defines it.
-        trailer[4..].copy_from_slice(&((self.uncompressed & 0xffff_ffff) as u32).to_le_bytes());
+        let trailer = self.codec.trailer(self.crc.sum(), self.uncompressed);
         self.out.put(&trailer)?;
         self.out.inner.flush()?;
         let encoded = Encoded {

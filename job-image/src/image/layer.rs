@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::LAYER_MTIME;
 use super::chunks::ChunkIndex;
+use super::codec::Codec;
 use super::gzip::{Encoded, LayerEncoder};
 use super::tar::{TarError, TarWriter};
 use crate::tree::{ContentReader, EntryKind, EnvironmentTree, TreeError};
@@ -48,6 +49,14 @@ pub enum LayerError {
     },
 }
 
+/// How a layer is compressed: the codec, and the chunks of the environment's previous
+/// layer (written with the same codec) to copy instead of compressing.
+#[derive(Debug, Clone, Default)]
+pub struct Packing {
+    pub codec: Codec,
+    pub previous: Option<Arc<ChunkIndex>>,
+}
+
 /// A layer written to a temporary file (removed when dropped).
 #[derive(Debug)]
 pub struct LayerFile {
@@ -55,13 +64,13 @@ pub struct LayerFile {
     pub encoded: Encoded,
 }
 
-/// Writes the layer of environment `name` with `tree` into `out` and returns it with
-/// the digests, copying the chunks `previous` (the environment's previous layer) holds.
+/// Writes the layer of environment `name` with `tree` into `out`, compressed as
+/// `packing` says, and returns it with the digests.
 pub fn write_layer<W: Write>(
     name: &str,
     tree: &EnvironmentTree,
     reader: &mut ContentReader,
-    previous: Option<Arc<ChunkIndex>>,
+    packing: Packing,
     out: W,
 ) -> Result<(W, Encoded), LayerError> {
     let tar_error = |source| LayerError::Tar {
@@ -71,7 +80,10 @@ pub fn write_layer<W: Write>(
     let mtime = LAYER_MTIME;
     // No buffer in between: the encoder's pending chunk is the buffer, and it must see
     // where each entry ends.
-    let mut tar = TarWriter::new(LayerEncoder::new(out).reusing(previous));
+    let encoder = LayerEncoder::new(out)
+        .with_codec(packing.codec)
+        .reusing(packing.previous);
+    let mut tar = TarWriter::new(encoder);
     let entry_end = |tar: &mut TarWriter<LayerEncoder<W>>, path: &str| {
         tar.get_mut()
             .entry_end(path)
@@ -118,7 +130,7 @@ pub fn write_layer_file(
     name: &str,
     tree: &EnvironmentTree,
     reader: &mut ContentReader,
-    previous: Option<Arc<ChunkIndex>>,
+    packing: Packing,
     dir: &Path,
 ) -> Result<LayerFile, LayerError> {
     let file_error = |e: std::io::Error| LayerError::File {
@@ -128,7 +140,10 @@ pub fn write_layer_file(
     };
     let file = tempfile::Builder::new()
         .prefix(&format!("layer-{name}-"))
-        .suffix(".tar.gz")
+        .suffix(match packing.codec {
+            Codec::Gzip => ".tar.gz",
+            Codec::Zstd => ".tar.zst",
+        })
         .tempfile_in(dir)
         .map_err(file_error)?;
     let (file, path) = file.into_parts();
@@ -136,7 +151,7 @@ pub fn write_layer_file(
         name,
         tree,
         reader,
-        previous,
+        packing,
         BufWriter::with_capacity(FILE_BUFFER, file),
     )?;
     let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
@@ -232,7 +247,7 @@ pub(crate) mod tests {
             "production",
             &sample(),
             &mut ContentReader::new(),
-            None,
+            Packing::default(),
             Vec::new(),
         )
         .unwrap();
@@ -259,7 +274,14 @@ pub(crate) mod tests {
     }
 
     fn layer_of(name: &str, tree: &EnvironmentTree) -> (Vec<u8>, Encoded) {
-        write_layer(name, tree, &mut ContentReader::new(), None, Vec::new()).unwrap()
+        write_layer(
+            name,
+            tree,
+            &mut ContentReader::new(),
+            Packing::default(),
+            Vec::new(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -304,7 +326,7 @@ pub(crate) mod tests {
             "production",
             &big_tree(1600, None),
             &mut ContentReader::new(),
-            None,
+            Packing::default(),
             dir.path(),
         )
         .unwrap();
@@ -316,7 +338,7 @@ pub(crate) mod tests {
         ));
         let file = std::fs::File::open(blob.path()).unwrap();
         let index = Arc::new(
-            super::super::chunks::ChunkedLayer::new(file, &table)
+            super::super::chunks::ChunkedLayer::new(file, &table, Codec::Gzip)
                 .unwrap()
                 .into_index(blob)
                 .unwrap(),
@@ -329,7 +351,10 @@ pub(crate) mod tests {
             "production",
             &after_tree,
             &mut ContentReader::new(),
-            Some(index.clone()),
+            Packing {
+                codec: Codec::Gzip,
+                previous: Some(index.clone()),
+            },
             Vec::new(),
         )
         .unwrap();
@@ -350,7 +375,7 @@ pub(crate) mod tests {
             "production",
             &tree,
             &mut ContentReader::new(),
-            None,
+            Packing::default(),
             Vec::new(),
         )
         .unwrap_err();
@@ -364,7 +389,7 @@ pub(crate) mod tests {
             "production",
             &sample(),
             &mut ContentReader::new(),
-            None,
+            Packing::default(),
             dir.path(),
         )
         .unwrap();
@@ -372,7 +397,7 @@ pub(crate) mod tests {
             "production",
             &sample(),
             &mut ContentReader::new(),
-            None,
+            Packing::default(),
             Vec::new(),
         )
         .unwrap();

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod build;
 pub mod builder;
 pub mod chunks;
+pub mod codec;
 pub mod config;
 pub mod gzip;
 pub mod layer;
@@ -46,6 +47,7 @@ pub mod media_types {
     pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
     pub const CONFIG: &str = "application/vnd.oci.image.config.v1+json";
     pub const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    pub const LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
     /// Accepted when reading a previous image.
     pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 }

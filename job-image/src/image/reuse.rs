@@ -12,20 +12,22 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
 
+use super::codec::Codec;
 use super::config::ImageConfig;
-use super::gzip::{GZIP_LEVEL, sha256_digest};
+use super::gzip::sha256_digest;
 use super::manifest::{Descriptor, Manifest};
-use super::{LAYER_FORMAT_VERSION, annotations, media_types};
+use super::{LAYER_FORMAT_VERSION, annotations};
 use crate::forge::hex;
 use crate::inputs::EnvironmentInputs;
 
 /// The reuse key of an environment's layer: SHA-256 (hex) over the layer format, the
 /// compressor, the commit time and the environment's input digest (which covers its
 /// name, branch, commit, modules and the tree format).
-pub fn inputs_key(inputs: &EnvironmentInputs, commit_time: i64) -> String {
+pub fn inputs_key(inputs: &EnvironmentInputs, commit_time: i64, codec: Codec) -> String {
     let mut hasher = Sha256::new();
     hasher.update(format!(
-        "openvox-code layer format {LAYER_FORMAT_VERSION}\ngzip zlib-rs level {GZIP_LEVEL}\nmtime {commit_time}\ninputs {}\n",
+        "openvox-code layer format {LAYER_FORMAT_VERSION}\n{}\nmtime {commit_time}\ninputs {}\n",
+        codec.key(),
         inputs.digest()
     ));
     hex(&hasher.finalize())
@@ -104,7 +106,7 @@ impl PreviousImage {
             else {
                 continue;
             };
-            if descriptor.media_type != media_types::LAYER_GZIP {
+            if Codec::of_media_type(&descriptor.media_type).is_none() {
                 continue;
             }
             layers.insert(
@@ -145,6 +147,7 @@ impl PreviousImage {
 mod tests {
     use super::*;
     use crate::image::config::ConfigLayer;
+    use crate::image::media_types;
     use openvox_crds::codesource::ModuleRecord;
 
     fn inputs(commit: &str) -> EnvironmentInputs {
@@ -165,14 +168,15 @@ mod tests {
 
     #[test]
     fn keys_change_with_inputs_and_time_only() {
-        let a = inputs_key(&inputs("a"), 100);
-        assert_eq!(a, inputs_key(&inputs("a"), 100));
+        let a = inputs_key(&inputs("a"), 100, Codec::Gzip);
+        assert_eq!(a, inputs_key(&inputs("a"), 100, Codec::Gzip));
         assert_eq!(a.len(), 64);
-        assert_ne!(a, inputs_key(&inputs("b"), 100));
-        assert_ne!(a, inputs_key(&inputs("a"), 101));
+        assert_ne!(a, inputs_key(&inputs("b"), 100, Codec::Gzip));
+        assert_ne!(a, inputs_key(&inputs("a"), 101, Codec::Gzip));
         let mut other_module = inputs("a");
         other_module.modules[0].version = "9.7.0".into();
-        assert_ne!(a, inputs_key(&other_module, 100));
+        assert_ne!(a, inputs_key(&other_module, 100, Codec::Gzip));
+        assert_ne!(a, inputs_key(&inputs("a"), 100, Codec::Zstd));
     }
 
     fn documents(layers: &[(&str, &str)]) -> (Vec<u8>, Vec<u8>) {
