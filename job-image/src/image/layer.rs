@@ -369,6 +369,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_chunk_table_that_does_not_fit_the_layer_is_refused() {
+        use super::super::chunks::{ChunkSize, ChunkTable, ChunkedLayer};
+        let (bytes, encoded) = layer_of("production", &big_tree(600, None));
+        let table = encoded.chunks.0.clone();
+        assert!(table.len() >= 2, "{table:?}");
+        let read = |table: Vec<ChunkSize>| -> std::io::Result<u64> {
+            let mut layer = ChunkedLayer::new(&bytes[..], &ChunkTable(table), Codec::Gzip)?;
+            std::io::copy(&mut layer, &mut std::io::sink())
+        };
+        assert_eq!(read(table.clone()).unwrap(), encoded.uncompressed_size);
+        // A boundary moved by one byte, a chunk left out, a raw size off by one.
+        let mut moved = table.clone();
+        moved[0].compressed += 1;
+        moved[1].compressed -= 1;
+        assert!(read(moved).is_err());
+        assert!(read(table[..table.len() - 1].to_vec()).is_err());
+        let mut raw = table.clone();
+        raw[0].raw -= 1;
+        assert!(read(raw).is_err());
+        // zstd frames are not what a gzip layer holds.
+        assert!(
+            ChunkedLayer::new(&bytes[..], &encoded.chunks, Codec::Zstd)
+                .and_then(|mut l| std::io::copy(&mut l, &mut std::io::sink()))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn whiteout_names_are_refused() {
         let tree = local_tree(&[("files", None), ("files/.wh.secret", Some("x"))]);
         let err = write_layer(
