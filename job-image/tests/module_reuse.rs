@@ -335,6 +335,25 @@ fn copied_chunks(run: &Run, environment: &str) -> Option<(usize, usize)> {
     Some((copied.parse().ok()?, all.parse().ok()?))
 }
 
+/// Changes one Hiera file in the middle of `production` and builds into `layout` again
+/// (with `extra` arguments): its chunk is compressed again, the others are copied from
+/// the previous layer, and the digest is a cold build's. Returns both builds.
+fn edit_one_file_and_rebuild(
+    world: &World,
+    modules: &str,
+    layout: &Path,
+    extra: &[&str],
+) -> (Run, Run) {
+    big_control_commit(world, modules, 1500, Some(750));
+    let second = build_with(world, layout, "production", extra);
+    let (copied, all) = copied_chunks(&second, "production").expect(&second.stderr);
+    assert!(all >= 3 && copied >= 1 && copied < all, "{copied} of {all}");
+    let cold = build_with(world, &world.scratch.path("cold"), "production", extra);
+    assert_eq!(copied_chunks(&cold, "production"), None);
+    assert_eq!(digest(&second), digest(&cold), "copying changes nothing");
+    (second, cold)
+}
+
 #[test]
 fn unchanged_chunks_are_copied_and_the_digest_is_a_cold_builds() {
     let world = World::new();
@@ -350,15 +369,7 @@ fn unchanged_chunks_are_copied_and_the_digest_is_a_cold_builds() {
         first.stderr
     );
 
-    // One Hiera file in the middle changed: its chunk is compressed again, the others
-    // are copied from the previous layer.
-    big_control_commit(&world, &modules, 1500, Some(750));
-    let second = build_into(&world, &layout);
-    let (copied, all) = copied_chunks(&second, "production").expect(&second.stderr);
-    assert!(all >= 3 && copied >= 1 && copied < all, "{copied} of {all}");
-    let cold = build_into(&world, &world.scratch.path("cold"));
-    assert_eq!(copied_chunks(&cold, "production"), None);
-    assert_eq!(digest(&second), digest(&cold), "copying changes nothing");
+    let (second, cold) = edit_one_file_and_rebuild(&world, &modules, &layout, &[]);
     assert_ne!(digest(&second), digest(&first));
     // The Hiera files the previous layer held passed the checks then: only the edited
     // one is parsed again.
@@ -400,22 +411,12 @@ fn zstd_layers_copy_their_chunks_too_and_a_codec_change_rebuilds() {
             .any(|f| f == "production/modules/stdlib/manifests/init.pp")
     );
 
-    big_control_commit(&world, &modules, 1500, Some(750));
-    let second = build_with(&world, &layout, "production", &zstd);
-    let (copied, all) = copied_chunks(&second, "production").expect(&second.stderr);
-    assert!(all >= 3 && copied >= 1 && copied < all, "{copied} of {all}");
+    let (second, _) = edit_one_file_and_rebuild(&world, &modules, &layout, &zstd);
     assert!(
         fetched(&second).is_empty(),
         "modules from the zstd layer: {}",
         second.stderr
     );
-    let cold = build_with(
-        &world,
-        &world.scratch.path("zstd-cold"),
-        "production",
-        &zstd,
-    );
-    assert_eq!(digest(&second), digest(&cold), "copying changes nothing");
 
     // Back to gzip: the zstd layer is not reused, nor its chunks.
     let gzip = build_into(&world, &layout);
@@ -434,17 +435,7 @@ fn zstd_layers_copy_their_chunks_too_and_a_codec_change_rebuilds() {
 
 /// The media type of the only layer of the image a layout holds, and its entries.
 fn layer_listing(layout: &Path) -> (String, Vec<String>) {
-    let json = |path: std::path::PathBuf| -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    };
-    let index = json(layout.join("index.json"));
-    let blob = |digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    };
-    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    let media_type = manifest["layers"][0]["mediaType"]
+    let media_type = manifest(layout)["layers"][0]["mediaType"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -463,17 +454,29 @@ fn layer_listing(layout: &Path) -> (String, Vec<String>) {
     (media_type, files)
 }
 
-/// The blob of the only layer of the image a layout holds.
-fn layer_blob(layout: &Path) -> std::path::PathBuf {
-    let blob = |digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
-    };
+/// The manifest of the image a layout holds.
+fn manifest(layout: &Path) -> serde_json::Value {
     let json = |path: std::path::PathBuf| -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     };
     let index = json(layout.join("index.json"));
-    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
-    blob(manifest["layers"][0]["digest"].as_str().unwrap())
+    json(blob(
+        layout,
+        index["manifests"][0]["digest"].as_str().unwrap(),
+    ))
+}
+
+/// The path of blob `digest` in a layout.
+fn blob(layout: &Path, digest: &str) -> std::path::PathBuf {
+    layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// The blob of the only layer of the image a layout holds.
+fn layer_blob(layout: &Path) -> std::path::PathBuf {
+    blob(
+        layout,
+        manifest(layout)["layers"][0]["digest"].as_str().unwrap(),
+    )
 }
