@@ -19,6 +19,9 @@
 #      digest; a second server pod mounts it, and the registry's request log says the
 #      node fetched the new manifest, its config and the changed environment's layer,
 #      nothing else (not the unchanged environment's layer);
+#   4b. the worker builds the same branches with zstd layers (--compression zstd, what
+#      a CodeSource's output.compression asks for); a third server pod mounts that
+#      image (containerd reads tar+zstd layers) and compiles staging;
 #   5. the controller pod never restarted (liveness probe) and is still Ready.
 #
 # Every service listens on 127.0.0.1; pods reach the registry and the git daemon at
@@ -392,6 +395,23 @@ second_pull=$(awk '{s += $3} END {print s + 0}' "$work/second-pull.txt")
 staging_bytes=$(awk -v d="$staging_layer" '$2 == d {s += $3} END {print s + 0}' "$work/second-pull.txt")
 [[ "$got" == "$want" ]] && ! grep -q "$production_layer" "$work/second-pull.txt" && rc=0 || rc=1
 check $rc "the node fetched manifest + config + staging's layer ($staging_bytes B) and nothing else: $second_pull bytes in all (first pull: $first_pull bytes); production's layer not fetched"
+
+# ---------------------------------------------------------------------------
+# 4b. zstd layers (CodeSource output.compression: zstd, the worker's --compression):
+# containerd's image volume reads them
+
+t0=$EPOCHREALTIME
+zstd_out=$("$worker_bin" build --url "$git_base/control.git" --branch production --branch staging \
+  --image "$reg/puppet/code-zstd" --insecure --compression zstd --work-dir "$work" 2>"$work/zstd-build.log") ||
+  { tail -20 "$work/zstd-build.log" >&2; die "the zstd build failed"; }
+image3=$(tail -1 <<<"$zstd_out")
+zstd_seconds=$(elapsed "$t0")
+manifest3=$(curl -fs -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
+  "http://127.0.0.1:$reg_port/v2/puppet/code-zstd/manifests/${image3#*@}")
+media_types=$(python3 -c 'import json,sys; print(" ".join(sorted({l["mediaType"] for l in json.loads(sys.argv[1])["layers"]})))' "$manifest3")
+rc=0; server server3 "$image3" staging || rc=$?
+[[ $rc == 0 && "$media_types" == "application/vnd.oci.image.layer.v1.tar+zstd" && "$compiled" == *"Notify[staging v2]"* && "$compiled" == *"Notify[hello from a git module]"* ]] && rc=0 || rc=1
+check $rc "zstd layers ($media_types, built in ${zstd_seconds}s): a server pod mounts $image3 and compiles staging v2 (${server_seconds}s, pull included): $compiled"
 
 # ---------------------------------------------------------------------------
 # 5. The controller kept running
