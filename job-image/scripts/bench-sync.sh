@@ -44,22 +44,16 @@ if [[ -z "${WORKER:-}" ]]; then
   WORKER="$repo_root/target/release/openvox-code-worker"
 fi
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  echo "server on port $1 did not start" >&2; exit 1
-}
+# free_port, wait_port
+source "$repo_root/tests/scripts/ports.sh"
 
 mkdir -p "$work/repos" "$work/forge" "$work/tmp"
-git_port=$(free_port)
+free_port git_port
 # git-daemon itself (not the `git daemon` wrapper, whose child would outlive a kill).
 GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null "$(git --exec-path)/git-daemon" --reuseaddr --export-all --listen=127.0.0.1 \
   --port="$git_port" --base-path="$work/repos" "$work/repos" 2>"$work/git-daemon.log" &
 pids+=($!)
-forge_port=$(free_port)
+free_port forge_port
 python3 -m http.server --bind 127.0.0.1 --directory "$work/forge" "$forge_port" >"$work/forge.log" 2>&1 &
 pids+=($!)
 wait_port "$git_port"

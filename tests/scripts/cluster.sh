@@ -156,23 +156,9 @@ EOF
 # ---------------------------------------------------------------------------
 # Processes, tracked by PID in $dir/pids
 
-# A loopback port nobody listens on, not handed out before in this run.
-taken_ports=" "
-free_port() {
-  local port
-  for _ in $(seq 1 200); do
-    # Below the kernel's ephemeral range (32768+ by default), where outgoing
-    # connections take local ports that a listening check cannot see.
-    port=$((20000 + RANDOM % 12000))
-    [[ "$taken_ports" == *" $port "* ]] && continue
-    if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      taken_ports+="$port "
-      echo "$port"
-      return
-    fi
-  done
-  die "no free loopback port found"
-}
+# free_port (a loopback port nobody listens on, not handed out before in this run),
+# wait_port
+source "$here/ports.sh"
 
 # start NAME BINARY ARGS...: background process, its output in $dir/logs/NAME.log.
 # Under the supervisor (`run`) each process also gets a parent-death signal, so it
@@ -304,11 +290,11 @@ start_control_plane() {
   local bin
   bin=$(control_plane_bin)
   write_audit_policy "$dir/audit-policy.yaml"
-  etcd_port=$(free_port)
+  free_port etcd_port
   local etcd_peer_port
-  etcd_peer_port=$(free_port)
-  apiserver_port=$(free_port)
-  controller_manager_port=$(free_port)
+  free_port etcd_peer_port
+  free_port apiserver_port
+  free_port controller_manager_port
 
   start etcd "$bin/etcd" \
     --name=default --data-dir="$dir/etcd" \

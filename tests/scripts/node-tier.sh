@@ -126,19 +126,13 @@ tools=$(bash "$here/install-kubectl-helm.sh" 2>/dev/null | tail -1)
 kubectl=$tools/kubectl helm=$tools/helm
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
-free_port() {
-  local port
-  for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 12000))
-    (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
-  done
-  die "no free loopback port"
-}
+# free_port, wait_port
+source "$here/ports.sh"
 
 # ---------------------------------------------------------------------------
 # Host services: a registry with a request log, a git daemon
 
-reg_port=$(free_port)
+free_port reg_port
 mkdir -p "$work/registry"
 cat >"$work/registry/config.yml" <<EOF
 version: 0.1
@@ -148,8 +142,7 @@ http: {addr: 127.0.0.1:$reg_port}
 EOF
 docker-registry serve "$work/registry/config.yml" >"$work/registry/log" 2>&1 &
 registry_pid=$!
-git_port=$(free_port)
-while [[ "$git_port" == "$reg_port" ]]; do git_port=$(free_port); done
+free_port git_port
 mkdir -p "$work/git"
 git daemon --export-all --base-path="$work/git" --listen=127.0.0.1 --port="$git_port" \
   --reuseaddr >"$work/git-daemon.log" 2>&1 &

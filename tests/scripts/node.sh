@@ -53,20 +53,8 @@ elapsed() {
 }
 die() { log "$*"; exit 1; }
 
-taken_ports=" "
-free_port() {
-  local port
-  for _ in $(seq 1 200); do
-    port=$((20000 + RANDOM % 12000))
-    [[ "$taken_ports" == *" $port "* ]] && continue
-    if ! (: <"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      taken_ports+="$port "
-      echo "$port"
-      return
-    fi
-  done
-  die "no free loopback port found"
-}
+# free_port, wait_port
+source "$here/ports.sh"
 
 # start NAME BINARY ARGS...: detached background process, output in logs/NAME.log
 start() {
@@ -430,8 +418,8 @@ bring_up() {
   import_pause_image || return 1
   local t_containerd=$EPOCHREALTIME
 
-  kubelet_port=$(free_port)
-  kubelet_healthz_port=$(free_port)
+  free_port kubelet_port
+  free_port kubelet_healthz_port
   write_kubelet_config
   start kubelet "$bin/kubelet" \
     --config="$dir/kubelet/config.yaml" --kubeconfig="$dir/kubelet.kubeconfig" \
@@ -439,7 +427,7 @@ bring_up() {
     --hostname-override="$node_name" --v="${OPENVOX_CODE_KUBELET_V:-1}"
 
   local scheduler_port
-  scheduler_port=$(free_port)
+  free_port scheduler_port
   start kube-scheduler "$bin/kube-scheduler" \
     --kubeconfig="$dir/scheduler.kubeconfig" \
     --authentication-kubeconfig="$dir/scheduler.kubeconfig" \
