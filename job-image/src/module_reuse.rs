@@ -253,8 +253,7 @@ impl PreviousLayers {
                 paths: &paths,
                 limits,
             };
-            let packing = (codec, table.as_ref());
-            unpack_layer(file, &digest, packing, &wanted, dest, blob)
+            unpack_layer(file, &digest, (codec, table.as_ref()), &wanted, dest, blob)
         })
         .await
         .map_err(|e| format!("unpacking stopped: {e}"))?

@@ -4,7 +4,8 @@
 //!
 //! The tar stream is cut into chunks at entry boundaries chosen by the entries
 //! themselves ([`ends_chunk`]: a draw from the entry's path, so an edit in one file
-//! moves no boundary but its own chunk's), or inside an entry after [`MAX_CHUNK`]
+//! changes its own chunk and, unless it shrinks that chunk below [`MIN_CHUNK`] or
+//! grows it past [`MAX_CHUNK`], no boundary), or inside an entry after [`MAX_CHUNK`]
 //! bytes. Each chunk is deflated on its own (no shared window) and ends with a sync
 //! flush; an empty final block closes the stream, so the chunks concatenate into one
 //! valid deflate stream inside one gzip member (what `pigz --independent` does).
@@ -59,7 +60,8 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 
 /// Whether a chunk holding `pending` bytes ends after the entry `path` of `entry_len`
 /// bytes (header, content and padding). Depends on nothing else, so the boundaries
-/// after an edited file fall where they fell before, and unchanged chunks come back.
+/// after an edited file fall where they fell before (or come back within a chunk or
+/// two), and unchanged chunks come back with them.
 pub fn ends_chunk(pending: usize, path: &str, entry_len: u64) -> bool {
     if pending < MIN_CHUNK {
         return false;
