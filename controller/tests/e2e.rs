@@ -89,6 +89,26 @@ async fn a_commit_becomes_a_new_digest_in_the_config_through_the_real_worker() -
         2,
         "one Job per build, no more"
     );
+
+    // zstd layers asked for: another output, so a build without any new commit, whose
+    // layers are all zstd (none reused from the gzip image).
+    codesources
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"output": {"compression": "zstd"}}})),
+        )
+        .await?;
+    let third = world.wait_for_image(Some(&second), TIMEOUT).await?;
+    assert_eq!(
+        World::layer_media_types(&third)?,
+        ["application/vnd.oci.image.layer.v1.tar+zstd"; 2]
+    );
+    let third_layers = World::layers(&third)?;
+    assert!(
+        third_layers.iter().all(|l| !second_layers.contains(l)),
+        "{third_layers:?}"
+    );
     Ok(())
 }
 

@@ -469,6 +469,16 @@ impl World {
 
     /// Layer digests of `image`, in order (one per environment, by name).
     pub fn layers(image: &str) -> Result<Vec<String>> {
+        Self::layer_field(image, "digest")
+    }
+
+    /// The media types of the layers of `image`, in order.
+    pub fn layer_media_types(image: &str) -> Result<Vec<String>> {
+        Self::layer_field(image, "mediaType")
+    }
+
+    /// One field of each layer descriptor of `image`'s manifest (read with skopeo).
+    fn layer_field(image: &str, field: &str) -> Result<Vec<String>> {
         let raw = skopeo(&[
             "inspect",
             "--tls-verify=false",
@@ -480,7 +490,7 @@ impl World {
             .as_array()
             .context("manifest has no layers")?
             .iter()
-            .map(|l| l["digest"].as_str().unwrap_or_default().to_owned())
+            .map(|l| l[field].as_str().unwrap_or_default().to_owned())
             .collect())
     }
 }

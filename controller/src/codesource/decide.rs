@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 
 use jiff::Timestamp;
 use openvox_crds::CodeSourceSpec;
-use openvox_crds::codesource::LaunchRecord;
+use openvox_crds::codesource::{LaunchRecord, LayerCompression};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -131,7 +131,7 @@ pub enum Decision {
 /// Hash of the spec fields that shape the output. Changing any of them rebuilds;
 /// changing a schedule, a Secret name or Job placement does not.
 pub fn spec_hash(spec: &CodeSourceSpec) -> String {
-    let shaping = json!({
+    let mut shaping = json!({
         "v": 1,
         "branches": spec.git.branches,
         "excludeBranches": spec.git.exclude_branches,
@@ -145,6 +145,11 @@ pub fn spec_hash(spec: &CodeSourceSpec) -> String {
             "insecure": spec.output.insecure,
         },
     });
+    // Only when it is not the default, so the hashes of CodeSources written before the
+    // field existed stay what they were (no rebuild on upgrade).
+    if spec.output.compression != LayerCompression::Gzip {
+        shaping["output"]["compression"] = json!(spec.output.compression.as_arg());
+    }
     sha256_hex(shaping.to_string().as_bytes())
 }
 
@@ -895,5 +900,15 @@ mod tests {
         let mut other_claim = claim.clone();
         other_claim.output.claim_name = Some("code2".into());
         assert_ne!(spec_hash(&claim), spec_hash(&other_claim));
+        // Another layer compression is another output; gzip, the default, hashes as
+        // before the field existed.
+        let mut zstd = spec.clone();
+        zstd.output.compression = LayerCompression::Zstd;
+        assert_ne!(spec_hash(&spec), spec_hash(&zstd));
+        assert_eq!(
+            spec_hash(&spec),
+            "a21cecd89e75519d98855f0b027b80c0a00695078dc637b32318ec08f2b9ee58",
+            "the hash of a spec without compression must not change"
+        );
     }
 }
