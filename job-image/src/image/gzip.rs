@@ -333,7 +333,18 @@ mod tests {
     /// Encodes `data` on `threads` threads as entries of `entry` bytes named `e0`,
     /// `e1`, …, each written in pieces of `piece` bytes.
     fn encode_with(data: &[u8], threads: usize, entry: usize, piece: usize) -> (Vec<u8>, Encoded) {
-        let mut encoder = LayerEncoder::with_threads(Vec::new(), threads);
+        encode_as(Codec::Gzip, data, threads, entry, piece)
+    }
+
+    /// [`encode_with`] in `codec`.
+    fn encode_as(
+        codec: Codec,
+        data: &[u8],
+        threads: usize,
+        entry: usize,
+        piece: usize,
+    ) -> (Vec<u8>, Encoded) {
+        let mut encoder = LayerEncoder::with_threads(Vec::new(), threads).with_codec(codec);
         for (i, bytes) in data.chunks(entry).enumerate() {
             for piece in bytes.chunks(piece) {
                 encoder.write_all(piece).unwrap();
@@ -408,6 +419,20 @@ mod tests {
         assert!(back.is_empty());
         assert_eq!(encoded.uncompressed_size, 0);
         assert!(encoded.chunks.0.is_empty());
+    }
+
+    #[test]
+    fn zstd_layers_do_not_depend_on_threads_or_writes_either() {
+        let data = corpus().repeat(3);
+        let one = encode_as(Codec::Zstd, &data, 1, 7919, 4096);
+        assert_eq!(one, encode_as(Codec::Zstd, &data, 4, 7919, 1000));
+        // The same chunks as gzip (the chunking does not depend on the codec).
+        let gzip = encode_with(&data, 2, 7919, 4096);
+        let raw = |e: &Encoded| e.chunks.0.iter().map(|c| c.raw).collect::<Vec<_>>();
+        assert_eq!(raw(&one.1), raw(&gzip.1));
+        assert_eq!(one.1.diff_id, gzip.1.diff_id);
+        let back = zstd::stream::decode_all(&one.0[..]).unwrap();
+        assert_eq!(back, data, "concatenated frames decode to the input");
     }
 
     #[test]
