@@ -15,7 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use flate2::{Crc, Decompress, FlushDecompress, Status};
+use flate2::Crc;
 use sha2::{Digest as _, Sha256};
 
 use super::codec::Codec;
@@ -73,13 +73,6 @@ impl ChunkTable {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
-    }
-
-    /// Total raw and compressed bytes of the chunks.
-    fn totals(&self) -> (u64, u64) {
-        self.0
-            .iter()
-            .fold((0, 0), |(r, c), s| (r + s.raw, c + s.compressed))
     }
 }
 
@@ -194,17 +187,16 @@ impl<R: Read> ChunkedLayer<R> {
         };
         let mut compressed = vec![0u8; size.compressed as usize];
         self.inner.read_exact(&mut compressed)?;
-        let raw = match self.codec {
-            Codec::Gzip => inflate_chunk(&compressed, size.raw),
-            Codec::Zstd => unframe_chunk(&compressed, size.raw),
-        };
-        let raw = raw.map_err(|reason| {
-            invalid(&format!(
-                "chunk {} (at byte {}) {reason}",
-                self.next + 1,
-                self.offset
-            ))
-        })?;
+        let raw = self
+            .codec
+            .decompress(&compressed, size.raw)
+            .map_err(|reason| {
+                invalid(&format!(
+                    "chunk {} (at byte {}) {reason}",
+                    self.next + 1,
+                    self.offset
+                ))
+            })?;
         self.crc.update(&raw);
         let hash: [u8; 32] = Sha256::digest(&raw).into();
         self.places.entry(hash).or_insert(Place {
@@ -220,7 +212,7 @@ impl<R: Read> ChunkedLayer<R> {
 
     /// The stream must end with exactly the codec's trailer.
     fn check_end(&mut self) -> io::Result<()> {
-        let (raw_total, _) = ChunkTable(self.table.clone()).totals();
+        let raw_total = self.table.iter().map(|c| c.raw).sum();
         let expected = self.codec.trailer(self.crc.sum(), raw_total);
         let mut end = vec![0u8; expected.len() + 1];
         let mut read = 0;
@@ -271,60 +263,6 @@ fn invalid(reason: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, reason.to_owned())
 }
 
-/// Inflates one independently deflated chunk, which must give exactly `raw` bytes,
-/// use all of `compressed` and not end the stream.
-fn inflate_chunk(compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
-    let raw = usize::try_from(raw).map_err(|_| "is too large".to_owned())?;
-    // Every chunk ends with a sync flush: an empty stored block, whose length fields
-    // are these four bytes.
-    if !compressed.ends_with(&[0, 0, 0xff, 0xff]) {
-        return Err("does not end with a sync flush".into());
-    }
-    let mut inflate = Decompress::new(false);
-    // One byte of room past the expected size: a chunk holding more shows up as more,
-    // and the decoder always has room to read the closing empty stored block.
-    let mut out = Vec::with_capacity(raw + 1);
-    loop {
-        let consumed = inflate.total_in() as usize;
-        let before = (inflate.total_in(), inflate.total_out());
-        let status = inflate
-            .decompress_vec(&compressed[consumed..], &mut out, FlushDecompress::Sync)
-            .map_err(|e| format!("does not inflate: {e}"))?;
-        if status == Status::StreamEnd {
-            return Err("ends the stream before its last chunk".into());
-        }
-        if out.len() > raw {
-            return Err(format!("holds more than its {raw} bytes"));
-        }
-        if inflate.total_in() as usize == compressed.len()
-            || (inflate.total_in(), inflate.total_out()) == before
-        {
-            break;
-        }
-    }
-    if inflate.total_in() as usize != compressed.len() || out.len() != raw {
-        return Err(format!(
-            "gives {} bytes from {} of its {} compressed bytes, not {raw} from all",
-            out.len(),
-            inflate.total_in(),
-            compressed.len()
-        ));
-    }
-    Ok(out)
-}
-
-/// Decompresses one zstd chunk, which must be whole frames giving exactly `raw` bytes.
-fn unframe_chunk(compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
-    let raw = usize::try_from(raw).map_err(|_| "is too large".to_owned())?;
-    // Room for one byte more: a chunk holding more shows up as more.
-    let out = zstd::bulk::decompress(compressed, raw + 1)
-        .map_err(|e| format!("does not decompress: {e}"))?;
-    if out.len() != raw {
-        return Err(format!("gives {} bytes, not {raw}", out.len()));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,20 +293,5 @@ mod tests {
         ] {
             assert!(ChunkTable::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn chunks_inflate_alone_to_exactly_their_size() {
-        let data = b"node default { include role::web }\n".repeat(1000);
-        let compressed = super::super::gzip::deflate_chunk_at(&data, false, 6).unwrap();
-        assert_eq!(inflate_chunk(&compressed, data.len() as u64).unwrap(), data);
-        assert!(inflate_chunk(&compressed, data.len() as u64 - 1).is_err());
-        assert!(inflate_chunk(&compressed, data.len() as u64 + 1).is_err());
-        assert!(inflate_chunk(&compressed[..compressed.len() - 1], data.len() as u64).is_err());
-        let last = super::super::gzip::deflate_chunk_at(&data, true, 6).unwrap();
-        assert!(
-            inflate_chunk(&last, data.len() as u64).is_err(),
-            "a final block"
-        );
     }
 }

@@ -11,6 +11,8 @@
 
 use std::io;
 
+use flate2::{Decompress, FlushDecompress, Status};
+
 use super::gzip::{FINAL_BLOCK, GZIP_HEADER, GZIP_LEVEL, deflate_chunk_at};
 use super::media_types;
 
@@ -84,6 +86,77 @@ impl Codec {
             Codec::Zstd => zstd::bulk::compress(data, ZSTD_LEVEL),
         }
     }
+
+    /// Decompresses one chunk compressed by [`Codec::compress`], which must give
+    /// exactly `raw` bytes from all of `compressed`; the reason it does not otherwise.
+    pub fn decompress(self, compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
+        match self {
+            Codec::Gzip => inflate_chunk(compressed, raw),
+            Codec::Zstd => unframe_chunk(compressed, raw),
+        }
+    }
+
+    /// Suffix of a layer file.
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            Codec::Gzip => ".tar.gz",
+            Codec::Zstd => ".tar.zst",
+        }
+    }
+}
+
+/// Inflates one independently deflated chunk, which must give exactly `raw` bytes,
+/// use all of `compressed` and not end the stream.
+fn inflate_chunk(compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
+    let raw = usize::try_from(raw).map_err(|_| "is too large".to_owned())?;
+    // Every chunk ends with a sync flush: an empty stored block, whose length fields
+    // are these four bytes.
+    if !compressed.ends_with(&[0, 0, 0xff, 0xff]) {
+        return Err("does not end with a sync flush".into());
+    }
+    let mut inflate = Decompress::new(false);
+    // One byte of room past the expected size: a chunk holding more shows up as more,
+    // and the decoder always has room to read the closing empty stored block.
+    let mut out = Vec::with_capacity(raw + 1);
+    loop {
+        let consumed = inflate.total_in() as usize;
+        let before = (inflate.total_in(), inflate.total_out());
+        let status = inflate
+            .decompress_vec(&compressed[consumed..], &mut out, FlushDecompress::Sync)
+            .map_err(|e| format!("does not inflate: {e}"))?;
+        if status == Status::StreamEnd {
+            return Err("ends the stream before its last chunk".into());
+        }
+        if out.len() > raw {
+            return Err(format!("holds more than its {raw} bytes"));
+        }
+        if inflate.total_in() as usize == compressed.len()
+            || (inflate.total_in(), inflate.total_out()) == before
+        {
+            break;
+        }
+    }
+    if inflate.total_in() as usize != compressed.len() || out.len() != raw {
+        return Err(format!(
+            "gives {} bytes from {} of its {} compressed bytes, not {raw} from all",
+            out.len(),
+            inflate.total_in(),
+            compressed.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Decompresses one zstd chunk, which must be whole frames giving exactly `raw` bytes.
+fn unframe_chunk(compressed: &[u8], raw: u64) -> Result<Vec<u8>, String> {
+    let raw = usize::try_from(raw).map_err(|_| "is too large".to_owned())?;
+    // Room for one byte more: a chunk holding more shows up as more.
+    let out = zstd::bulk::decompress(compressed, raw + 1)
+        .map_err(|e| format!("does not decompress: {e}"))?;
+    if out.len() != raw {
+        return Err(format!("gives {} bytes, not {raw}", out.len()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -111,5 +184,32 @@ mod tests {
         stream.extend(Codec::Zstd.compress(&b).unwrap());
         let back = zstd::stream::decode_all(&stream[..]).unwrap();
         assert_eq!(back, [a, b].concat());
+    }
+
+    #[test]
+    fn chunks_inflate_alone_to_exactly_their_size() {
+        let data = b"node default { include role::web }\n".repeat(1000);
+        let compressed = deflate_chunk_at(&data, false, 6).unwrap();
+        assert_eq!(inflate_chunk(&compressed, data.len() as u64).unwrap(), data);
+        assert!(inflate_chunk(&compressed, data.len() as u64 - 1).is_err());
+        assert!(inflate_chunk(&compressed, data.len() as u64 + 1).is_err());
+        assert!(inflate_chunk(&compressed[..compressed.len() - 1], data.len() as u64).is_err());
+        let last = deflate_chunk_at(&data, true, 6).unwrap();
+        assert!(
+            inflate_chunk(&last, data.len() as u64).is_err(),
+            "a final block"
+        );
+
+        let frame = Codec::Zstd.compress(&data).unwrap();
+        let size = data.len() as u64;
+        assert_eq!(Codec::Zstd.decompress(&frame, size).unwrap(), data);
+        assert!(Codec::Zstd.decompress(&frame, size - 1).is_err());
+        assert!(Codec::Zstd.decompress(&frame, size + 1).is_err());
+        assert!(
+            Codec::Zstd
+                .decompress(&frame[..frame.len() - 1], size)
+                .is_err()
+        );
+        assert!(Codec::Gzip.decompress(&frame, size).is_err(), "not deflate");
     }
 }

@@ -140,10 +140,7 @@ pub fn write_layer_file(
     };
     let file = tempfile::Builder::new()
         .prefix(&format!("layer-{name}-"))
-        .suffix(match packing.codec {
-            Codec::Gzip => ".tar.gz",
-            Codec::Zstd => ".tar.zst",
-        })
+        .suffix(packing.codec.file_suffix())
         .tempfile_in(dir)
         .map_err(file_error)?;
     let (file, path) = file.into_parts();
