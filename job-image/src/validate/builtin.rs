@@ -65,7 +65,8 @@ pub struct PublishedFiles {
 }
 
 impl PublishedFiles {
-    /// Whether a check may read the file at `path`: its id is worth recording.
+    /// Whether a check may read the file at `path` (every name [`classify`] can give a
+    /// check): its id is worth recording.
     pub fn may_check(path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path);
         name == "environment.conf"
@@ -74,7 +75,8 @@ impl PublishedFiles {
                 .any(|ext| name.ends_with(ext))
     }
 
-    /// Whether `path` is a `hiera.yaml` whose text decides the data directories.
+    /// Whether `path` is a `hiera.yaml` whose text decides the data directories (the
+    /// one rule for it, in [`classify`] too).
     pub fn is_hiera_config(path: &str) -> bool {
         let depth = path.matches('/').count();
         path.rsplit('/').next() == Some("hiera.yaml") && matches!(depth, 0 | 2)
@@ -167,17 +169,18 @@ fn classify(files: &[&str], mut hiera_text: impl FnMut(&str) -> String) -> Vec<(
     let mut data_dirs: BTreeSet<String> = BTreeSet::new();
     let mut out = Vec::new();
     for path in files {
+        if PublishedFiles::is_hiera_config(path) {
+            out.push((path.to_string(), Check::HieraConfig));
+            let base = path.strip_suffix("hiera.yaml").unwrap_or_default();
+            let text = hiera_text(path);
+            for dir in hiera_data_dirs(&text) {
+                data_dirs.insert(format!("{base}{}/", dir.trim_matches('/')));
+            }
+            continue;
+        }
         let depth = path.matches('/').count();
         let name = path.rsplit('/').next().unwrap_or(path);
         match (name, depth) {
-            ("hiera.yaml", 0 | 2) => {
-                out.push((path.to_string(), Check::HieraConfig));
-                let base = path.strip_suffix("hiera.yaml").unwrap_or_default();
-                let text = hiera_text(path);
-                for dir in hiera_data_dirs(&text) {
-                    data_dirs.insert(format!("{base}{}/", dir.trim_matches('/')));
-                }
-            }
             ("metadata.json", 2) => out.push((path.to_string(), Check::Metadata)),
             ("environment.conf", 0) => out.push((path.to_string(), Check::EnvironmentConf)),
             _ => {}
